@@ -1,0 +1,40 @@
+"""Typed errors. Every message names the file / option / tensor at fault and the numbers involved."""
+
+from __future__ import annotations
+
+
+class FgEdgeError(Exception):
+    """Base class for every error fg-edge raises on purpose (the CLI turns these into one-line messages)."""
+
+
+class ConfigError(FgEdgeError, ValueError):
+    """An invalid value in a gate config or a command-line option."""
+
+
+class UnsupportedArchitectureError(FgEdgeError, ValueError):
+    """The model's `model_type` has no entry in the architecture table."""
+
+
+class DataError(FgEdgeError, ValueError):
+    """A training / evaluation data file is missing, empty or malformed."""
+
+
+class ModelDirError(FgEdgeError, ValueError):
+    """A model_dir (or compiled_dir) is missing files or holds inconsistent ones."""
+
+
+class GateStateError(ModelDirError):
+    """The gate tensors do not fit the model: wrong name, wrong shape, or not finite."""
+
+
+class ParityError(FgEdgeError):
+    """A compiled / exported model disagrees with the gated model beyond tolerance."""
+
+    def __init__(self, what: str, max_abs_diff: float, tolerance: float, detail: str = ""):
+        self.what = what
+        self.max_abs_diff = float(max_abs_diff)
+        self.tolerance = float(tolerance)
+        msg = f"{what}: max abs difference {self.max_abs_diff:.3e} exceeds tolerance {self.tolerance:.1e}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)

@@ -1,0 +1,103 @@
+"""model_dir: the output of `fg-edge train` and the input of `fg-edge compile`.
+
+    model_dir/
+      config.json, model.safetensors     the HF model (base weights, trained biases, task head) — save_pretrained
+      tokenizer files                    when a tokenizer was given
+      fg_edge_config.json                the GateConfig (format_version, granularity, hyper-parameters, task)
+      fg_edge_gates.safetensors          gate logits and adapters; tensor names in fg_edge.inject
+      training.json                      data, steps, metrics, achieved sparsity (free-form metadata)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import GateConfig
+from .errors import ConfigError, GateStateError, ModelDirError
+from .inject import gate_state_dict, inject_gates, load_gate_state, unwrapped
+from .io import atomic_output_dir
+
+log = logging.getLogger(__name__)
+
+GATE_CONFIG_FILE = "fg_edge_config.json"
+GATES_FILE = "fg_edge_gates.safetensors"
+TRAINING_FILE = "training.json"
+
+
+def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, metadata: Optional[dict] = None) -> None:
+    """Write the model_dir files into an existing (temporary) folder `out`."""
+    from safetensors.torch import save_file
+
+    with unwrapped(model):
+        model.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    gate_config.save(out / GATE_CONFIG_FILE)
+    save_file(gate_state_dict(model), str(out / GATES_FILE), metadata={"format": "fg-edge-gates",
+                                                                      "format_version": str(gate_config.format_version)})
+    (out / TRAINING_FILE).write_text(json.dumps(metadata or {}, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_model_dir(model, gate_config: GateConfig, path: str | Path, tokenizer=None,
+                   metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
+    """Atomically write a model_dir (nothing appears at `path` unless every file was written)."""
+    with atomic_output_dir(path, overwrite=overwrite) as tmp:
+        write_model_dir(model, gate_config, tmp, tokenizer=tokenizer, metadata=metadata)
+    log.info("wrote model_dir %s", path)
+    return Path(path)
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return {"classification": transformers.AutoModelForSequenceClassification,
+            "causal-lm": transformers.AutoModelForCausalLM}[task]
+
+
+def load(model_dir: str | Path, attn_implementation: str = "eager"):
+    """The gated model of a model_dir, in eval mode (outputs identical to the model at save time)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
+    for name in ("config.json", GATE_CONFIG_FILE, GATES_FILE):
+        if not (model_dir / name).is_file():
+            raise ModelDirError(f"{model_dir}: missing {name}; is this a folder written by `fg-edge train`?")
+    try:
+        gate_config = GateConfig.load(model_dir / GATE_CONFIG_FILE)
+    except ConfigError as exc:
+        raise ModelDirError(str(exc)) from None
+    try:
+        model = _auto_class(gate_config.task).from_pretrained(
+            model_dir, use_safetensors=True, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"{model_dir}: cannot load the HF model ({exc})") from None
+    inject_gates(model, gate_config)
+    try:
+        state = load_file(str(model_dir / GATES_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise GateStateError(f"{model_dir / GATES_FILE}: unreadable safetensors file ({exc})") from None
+    load_gate_state(model, state, source=str(model_dir / GATES_FILE))
+    model.fg_edge_config = gate_config
+    return model.eval()
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_training_metadata(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / TRAINING_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,65 @@
+"""Tiny random-weight models of every supported architecture (for tests, examples and benchmarks' smoke runs)."""
+
+from __future__ import annotations
+
+import torch
+
+#: model_type -> (config class name, kwargs) of a tiny random config
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "bert": ("BertConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=48, max_position_embeddings=64)),
+    "roberta": ("RobertaConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=48, max_position_embeddings=70, pad_token_id=1)),
+    "distilbert": ("DistilBertConfig", dict(vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+                                            max_position_embeddings=64)),
+    "llama": ("LlamaConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128)),
+    "mistral": ("MistralConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
+                                      sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128)),
+    "gpt2": ("GPT2Config", dict(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=128, n_inner=48)),
+}
+
+ENCODERS = ("bert", "roberta", "distilbert")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2")
+
+
+def tiny_config(model_type: str, **overrides):
+    import transformers
+
+    cls_name, kwargs = TINY_CONFIGS[model_type]
+    kwargs = {**kwargs, **overrides}
+    if model_type in DECODERS:
+        kwargs.setdefault("pad_token_id", 0)
+    return getattr(transformers, cls_name)(**kwargs)
+
+
+def tiny_model(model_type: str, task: str = "auto", seed: int = 0, num_labels: int = 2, **overrides):
+    """A tiny random model in eval mode: sequence classification for encoders, causal LM for decoders."""
+    import transformers
+
+    if task == "auto":
+        task = "classification" if model_type in ENCODERS else "causal-lm"
+    config = tiny_config(model_type, **overrides)
+    config.num_labels = num_labels
+    torch.manual_seed(seed)
+    if task == "classification":
+        model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    return model.eval()
+
+
+def padded_batch(vocab_size: int, lengths=(7, 4, 2), seed: int = 0, left: bool = False):
+    """input_ids / attention_mask for sequences of different lengths, padded (right by default) with id 0."""
+    g = torch.Generator().manual_seed(seed)
+    n = max(lengths)
+    ids = torch.zeros(len(lengths), n, dtype=torch.long)
+    mask = torch.zeros(len(lengths), n, dtype=torch.long)
+    for i, length in enumerate(lengths):
+        sl = slice(n - length, n) if left else slice(0, length)
+        ids[i, sl] = torch.randint(3, vocab_size, (length,), generator=g)
+        mask[i, sl] = 1
+    return ids, mask
