@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from fg_edge.config import FORMAT_VERSION, GateConfig
+from fg_edge.errors import ConfigError
+
+
+def test_roundtrip(tmp_path):
+    cfg = GateConfig(granularity="paper", target_sparsity=0.3, adapter_rank=4, target_modules=["q_proj", "v_proj"])
+    path = tmp_path / "g.json"
+    cfg.save(path)
+    data = json.loads(path.read_text())
+    assert list(data) == sorted(data) and data["format_version"] == FORMAT_VERSION
+    assert GateConfig.load(path) == cfg
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(target_sparsity=1.0), "target_sparsity"),
+    (dict(target_sparsity=-0.1), "target_sparsity"),
+    (dict(granularity="rows"), "granularity"),
+    (dict(task="seq2seq"), "task"),
+    (dict(adapter_rank=-1), "adapter_rank"),
+    (dict(noise_std=float("nan")), "noise_std"),
+    (dict(target_modules=["q"]), "target_modules"),          # structured + explicit modules
+    (dict(granularity="paper", target_modules=[]), "target_modules"),
+    (dict(format_version=FORMAT_VERSION + 1), "format_version"),
+])
+def test_invalid_values(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        GateConfig(**kwargs)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        GateConfig.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        GateConfig.load(bad)
+    bad.write_text(json.dumps({"granularity": "paper", "colour": "red"}))
+    with pytest.raises(ConfigError, match="colour"):
+        GateConfig.load(bad)
