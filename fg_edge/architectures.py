@@ -31,6 +31,14 @@ class ArchSpec:
     gqa: bool = False                # separate kv-head count (config.num_key_value_heads)
     rope: bool = False               # rotary embeddings on q/k (never split a head)
     decoder: bool = False            # causal LM with a KV cache
+    # -- compiler data (fg_edge.compiler) ------------------------------------------------------------------
+    head_attr_kinds: tuple[str, ...] = ()  # per `head_attrs` entry: "heads" (query heads), "width" (heads·head_dim),
+                                           # "groups" (query heads per kv head, HF's num_key_value_groups)
+    ffn_act: Optional[str] = None    # FFN activation module of a block (the compiler checks act(0) == 0)
+    glu: bool = False                # ffn_in = (gate, up): down(act(gate(x)) * up(x)), SwiGLU
+    attn_returns: str = "pair"       # what `attention` returns: "context" (pre-projection context, probs: BERT's
+                                     # self-attention), "single" ((out,) or (out, weights): DistilBERT),
+                                     # "pair" ((out, weights): LLaMA family, GPT-2)
 
     def linear_names(self) -> tuple[str, ...]:
         """Names of every linear in a block that the paper granularity gates, in block order."""
@@ -43,24 +51,28 @@ _BERT = ArchSpec(
     q="attention.self.query", k="attention.self.key", v="attention.self.value", qkv=None,
     o="attention.output.dense", ffn_in=("intermediate.dense",), ffn_out="output.dense",
     head_attrs=("num_attention_heads", "all_head_size"),
+    head_attr_kinds=("heads", "width"), ffn_act="intermediate.intermediate_act_fn", attn_returns="context",
 )
 _DISTILBERT = ArchSpec(
     family="distilbert", layers="transformer.layer", attention="attention",
     q="attention.q_lin", k="attention.k_lin", v="attention.v_lin", qkv=None,
     o="attention.out_lin", ffn_in=("ffn.lin1",), ffn_out="ffn.lin2",
     head_attrs=("n_heads", "dim"),
+    head_attr_kinds=("heads", "width"), ffn_act="ffn.activation", attn_returns="single",
 )
 _LLAMA = ArchSpec(
     family="llama", layers="layers", attention="self_attn",
     q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", qkv=None,
     o="self_attn.o_proj", ffn_in=("mlp.gate_proj", "mlp.up_proj"), ffn_out="mlp.down_proj",
     head_attrs=("num_key_value_groups",), gqa=True, rope=True, decoder=True,
+    head_attr_kinds=("groups",), ffn_act="mlp.act_fn", glu=True,
 )
 _GPT2 = ArchSpec(
     family="gpt2", layers="h", attention="attn",
     q=None, k=None, v=None, qkv="attn.c_attn",
     o="attn.c_proj", ffn_in=("mlp.c_fc",), ffn_out="mlp.c_proj",
     head_attrs=("num_heads", "split_size"), conv1d=True, decoder=True,
+    head_attr_kinds=("heads", "width"), ffn_act="mlp.act",
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -117,6 +129,6 @@ def head_layout(config, spec: ArchSpec) -> HeadLayout:
     """Global head layout from a HF config (compiled models override it per layer)."""
     hidden = config.hidden_size
     heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads if spec.gqa else heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) if spec.gqa else heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return HeadLayout(num_heads=heads, num_kv_heads=kv, head_dim=head_dim, hidden_size=hidden)

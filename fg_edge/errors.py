@@ -23,6 +23,10 @@ class ModelDirError(FgEdgeError, ValueError):
     """A model_dir (or compiled_dir) is missing files or holds inconsistent ones."""
 
 
+class SourceError(ModelDirError):
+    """The base model a user named (path, GGUF file, llama2.c checkpoint or hub id) cannot be found or loaded."""
+
+
 class GateStateError(ModelDirError):
     """The gate tensors do not fit the model: wrong name, wrong shape, or not finite."""
 
@@ -38,3 +42,31 @@ class ParityError(FgEdgeError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+
+class CompileError(FgEdgeError, ValueError):
+    """The compiler cannot handle this model (no architecture entry, inconsistent plan or shape record)."""
+
+
+class ProviderError(ConfigError):
+    """An execution provider name that fg-edge does not know, or a malformed --ep-library / provider option."""
+
+
+class ProviderUnavailableError(FgEdgeError, RuntimeError):
+    """A known execution provider that this onnxruntime build does not offer (names the package / build)."""
+
+
+class ModelFileError(ModelDirError):
+    """An .onnx / .ort file that is missing, unreadable or corrupted (names the file)."""
+
+
+class InputMismatchError(FgEdgeError, ValueError):
+    """Inputs given to an ONNX model do not match the inputs it declares (names expected and given)."""
+
+
+class ExportError(FgEdgeError, RuntimeError):
+    """Exporting a model to ONNX / ORT format or quantizing it failed (names the stage, file and cause)."""
+
+
+class OutputPathError(FgEdgeError, OSError):
+    """The output folder cannot be created or written (names the path and the reason)."""

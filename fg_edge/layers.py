@@ -81,11 +81,13 @@ class GatedLinear(nn.Module):
 
     def eval_row_scale(self) -> torch.Tensor:
         r = self._row_scale(eval_values=True)
-        return torch.ones(self.out_features) if r is None else r
+        w = weight_out_in(self.base_layer)
+        return torch.ones(self.out_features, device=w.device, dtype=w.dtype) if r is None else r
 
     def eval_column_scale(self) -> torch.Tensor:
         c = self._column_scale(eval_values=True)
-        return torch.ones(self.in_features) if c is None else c
+        w = weight_out_in(self.base_layer)
+        return torch.ones(self.in_features, device=w.device, dtype=w.dtype) if c is None else c
 
     # -- forward / fold ------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

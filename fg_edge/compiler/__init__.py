@@ -1,0 +1,52 @@
+"""fg-edge compiler: fold the gates into the weights and physically remove closed heads and FFN channels, exactly.
+
+    compiled, plan, report = compile_model(gated_model)        # deep copy; raises ParityError on disagreement
+    save_compiled(compiled, plan, report, "out/compiled", tokenizer=tok)
+    model = load_compiled("out/compiled")                      # no gates, no original model needed
+
+Passes (one function each, see `passes`): plan_removal -> merge_adapters_ -> fold_gates_ -> prune_ffn_ ->
+prune_heads_ -> check_parity. The rules of what may be removed are in `plan` (DESIGN.md §3).
+
+Compiled folder format (format version 1)
+-----------------------------------------
+``config.json``
+    The original HF config (global sizes unchanged: ``num_attention_heads``, ``intermediate_size`` … are those
+    of the uncompiled model) plus
+
+    * ``fg_edge_layers``: the per-layer shape record, one dict per block in order:
+      ``num_heads``, ``num_kv_heads``, ``head_dim``, ``ffn_size`` (what the block really has),
+      ``attention`` / ``ffn`` ("standard", or "empty" when every head / channel went: the block then outputs the
+      folded output-projection bias), and for decoders ``kv_cache`` = {``num_heads``, ``head_dim``} (what the
+      block appends to the KV cache per token; an empty attention appends a (1, 1) zero placeholder so the cache
+      length stays right). Everything downstream (export, KV-cache shapes, runtime, reload) follows this record.
+    * ``fg_edge_plan``: the removal plan (same content as compile_plan.json)
+    * ``fg_edge_task``: "classification" (AutoModelForSequenceClassification) or "causal-lm" (AutoModelForCausalLM)
+    * ``fg_edge_compiled_format_version``: 1
+``model.safetensors``
+    The folded, pruned weights (``save_pretrained(safe_serialization=True)``; tied tensors stored once). Tensor
+    names are the HF ones; an emptied attention / FFN keeps only ``<o or ffn_out>.bias``.
+``compile_plan.json``
+    Per layer: original ``num_heads``, ``num_kv_heads``, ``head_dim``, ``ffn_size`` and the removed indices
+    ``heads_removed``, ``kv_heads_removed``, ``ffn_removed``, plus ``heads_zeroed`` (closed heads kept so GQA groups
+    stay even: zeroed, not removed).
+``compile_report.json``
+    Params and FLOPs before/after per layer (reference shape batch 1 × 128 tokens), params zeroed by gates vs
+    physically removed, the FLOP ratio (speed-up ceiling), heads / channels removed and the parity figures.
+``tokenizer files``
+    When a tokenizer was given.
+
+Loading with plain ``AutoModel*.from_pretrained`` does not work (the shapes differ from the config); use
+`load_compiled`, which builds the model from the config (eager attention), resizes each block per
+``fg_edge_layers`` and loads the weights strictly.
+"""
+
+from .parity import check_parity
+from .passes import compile_model, fold_gates_, merge_adapters_, prune_ffn_, prune_heads_
+from .plan import CompilePlan, LayerPlan, plan_removal
+from .report import format_report
+from .saving import compile_dir, load_compiled, save_compiled
+
+__all__ = [
+    "CompilePlan", "LayerPlan", "check_parity", "compile_dir", "compile_model", "fold_gates_", "format_report",
+    "load_compiled", "merge_adapters_", "plan_removal", "prune_ffn_", "prune_heads_", "save_compiled",
+]

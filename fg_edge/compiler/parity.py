@@ -1,0 +1,121 @@
+"""Parity: the compiled model must compute what the gated model computes (DESIGN.md §3), or nothing is written.
+
+Checked on a batch of sequences of different lengths with padding (right padding for encoders, left padding for
+decoders as in generation): logits and last hidden states over the valid (non-pad) positions, and for models
+that generate, `decoder_steps` steps of cached greedy generation that must give identical tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ParityError
+from ..testing import padded_batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LENGTHS = (7, 4, 2)
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def _abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a − b|, 0 where both are equal (also ±inf), inf where either is NaN (NaN must never pass)."""
+    a, b = a.float(), b.float()
+    diff = torch.where(a == b, torch.zeros_like(a), (a - b).abs())
+    return torch.nan_to_num(diff, nan=float("inf"))
+
+
+def _masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, what: str, tol: float) -> float:
+    """Max |a − b| over valid positions of (B, S, D) tensors, everywhere for pooled (B, D) outputs."""
+    if a.shape != b.shape:
+        raise ParityError(what, float("inf"), tol, detail=f"shapes differ: gated {tuple(a.shape)}, compiled "
+                                                          f"{tuple(b.shape)}")
+    diff = _abs_diff(a, b)
+    if diff.dim() >= 3 and diff.shape[:2] == mask.shape:
+        diff = diff[mask.bool()]
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return out.logits, out.hidden_states[-1]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _generates(model: nn.Module) -> bool:
+    return bool(getattr(model, "can_generate", lambda: False)())
+
+
+def _greedy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int):
+    pad = model.config.pad_token_id
+    if pad is None:
+        eos = model.config.eos_token_id
+        pad = (eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                         do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
+                         return_dict_in_generate=True, output_logits=True)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
+
+
+def _check_generation(gated: nn.Module, compiled: nn.Module, ids, mask, steps: int, tol: float) -> float:
+    ref_tokens, ref_logits = _greedy(gated, ids, mask, steps)
+    tokens, logits = _greedy(compiled, ids, mask, steps)
+    n = min(ref_logits.shape[1], logits.shape[1])
+    diff = float(_abs_diff(ref_logits[:, :n], logits[:, :n]).max()) if n else 0.0
+    if tokens.shape != ref_tokens.shape or not torch.equal(tokens, ref_tokens):
+        where = "lengths differ" if tokens.shape != ref_tokens.shape else (
+            "first differing token at (sequence, step) "
+            f"{tuple(torch.nonzero(tokens != ref_tokens)[0].tolist())}")
+        raise ParityError(f"cached greedy generation ({steps} steps)", diff, tol, detail=where)
+    if diff > tol:
+        raise ParityError(f"cached greedy generation step logits ({steps} steps)", diff, tol,
+                          detail="tokens identical")
+    return diff
+
+
+def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
+                 lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
+    """Compare `compiled_model` to `gated_model` (eval gates); raise ParityError beyond `tol`, else return figures."""
+    decoder = _generates(compiled_model) and decoder_steps > 0
+    vocab = gated_model.config.vocab_size
+    ids, mask = padded_batch(vocab, lengths=tuple(lengths), seed=seed, left=decoder)
+    ids, mask = ids.to(_device(gated_model)), mask.to(_device(gated_model))
+    with _eval_mode(gated_model, compiled_model):
+        ref_logits, ref_hidden = _forward(gated_model, ids, mask)
+        logits, hidden = _forward(compiled_model, ids.to(_device(compiled_model)), mask.to(_device(compiled_model)))
+        logit_diff = _masked_max_diff(ref_logits, logits.to(ref_logits.device), mask, "logits", tol)
+        hidden_diff = _masked_max_diff(ref_hidden, hidden.to(ref_hidden.device), mask, "last hidden states", tol)
+        detail = f"batch of {len(lengths)} padded sequences, lengths {tuple(lengths)}"
+        if logit_diff > tol:
+            raise ParityError("logits", logit_diff, tol, detail=detail)
+        if hidden_diff > tol:
+            raise ParityError("last hidden states", hidden_diff, tol, detail=detail)
+        gen_diff = _check_generation(gated_model, compiled_model, ids, mask, decoder_steps, tol) if decoder else None
+    figures = {"tolerance": tol, "lengths": list(lengths), "padding": "left" if decoder else "right",
+               "logits_max_abs_diff": logit_diff, "hidden_max_abs_diff": hidden_diff,
+               "max_abs_diff": max(logit_diff, hidden_diff, gen_diff or 0.0),
+               "decoder_steps": decoder_steps if decoder else 0, "generation_max_abs_diff": gen_diff,
+               "tokens_identical": True if decoder else None}
+    log.info("parity ok: logits %.2e, hidden %.2e%s (tolerance %.0e)", logit_diff, hidden_diff,
+             f", {decoder_steps} greedy steps identical" if decoder else "", tol)
+    return figures

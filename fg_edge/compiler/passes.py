@@ -1,0 +1,140 @@
+"""The compiler passes, one function each (in-place ones end in `_`), and `compile_model` that runs them:
+
+    validate gates -> plan_removal -> merge_adapters_ -> fold_gates_ -> prune_ffn_ -> prune_heads_ -> parity
+
+Folding is exact algebra (W' = diag(r)(W + sBA)diag(c), b' = r ⊙ b); pruning only drops rows / columns that
+the plan proved to contribute exact zeros, so the compiled model computes what the gated model computes up to
+float summation order.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..architectures import ArchSpec, get_spec, head_layout, layers_of
+from ..errors import GateStateError
+from ..inject import gate_state_dict, gated_modules
+from .plan import CompilePlan, plan_removal
+from .surgery import is_conv1d, replace_module, resize_attention_, resize_ffn_
+
+log = logging.getLogger(__name__)
+
+
+def _check_finite(name: str, tensor: Optional[torch.Tensor]) -> None:
+    if tensor is not None and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise GateStateError(f"tensor {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()} after folding the "
+                             f"gates; refusing to compile (check the gate file and the base weights)")
+
+
+def validate_gate_values(model: nn.Module) -> None:
+    """Refuse NaN / inf gate logits or adapters, naming the gate tensor (fg_edge.inject naming)."""
+    for name, tensor in gate_state_dict(model).items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise GateStateError(f"gate tensor {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}; "
+                                 f"refusing to compile")
+
+
+def _set_weight_out_in_(layer: nn.Module, w: torch.Tensor) -> None:
+    """Write an (out, in) weight into an nn.Linear or a Conv1D (stored (in, out))."""
+    layer.weight.data.copy_(w.t() if is_conv1d(layer) else w)
+
+
+@torch.no_grad()
+def merge_adapters_(model: nn.Module) -> int:
+    """Add (α/rank)·B·A into each gated layer's base weight and drop the adapter. Returns #merged."""
+    merged = 0
+    for name, g in gated_modules(model).items():
+        if g.lora_A is None:
+            continue
+        w = g.base_layer.weight
+        delta = g.adapter_scale * (g.lora_B.to(torch.float32) @ g.lora_A.to(torch.float32))
+        w_out_in = (w.t() if is_conv1d(g.base_layer) else w).to(torch.float32) + delta
+        _check_finite(f"{name}.weight", w_out_in)
+        _set_weight_out_in_(g.base_layer, w_out_in.to(w.dtype))
+        g.lora_A = g.lora_B = None
+        g.adapter_rank, g.adapter_scale = 0, 0.0
+        merged += 1
+    log.info("merged %d adapter(s)", merged)
+    return merged
+
+
+@torch.no_grad()
+def fold_gates_(model: nn.Module) -> int:
+    """Replace every GatedLinear by its plain layer holding W' = diag(r)(W+sBA)diag(c), b' = r ⊙ b."""
+    gated = gated_modules(model)
+    for name, g in gated.items():
+        w, b = g.folded()
+        _check_finite(f"{name}.weight", w)
+        _check_finite(f"{name}.bias", b)
+        base = g.base_layer
+        _set_weight_out_in_(base, w)
+        if b is not None:
+            base.bias.data.copy_(b)
+        replace_module(model, name, base)
+    log.info("folded the gates of %d layer(s)", len(gated))
+    return len(gated)
+
+
+def _check_no_gates(model: nn.Module, what: str) -> None:
+    if gated_modules(model):
+        raise GateStateError(f"{what} needs folded gates; run fold_gates_ first "
+                             f"({len(gated_modules(model))} gated layer(s) left)")
+
+
+def prune_ffn_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] = None) -> int:
+    """Physically remove the plan's FFN channels (rows of the input projections, columns of the output one)."""
+    _check_no_gates(model, "prune_ffn_")
+    spec = spec or get_spec(model.config.model_type)
+    removed = 0
+    for lp, block in zip(plan.layers, layers_of(model, spec), strict=True):
+        resize_ffn_(block, spec, lp.kept_ffn, lp.ffn_size)
+        removed += len(lp.ffn_removed)
+    log.info("removed %d FFN channel(s)", removed)
+    return removed
+
+
+def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] = None) -> int:
+    """Physically remove the plan's query / kv heads and update the attention modules' head counts."""
+    _check_no_gates(model, "prune_heads_")
+    spec = spec or get_spec(model.config.model_type)
+    layout = head_layout(model.config, spec)
+    removed = 0
+    for lp, block in zip(plan.layers, layers_of(model, spec), strict=True):
+        resize_attention_(block, spec, layout, lp.kept_heads, lp.kept_kv_heads)
+        removed += len(lp.heads_removed)
+    log.info("removed %d attention head(s)", removed)
+    return removed
+
+
+def compile_model(gated_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
+                  check: bool = True) -> tuple[nn.Module, CompilePlan, dict]:
+    """Fold and prune a deep copy of `gated_model`; returns (plain model, plan, report).
+
+    With `check` (the default) the compiled model is compared to the gated one (fg_edge.compiler.parity) and a
+    ParityError is raised, with the numbers, when they disagree beyond `tol`; the input model is left untouched.
+    """
+    from .parity import check_parity
+    from .report import build_report, gate_zero_counts, measure_blocks
+
+    spec = get_spec(getattr(gated_model.config, "model_type", None))
+    validate_gate_values(gated_model)
+    model = copy.deepcopy(gated_model).eval()
+    plan = plan_removal(model, spec)
+    zeros = gate_zero_counts(model, spec, plan)
+    merge_adapters_(model)
+    fold_gates_(model)
+    before = measure_blocks(model, spec, plan, after=False)
+    prune_ffn_(model, plan, spec)
+    prune_heads_(model, plan, spec)
+    after = measure_blocks(model, spec, plan, after=True)
+    report = build_report(model, spec, plan, before, after, zeros)
+    if check:
+        report["parity"] = check_parity(gated_model, model, tol=tol, decoder_steps=decoder_steps)
+    return model, plan, report

@@ -1,0 +1,143 @@
+"""Write and read a compiled folder (format: see fg_edge.compiler), and compile a model_dir in one call."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+import torch
+from torch import nn
+
+from ..architectures import get_spec
+from ..errors import CompileError, ModelDirError
+from ..io import atomic_output_dir, check_output_dir
+from .plan import CompilePlan
+from .shapes import LAYERS_KEY, apply_layer_shapes_, layer_shapes, model_task
+
+log = logging.getLogger(__name__)
+
+COMPILED_FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+PLAN_FILE = "compile_plan.json"
+REPORT_FILE = "compile_report.json"
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: str | Path, tokenizer=None,
+                  overwrite: bool = False) -> Path:
+    """Atomically write config.json (+ fg_edge_layers, plan, task), model.safetensors, the plan and the report."""
+    spec = get_spec(model.config.model_type)
+    config = model.config
+    config.fg_edge_layers = layer_shapes(plan, spec)
+    config.fg_edge_plan = plan.to_dict()
+    config.fg_edge_task = model_task(model)
+    config.fg_edge_compiled_format_version = COMPILED_FORMAT_VERSION
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if not (tmp / WEIGHTS_FILE).is_file():
+            raise CompileError(f"save_pretrained wrote no single {WEIGHTS_FILE} (sharded?); compiled folders hold one "
+                               f"weights file")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _write_json(tmp / PLAN_FILE, plan.to_dict())
+        _write_json(tmp / REPORT_FILE, report)
+    log.info("wrote compiled model %s", out_dir)
+    return Path(out_dir)
+
+
+def _auto_class(task: str):
+    import transformers
+
+    classes = {"classification": transformers.AutoModelForSequenceClassification,
+               "causal-lm": transformers.AutoModelForCausalLM}
+    if task not in classes:
+        raise ModelDirError(f"config.json: fg_edge_task {task!r} is not one of {', '.join(classes)}")
+    return classes[task]
+
+
+def _load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that refuses unexpected and missing tensors (tied copies excepted) and shape mismatches."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelDirError(f"{source}: tensors do not fit the shape record ({str(exc).splitlines()[-1].strip()})") \
+            from None
+    tensors = model.state_dict(keep_vars=True)
+    loaded = {id(t) for name, t in tensors.items() if name in state}
+    untied = [k for k in missing if id(tensors[k]) not in loaded]
+    if unexpected or untied:
+        raise ModelDirError(f"{source}: {len(unexpected)} unexpected tensor(s) (first {unexpected[:1]}), "
+                            f"{len(untied)} missing (first {untied[:1]})")
+
+
+def load_compiled(path: str | Path) -> nn.Module:
+    """Rebuild a compiled model from its folder alone (config + shape record + weights), in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    path = Path(path)
+    for name in ("config.json", WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise ModelDirError(f"{path}: missing {name}; is this a folder written by `fg-edge compile`?")
+    config = AutoConfig.from_pretrained(path)
+    shapes = getattr(config, LAYERS_KEY, None)
+    if not isinstance(shapes, list):
+        raise ModelDirError(f"{path / 'config.json'}: no {LAYERS_KEY} shape record; not a compiled folder")
+    spec = get_spec(config.model_type)
+    model = _auto_class(getattr(config, "fg_edge_task", None)).from_config(config, attn_implementation="eager")
+    try:
+        apply_layer_shapes_(model, shapes, spec)
+    except CompileError as exc:
+        raise ModelDirError(f"{path / 'config.json'}: {exc}") from None
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise ModelDirError(f"{path / WEIGHTS_FILE}: unreadable safetensors file ({exc})") from None
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())
+    _load_state_strict(model, state, str(path / WEIGHTS_FILE))
+    return model.eval()
+
+
+def read_plan(path: str | Path) -> CompilePlan:
+    file = Path(path) / PLAN_FILE
+    try:
+        return CompilePlan.from_dict(json.loads(file.read_text()), source=str(file))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{file}: cannot read the compile plan ({exc})") from None
+
+
+def compile_dir(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, tol: float = 1e-5,
+                decoder_steps: int = 32) -> tuple[Path, dict]:
+    """model_dir (`fg-edge train`) -> compiled folder; nothing is written unless every check passes."""
+    from ..model_dir import load, load_tokenizer
+    from .passes import compile_model
+
+    check_output_dir(out_dir, overwrite)
+    gated = load(model_dir)
+    compiled, plan, report = compile_model(gated, tol=tol, decoder_steps=decoder_steps)
+    out = save_compiled(compiled, plan, report, out_dir, tokenizer=load_tokenizer(model_dir), overwrite=overwrite)
+    return out, report
+
+
+def compiled_param_count(path: str | Path) -> int:
+    """Number of tensor elements stored in a compiled folder's weights file."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+        for key in f.keys():
+            total += _numel(f.get_slice(key).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
