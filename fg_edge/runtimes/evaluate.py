@@ -1,0 +1,119 @@
+"""Torch-free evaluation of a compiled_dir's models side by side: accuracy (classifiers) or perplexity (causal LMs).
+
+Data files are read by `fg_edge.data` (stdlib only): TSV (GLUE style, no quoting), CSV, JSONL with a header /
+keys, or plain text for perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DataError, ModelDirError
+from .compiled_dir import CompiledDir
+from .runner import Runner
+
+EVAL_VARIANTS = ("baseline", "compiled", "int8", "baseline-int8")
+
+
+def _label_ids(runner: Runner, data) -> list[int]:
+    """Data labels as the model's class ids (string labels mapped through config.json label2id)."""
+    if not data.string_labels:
+        return list(data.labels)
+    model_ids = {name: i for i, name in runner.cdir.id2label().items()}
+    out = []
+    for lab in data.labels:
+        name = data.id2label[lab]
+        if name not in model_ids:
+            raise DataError(f"{data.source}: label {name!r} is not one of the model's labels "
+                            f"{sorted(model_ids)} (config.json id2label)")
+        out.append(model_ids[name])
+    return out
+
+
+def accuracy(runner: Runner, texts: Sequence[str], labels: Sequence[int], batch_size: int = 32) -> dict[str, Any]:
+    correct, t0 = 0, time.perf_counter()
+    for start in range(0, len(texts), batch_size):
+        logits = runner.logits(texts[start:start + batch_size])
+        pred = logits.argmax(axis=-1)
+        correct += int((pred == np.asarray(labels[start:start + batch_size])).sum())
+    n = len(texts)
+    return {"metric": "accuracy", "value": correct / n if n else float("nan"), "rows": n,
+            "seconds": time.perf_counter() - t0}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def perplexity(runner: Runner, texts: Sequence[str], window: Optional[int] = None) -> dict[str, Any]:
+    """exp(mean NLL) over every predicted token, documents cut into windows of `window` tokens (no overlap)."""
+    window = window or min(runner.max_length, 256)
+    if window < 2:
+        raise DataError(f"perplexity window {window} too small; it needs at least 2 tokens")
+    nll, count, t0 = 0.0, 0, time.perf_counter()
+    model = runner.model
+    for ids in (runner.tokenizer.encode(t).ids for t in texts):
+        for start in range(0, max(len(ids) - 1, 0), window - 1):
+            chunk = np.asarray(ids[start:start + window], dtype=np.int64)[None]
+            if chunk.shape[1] < 2:
+                continue
+            mask = np.ones_like(chunk)
+            pos = np.arange(chunk.shape[1], dtype=np.int64)[None]
+            logits, _ = model.decoder_step(chunk, mask, pos, model.empty_past(1) if model.has_cache else None)
+            lp = _log_softmax(logits[0, :-1])
+            tgt = chunk[0, 1:]
+            nll -= float(lp[np.arange(tgt.size), tgt].sum())
+            count += int(tgt.size)
+    if count == 0:
+        raise DataError("the evaluation text tokenises to fewer than 2 tokens; nothing to score")
+    return {"metric": "perplexity", "value": math.exp(nll / count), "tokens": count, "mean_nll": nll / count,
+            "seconds": time.perf_counter() - t0}
+
+
+def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: str = "label",
+             max_rows: Optional[int] = None, variants: Optional[Sequence[str]] = None, provider: str = "cpu",
+             threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
+             seed: int = 0) -> dict[str, Any]:
+    """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file."""
+    from ..data import load_classification, load_texts
+
+    cdir = CompiledDir(compiled_dir)
+    names = [v for v in (variants or EVAL_VARIANTS) if cdir.find(v) is not None]
+    if not names:
+        raise ModelDirError(f"{cdir.path} holds none of the model files for {', '.join(variants or EVAL_VARIANTS)}")
+    results: dict[str, Any] = {}
+    data = texts = None
+    for name in names:
+        runner = Runner(cdir.path, model=name, provider=provider, threads=threads)
+        if runner.kind == "classification":
+            if data is None:
+                data = load_classification(data_path, text_column=text_column, label_column=label_column,
+                                           max_rows=max_rows, seed=seed, what="evaluation file")
+            results[name] = accuracy(runner, data.texts, _label_ids(runner, data), batch_size)
+        elif runner.kind == "causal-lm":
+            if texts is None:
+                docs = load_texts(data_path, text_column=text_column, what="evaluation file").texts
+                texts = docs[:max_rows] if max_rows else docs
+            results[name] = perplexity(runner, texts, window)
+        else:
+            raise ModelDirError(f"{runner.file.path} is an {runner.kind} model; eval handles classifiers "
+                                "(accuracy) and causal LMs (perplexity)")
+        results[name]["file"] = runner.file.path.name
+    return {"compiled_dir": str(cdir.path), "data": str(data_path), "provider": provider,
+            "rows": len(data) if data is not None else None, "results": results}
+
+
+def format_eval(report: dict[str, Any]) -> str:
+    lines = [f"fg-edge eval: {report['compiled_dir']} on {report['data']} ({report['provider']})",
+             f"{'model':<14} {'file':<20} {'metric':<11} {'value':>10} {'n':>8} {'seconds':>8}"]
+    for name, r in report["results"].items():
+        n = r.get("rows", r.get("tokens"))
+        value = f"{100 * r['value']:.2f}%" if r["metric"] == "accuracy" else f"{r['value']:.3f}"
+        lines.append(f"{name:<14} {r['file']:<20} {r['metric']:<11} {value:>10} {n:>8} {r['seconds']:>8.2f}")
+    return "\n".join(lines)

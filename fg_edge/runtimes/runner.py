@@ -1,0 +1,305 @@
+"""Torch-free runner for a compiled_dir: classify, embed or generate with ONNX Runtime.
+
+    from fg_edge.runtimes.runner import Runner
+    r = Runner("runs/minilm-compiled", model="compiled", provider="cpu", threads=2)
+    r.kind                      # 'classification' | 'embedding' | 'causal-lm'
+    r.classify(["a fine film"]) # [{'label': 'POSITIVE', 'label_id': 1, 'probabilities': {...}}]
+    r.embed(["a fine film"])    # (1, hidden) float32, mean pooled when the model returns last_hidden_state
+    r.generate("Once upon", max_new_tokens=20, top_k=0, temperature=0.0, seed=0).text
+
+Tokenisation uses the `tokenizers` library on tokenizer.json; labels come from config.json's id2label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputMismatchError, ModelDirError
+from .compiled_dir import PAST_RE, PRESENT_RE, CompiledDir, ModelFile
+from .generate import GenerationOutput, generate, left_pad, softmax
+from .providers import ResolvedProvider, resolve_provider
+from .session import SessionSettings, build_feeds, create_session, numpy_dtype
+
+log = logging.getLogger(__name__)
+
+KINDS = ("classification", "embedding", "causal-lm")
+EMBEDDING_OUTPUTS = ("sentence_embedding", "embeddings", "embedding", "last_hidden_state", "token_embeddings")
+
+
+class OnnxModel:
+    """One ONNX model file in a session, with what the runner needs to know about its inputs and outputs."""
+
+    def __init__(self, path: str | Path, provider: str | ResolvedProvider = "cpu",
+                 settings: Optional[SessionSettings] = None, cdir: Optional[CompiledDir] = None,
+                 session=None):
+        self.path = Path(path)
+        self.cdir = cdir
+        self.session = session if session is not None else create_session(self.path, provider, settings)
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = {o.name: o for o in self.session.get_outputs()}
+        self.output_names = list(self.outputs)
+        self.past_inputs: dict[tuple[int, str], str] = {}
+        self.present_outputs: dict[tuple[int, str], str] = {}
+        for name in self.inputs:
+            m = PAST_RE.match(name)
+            if m:
+                self.past_inputs[(int(m.group(1)), m.group(2))] = name
+        for name in self.outputs:
+            m = PRESENT_RE.match(name)
+            if m:
+                self.present_outputs[(int(m.group(1)), m.group(2))] = name
+        self.kind = self._detect_kind()
+
+    # -- structure ---------------------------------------------------------------------------------------------
+    def _detect_kind(self) -> str:
+        if self.past_inputs:
+            return "causal-lm"
+        if "logits" in self.outputs:
+            shape = self.outputs["logits"].shape
+            if len(shape) == 3:
+                return "causal-lm"
+            return "classification"
+        if any(n in self.outputs for n in EMBEDDING_OUTPUTS):
+            return "embedding"
+        task = self.cdir.task if self.cdir is not None else None
+        if task in KINDS:
+            return task
+        raise ModelDirError(f"{self.path}: cannot tell what the model computes from its outputs "
+                            f"{self.output_names} (expected logits, last_hidden_state or sentence_embedding)")
+
+    @property
+    def has_cache(self) -> bool:
+        return bool(self.past_inputs)
+
+    @property
+    def num_layers(self) -> int:
+        return 1 + max(i for i, _ in self.past_inputs) if self.past_inputs else 0
+
+    def kv_layout(self) -> list[dict[str, Any]]:
+        """Per layer: {layer, kv_heads, head_dim, dtype} from the declared past inputs (else fg_edge_layers)."""
+        out = []
+        for i in range(self.num_layers):
+            name = self.past_inputs.get((i, "key"))
+            if name is None or (i, "value") not in self.past_inputs:
+                raise InputMismatchError(f"{self.path}: decoder declares no past key/value inputs for layer {i} "
+                                         f"(has {sorted(self.past_inputs.values())})")
+            shape = self.inputs[name].shape
+            heads, dim = (shape[1], shape[3]) if len(shape) == 4 else (None, None)
+            if not (isinstance(heads, int) and isinstance(dim, int)):
+                rec = self._meta_kv_shapes()[i] if i < len(self._meta_kv_shapes()) else None
+                if rec is None and self.cdir is not None:
+                    rec = self.cdir.kv_shape(i)
+                if rec is None:
+                    raise ModelDirError(f"{self.path}: input {name} has symbolic shape {shape} and config.json has "
+                                        f"no fg_edge_layers[{i}] record to size the KV cache")
+                heads = heads if isinstance(heads, int) else rec[0]
+                dim = dim if isinstance(dim, int) else rec[1]
+            out.append({"layer": i, "kv_heads": int(heads), "head_dim": int(dim),
+                        "dtype": np.dtype(numpy_dtype(self.inputs[name].type)).name})
+        return out
+
+    def _meta_kv_shapes(self) -> list[tuple[int, int]]:
+        """[(kv_heads, head_dim), ...] from the graph metadata `fg_edge.kv_shapes` the exporter writes."""
+        try:
+            raw = self.session.get_modelmeta().custom_metadata_map.get("fg_edge.kv_shapes")
+            return [(int(h), int(d)) for h, d in json.loads(raw)] if raw else []
+        except (ValueError, TypeError):
+            return []
+
+    def empty_past(self, batch: int) -> dict[tuple[int, str], np.ndarray]:
+        past = {}
+        for rec in self.kv_layout():
+            for kv in ("key", "value"):
+                past[(rec["layer"], kv)] = np.zeros((batch, rec["kv_heads"], 0, rec["head_dim"]), dtype=rec["dtype"])
+        return past
+
+    # -- running -----------------------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, Any], outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        checked = build_feeds(self.session, feeds, self.path)
+        names = list(outputs) if outputs else self.output_names
+        return dict(zip(names, self.session.run(names, checked)))
+
+    def encoder_feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name in self.inputs:
+            if name == "input_ids":
+                feeds[name] = ids
+            elif name == "attention_mask":
+                feeds[name] = mask
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros_like(ids)
+            elif name == "position_ids":
+                feeds[name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        return feeds
+
+    def decoder_feeds(self, ids, mask, positions, past) -> dict[str, np.ndarray]:
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = positions
+        if "token_type_ids" in self.inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        if past:
+            for key, name in self.past_inputs.items():
+                feeds[name] = past[key]
+        return feeds
+
+    def decoder_step(self, ids, mask, positions, past):
+        """One forward: (logits (B,S,V), new past dict or None)."""
+        out = self.run(self.decoder_feeds(ids, mask, positions, past))
+        logits = out["logits"]
+        if not self.past_inputs:
+            return logits, None
+        new_past = {}
+        for key in self.past_inputs:
+            name = self.present_outputs.get(key)
+            if name is None:
+                raise InputMismatchError(f"{self.path}: no present output for layer {key[0]} {key[1]} "
+                                         f"(outputs: {self.output_names})")
+            new_past[key] = out[name]
+        return logits, new_past
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    text: str                              # the generated continuation
+    full_text: str                         # prompt + continuation, decoded
+    token_ids: list[int]                   # generated ids
+    kv_shapes: list[dict] = field(default_factory=list)
+    ttft_s: float = 0.0
+    tokens_per_s: Optional[float] = None
+
+
+class Runner:
+    """A compiled_dir model ready to run: tokenizer + one ONNX session."""
+
+    def __init__(self, compiled_dir: str | Path, model: str = "compiled", provider: str = "cpu",
+                 threads: Optional[int] = None, settings: Optional[SessionSettings] = None,
+                 provider_options: Optional[dict] = None, max_length: Optional[int] = None):
+        self.cdir = CompiledDir(compiled_dir)
+        self.provider = resolve_provider(provider, provider_options)     # checked before any file is read
+        settings = settings or SessionSettings()
+        if threads is not None:
+            settings = SessionSettings(**{**settings.to_dict(), "intra_op_threads": threads})
+        spec = self.provider.spec
+        variant = model
+        if spec.prefer_int8 and model == "compiled" and self.cdir.find("int8") is not None:
+            variant = "int8"
+        self.file: ModelFile = self.cdir.require(variant, prefer_ort=spec.prefer_ort_format)
+        self.variant = variant
+        self.model = OnnxModel(self.file.path, self.provider, settings, cdir=self.cdir)
+        self.kind = self.model.kind
+        self.tokenizer = self.cdir.tokenizer()
+        limit = self.cdir.max_positions()
+        if limit and self.cdir.model_type in ("roberta", "xlm-roberta", "camembert"):
+            limit -= 2
+        self.max_length = max_length or (min(limit, 512) if limit else 512)
+
+    @property
+    def label(self) -> str:
+        return self.provider.label
+
+    # -- tokenisation ------------------------------------------------------------------------------------------
+    def _pad_id(self) -> int:
+        for tok in ("[PAD]", "<pad>", "<|pad|>", "<|endoftext|>", "</s>"):
+            tid = self.tokenizer.token_to_id(tok)
+            if tid is not None:
+                return int(tid)
+        return self.cdir.pad_token_id()
+
+    def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [list(e.ids)[: self.max_length] for e in encs]
+
+    def encode_padded(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        seqs = self.encode(texts)
+        n = max(1, max(len(s) for s in seqs))
+        ids = np.full((len(seqs), n), self._pad_id(), dtype=np.int64)
+        mask = np.zeros((len(seqs), n), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        return ids, mask
+
+    def _require(self, kind: str) -> None:
+        if self.kind != kind:
+            raise ModelDirError(f"{self.file.path} is a {self.kind} model; {kind} is not available for it")
+
+    # -- tasks -------------------------------------------------------------------------------------------------
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        self._require("classification")
+        ids, mask = self.encode_padded(texts)
+        return self.model.run(self.model.encoder_feeds(ids, mask), ["logits"])["logits"]
+
+    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        logits = self.logits(texts)
+        id2label = self.cdir.id2label()
+        probs = softmax(logits, axis=-1)
+        out = []
+        for row in probs:
+            k = int(row.argmax())
+            out.append({"label": id2label.get(k, f"LABEL_{k}"), "label_id": k,
+                        "probabilities": {id2label.get(j, f"LABEL_{j}"): float(p) for j, p in enumerate(row)}})
+        return out
+
+    def embed(self, texts: Sequence[str], normalize: bool = False) -> np.ndarray:
+        self._require("embedding")
+        ids, mask = self.encode_padded(texts)
+        out = self.model.run(self.model.encoder_feeds(ids, mask))
+        for name in ("sentence_embedding", "embeddings", "embedding"):
+            if name in out and out[name].ndim == 2:
+                emb = out[name]
+                break
+        else:
+            hidden = out.get("last_hidden_state", out.get("token_embeddings"))
+            m = mask[..., None].astype(hidden.dtype)
+            emb = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        emb = emb.astype(np.float32)
+        if normalize:
+            emb = emb / np.clip(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12, None)
+        return emb
+
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int = 20, top_k: int = 0,
+                     temperature: float = 0.0, seed: int = 0, on_token=None) -> GenerationOutput:
+        self._require("causal-lm")
+        pad = self.cdir.pad_token_id()
+        ids, mask = left_pad([list(p) for p in prompt_ids], pad)
+        return generate(self.model, ids, mask, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature,
+                        seed=seed, eos_ids=self.cdir.eos_token_ids(), pad_id=pad, on_token=on_token)
+
+    def generate(self, prompt: str, max_new_tokens: int = 20, top_k: int = 0, temperature: float = 0.0,
+                 seed: int = 0, on_token=None) -> GenerationResult:
+        prompt_ids = self.encode([prompt])[0]
+        if not prompt_ids:
+            raise ModelDirError("the prompt tokenises to nothing; give some text")
+        out = self.generate_ids([prompt_ids], max_new_tokens, top_k, temperature, seed, on_token)
+        eos = self.cdir.eos_token_ids()
+        new = [int(t) for t in out.new_tokens[0]]
+        if eos:
+            cut = next((i for i, t in enumerate(new) if t in eos), None)
+            if cut is not None:
+                new = new[: cut + 1]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        full = self.tokenizer.decode(prompt_ids + new, skip_special_tokens=True)
+        return GenerationResult(prompt, text, full, new, out.kv_shapes, out.prefill_s, out.tokens_per_s)
+
+    def run(self, text: str, **kwargs) -> dict[str, Any]:
+        """The task's answer for one text as a JSON-able dict (what `fg-edge run` prints)."""
+        base = {"model": self.variant, "file": str(self.file.path), "provider": self.label, "kind": self.kind}
+        if self.kind == "classification":
+            return {**base, **self.classify([text])[0]}
+        if self.kind == "embedding":
+            emb = self.embed([text], normalize=kwargs.get("normalize", False))[0]
+            return {**base, "dim": int(emb.shape[0]), "embedding": [float(x) for x in emb]}
+        res = self.generate(text, max_new_tokens=kwargs.get("max_new_tokens", 20), top_k=kwargs.get("top_k", 0),
+                            temperature=kwargs.get("temperature", 0.0), seed=kwargs.get("seed", 0),
+                            on_token=kwargs.get("on_token"))
+        return {**base, "prompt": text, "text": res.text, "full_text": res.full_text, "token_ids": res.token_ids,
+                "ttft_ms": res.ttft_s * 1e3, "tokens_per_s": res.tokens_per_s,
+                "kv_layout": self.model.kv_layout(), "kv_shapes": res.kv_shapes}

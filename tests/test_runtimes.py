@@ -1,0 +1,580 @@
+"""Runtime harness (fg_edge.runtimes): providers, sessions, runner, torch-free path, bad inputs.
+
+The compiled_dir fixtures are built here from tiny random HF models (fg_edge.testing) exported with
+torch.onnx.export: `model.onnx` has physically pruned heads / FFN channels (layers differ in shape, decoders
+carry per-layer kv-head counts), `baseline.onnx` is the dense model exported the same way. test_bench.py reuses
+them (built once per pytest process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnxruntime = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from fg_edge.errors import (InputMismatchError, ModelDirError, ModelFileError, ProviderError,  # noqa: E402
+                            ProviderUnavailableError)
+from fg_edge.runtimes import providers as P  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ------------------------------------------------------------------------------------------------------------
+# fixtures: tiny compiled_dirs
+# ------------------------------------------------------------------------------------------------------------
+WORDS = ["the", "a", "movie", "film", "was", "is", "good", "bad", "great", "awful", "not", "very", "and", "it",
+         "i", "liked", "hated", "story", "plot", "fun", "boring", "once", "upon", "time", "there", "girl", "boy"]
+_CACHE: dict[str, tuple[Path, object]] = {}
+
+
+def _write_tokenizer(out: Path, decoder: bool) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"] if decoder else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[3 if decoder else 1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if decoder:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    else:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(out / "tokenizer.json"))
+
+
+def _write_meta(out: Path, model, layers: list[dict], flop_ratio: float, task: str) -> None:
+    cfg = model.config.to_dict()
+    cfg["fg_edge_layers"] = layers
+    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    (out / "compile_report.json").write_text(json.dumps(
+        {"format_version": 1, "model_type": cfg["model_type"], "task": task,
+         "reference_shape": {"batch": 1, "seq_len": 128}, "layers": [],
+         "totals": {"flops_before": 1000, "flops_after": int(1000 / flop_ratio), "flop_ratio": flop_ratio}}))
+
+
+class _EncoderWrapper(torch.nn.Module):
+    def __init__(self, model, output: str):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out[self.output]
+
+
+def _real_exporter():
+    """fg_edge.exporters.onnx_export.export_onnx when present (the path `fg-edge compile` uses), else None."""
+    try:
+        from fg_edge.exporters.onnx_export import export_onnx
+    except ImportError:
+        return None
+    return export_onnx
+
+
+def _export_encoder(model, path: Path, output: str) -> None:
+    export = _real_exporter()
+    if export is not None:
+        export(model, path)
+        return
+    ids = torch.randint(4, 30, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    dyn = {n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids", output)}
+    with torch.no_grad():
+        torch.onnx.export(_EncoderWrapper(model, output).eval(), (ids, mask, torch.zeros_like(ids)), str(path),
+                          input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=[output],
+                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+
+
+def _prune_bert_ffn(model, layer: int, keep: int) -> None:
+    blk = model.base_model.encoder.layer[layer]
+    fc1, fc2 = blk.intermediate.dense, blk.output.dense
+    new1, new2 = torch.nn.Linear(fc1.in_features, keep), torch.nn.Linear(keep, fc2.out_features)
+    with torch.no_grad():
+        new1.weight.copy_(fc1.weight[:keep]); new1.bias.copy_(fc1.bias[:keep])
+        new2.weight.copy_(fc2.weight[:, :keep]); new2.bias.copy_(fc2.bias)
+    blk.intermediate.dense, blk.output.dense = new1, new2
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def _encoder_dir(kind: str) -> tuple[Path, object]:
+    import transformers
+
+    from fg_edge.testing import tiny_config, tiny_model
+
+    out = Path(tempfile.mkdtemp(prefix=f"fg-rt-{kind}-"))
+    if kind == "cls":
+        model = tiny_model("bert", num_labels=2)
+        model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
+        model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
+        output = "logits"
+    else:
+        torch.manual_seed(0)
+        model = transformers.BertModel(tiny_config("bert"), add_pooling_layer=False).eval()
+        output = "last_hidden_state"
+    _export_encoder(model, out / "baseline.onnx", output)
+    model.prune_heads({1: [0, 1]})
+    _prune_bert_ffn(model, 0, 24)
+    _export_encoder(model, out / "model.onnx", output)
+    layers = [dict(num_heads=4, num_kv_heads=4, head_dim=8, ffn_size=24, attention="standard", ffn="standard"),
+              dict(num_heads=2, num_kv_heads=2, head_dim=8, ffn_size=48, attention="standard", ffn="standard")]
+    if kind == "cls":
+        _quantize(out / "model.onnx", out / "model.int8.onnx")
+        _quantize(out / "baseline.onnx", out / "baseline.int8.onnx")
+    _write_meta(out, model, layers, 1.4, "classification" if kind == "cls" else "embedding")
+    _write_tokenizer(out, decoder=False)
+    return out, model
+
+
+class _DecoderWrapper(torch.nn.Module):
+    def __init__(self, model, n_layers):
+        super().__init__()
+        self.model, self.n_layers = model, n_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.n_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        flat = []
+        for layer in out.past_key_values.layers:
+            flat += [layer.keys, layer.values]
+        return (out.logits, *flat)
+
+
+def _prune_llama_heads(model, layer_idx: int, keep_q_heads: list[int]) -> tuple[int, int]:
+    attn = model.model.layers[layer_idx].self_attn
+    hd, groups = attn.head_dim, attn.num_key_value_groups
+    kv_keep = sorted({h // groups for h in keep_q_heads})
+    q_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in keep_q_heads])
+    kv_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in kv_keep])
+
+    def sl(lin, idx, dim):
+        new = torch.nn.Linear(lin.in_features if dim == 0 else len(idx),
+                              lin.out_features if dim == 1 else len(idx), bias=False)
+        with torch.no_grad():
+            new.weight.copy_(lin.weight.index_select(dim, idx))
+        return new
+
+    attn.q_proj, attn.k_proj = sl(attn.q_proj, q_idx, 0), sl(attn.k_proj, kv_idx, 0)
+    attn.v_proj, attn.o_proj = sl(attn.v_proj, kv_idx, 0), sl(attn.o_proj, q_idx, 1)
+    return len(keep_q_heads), len(kv_keep)
+
+
+def _export_decoder(model, path: Path, layers: list[dict]) -> None:
+    export = _real_exporter()
+    if export is not None:
+        export(model, path, kind="causal-lm")
+        return
+    from optimum.exporters.onnx.model_patcher import eager_mask_without_vmap, sdpa_mask_without_vmap
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    B, S, PAST = 2, 3, 2
+    ids = torch.randint(4, model.config.vocab_size, (B, S))
+    mask = torch.ones(B, PAST + S, dtype=torch.long)
+    pos = torch.arange(PAST, PAST + S).unsqueeze(0).expand(B, S)
+    past, names_in, names_out = [], ["input_ids", "attention_mask", "position_ids"], ["logits"]
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
+           "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+    for i, rec in enumerate(layers):
+        for kv in ("key", "value"):
+            past.append(torch.randn(B, rec["num_kv_heads"], PAST, rec["head_dim"]))
+            names_in.append(f"past_key_values.{i}.{kv}")
+            names_out.append(f"present.{i}.{kv}")
+            dyn[names_in[-1]] = {0: "batch", 2: "past"}
+            dyn[names_out[-1]] = {0: "batch", 2: "total"}
+    saved = {k: ALL_MASK_ATTENTION_FUNCTIONS[k] for k in ("sdpa", "eager")}
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa", sdpa_mask_without_vmap)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("eager", eager_mask_without_vmap)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(_DecoderWrapper(model, len(layers)).eval(), (ids, mask, pos, *past), str(path),
+                              input_names=names_in, output_names=names_out, dynamic_axes=dyn, opset_version=17,
+                              dynamo=False)
+    finally:
+        for k, v in saved.items():
+            ALL_MASK_ATTENTION_FUNCTIONS.register(k, v)
+
+
+def _decoder_dir() -> tuple[Path, object]:
+    from fg_edge.testing import tiny_model
+
+    out = Path(tempfile.mkdtemp(prefix="fg-rt-dec-"))
+    model = tiny_model("llama", bos_token_id=1, eos_token_id=2)
+    hd = model.config.hidden_size // model.config.num_attention_heads
+
+    def rec(h, kv):
+        return dict(num_heads=h, num_kv_heads=kv, head_dim=hd, ffn_size=48, attention="standard", ffn="standard",
+                    kv_cache={"num_heads": kv, "head_dim": hd})
+
+    _export_decoder(model, out / "baseline.onnx", [rec(4, 2), rec(4, 2)])
+    heads, kv = _prune_llama_heads(model, 0, [0, 1])
+    layers = [rec(heads, kv), rec(4, 2)]
+    _export_decoder(model, out / "model.onnx", layers)
+    _write_meta(out, model, layers, 1.25, "causal-lm")
+    _write_tokenizer(out, decoder=True)
+    return out, model
+
+
+def compiled_dir(kind: str) -> tuple[Path, object]:
+    """(compiled_dir, torch model equal to model.onnx), built once per process. kind: cls | emb | dec."""
+    if kind not in _CACHE:
+        import atexit
+        import shutil
+
+        _CACHE[kind] = _decoder_dir() if kind == "dec" else _encoder_dir(kind)
+        atexit.register(shutil.rmtree, _CACHE[kind][0], ignore_errors=True)
+    return _CACHE[kind]
+
+
+@pytest.fixture(scope="module")
+def cls_dir():
+    return compiled_dir("cls")
+
+
+@pytest.fixture(scope="module")
+def emb_dir():
+    return compiled_dir("emb")
+
+
+@pytest.fixture(scope="module")
+def dec_dir():
+    return compiled_dir("dec")
+
+
+def _copy(src: Path, tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
+    import shutil
+
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*drop) if drop else None)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------------------
+# providers
+# ------------------------------------------------------------------------------------------------------------
+def test_provider_table_covers_targets():
+    want = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+            "xnnpack": "XnnpackExecutionProvider", "nnapi": "NnapiExecutionProvider",
+            "coreml": "CoreMLExecutionProvider", "qnn": "QNNExecutionProvider",
+            "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider", "webgpu": "WebGpuExecutionProvider"}
+    for name, ep in want.items():
+        assert P.PROVIDERS[name].ep == ep
+        assert P.get_spec(ep).name == name                       # full EP names resolve too
+    assert "onnxruntime-gpu" in P.PROVIDERS["cuda"].install
+    assert "onnxruntime-openvino" in P.PROVIDERS["openvino"].install
+    assert "onnxruntime-qnn" in P.PROVIDERS["qnn"].install
+    assert "onnxruntime-directml" in P.PROVIDERS["dml"].install
+    assert "Android" in P.PROVIDERS["nnapi"].install
+    assert "macOS" in P.PROVIDERS["coreml"].install
+    mobile = P.PROVIDERS["mobile"]
+    assert mobile.ep == "CPUExecutionProvider" and mobile.max_threads == 2 and mobile.prefer_int8
+    assert mobile.display == "mobile (emulated on CPU EP)"
+    assert P.resolve_provider("cpu").ep == "CPUExecutionProvider"
+    rows = P.provider_table()
+    assert any(r["name"] == "cpu" and r["available"] for r in rows)
+
+
+def test_unknown_provider():
+    with pytest.raises(ProviderError, match="unknown execution provider 'tpu9000'.*cpu, cuda"):
+        P.resolve_provider("tpu9000")
+
+
+@pytest.mark.parametrize("name,package", [("cuda", "onnxruntime-gpu"), ("openvino", "onnxruntime-openvino"),
+                                          ("dml", "onnxruntime-directml"), ("nnapi", "Android")])
+def test_unavailable_provider_names_package(monkeypatch, name, package):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_ep_devices", lambda: [])
+    with pytest.raises(ProviderUnavailableError, match=package) as err:
+        P.resolve_provider(name)
+    assert P.PROVIDERS[name].ep in str(err.value)
+
+
+def test_ep_library_option_errors(tmp_path):
+    with pytest.raises(ProviderError, match="NAME=PATH"):
+        P.register_ep_libraries(["no-equals-sign"])
+    with pytest.raises(ProviderError, match="no such file"):
+        P.register_ep_libraries([f"MyEP={tmp_path / 'missing.so'}"])
+    bogus = tmp_path / "libbogus.so"
+    bogus.write_bytes(b"not a shared library")
+    assert hasattr(onnxruntime, "register_execution_provider_library")      # ORT >= 1.22 has plugin EPs
+    with pytest.raises(ProviderError, match="cannot register"):
+        P.register_ep_libraries([f"BogusEP={bogus}"])
+
+
+def test_cuda_provider(cls_dir):
+    """Runs only where onnxruntime-gpu offers CUDAExecutionProvider (skips cleanly elsewhere)."""
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("CUDAExecutionProvider not available (pip install onnxruntime-gpu on a CUDA machine)")
+    from fg_edge.runtimes.runner import Runner
+
+    d, _ = cls_dir
+    gpu = Runner(d, provider="cuda")
+    assert gpu.model.session.get_providers()[0] == "CUDAExecutionProvider"
+    np.testing.assert_allclose(gpu.logits(["good film"]), Runner(d).logits(["good film"]), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# runner
+# ------------------------------------------------------------------------------------------------------------
+def test_runner_classification(cls_dir):
+    from fg_edge.runtimes.runner import Runner
+
+    d, model = cls_dir
+    r = Runner(d)
+    assert r.kind == "classification" and r.variant == "compiled"
+    texts = ["the movie was good", "bad plot"]
+    out = r.classify(texts)
+    assert {o["label"] for o in out} <= {"NEGATIVE", "POSITIVE"}
+    assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-6 for o in out)
+    ids, mask = r.encode_padded(texts)
+    assert ids[1, -1] == 0 and mask[1, -1] == 0                      # padded on the right
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_allclose(r.logits(texts), ref, atol=1e-5)
+    base = Runner(d, model="baseline")
+    assert base.file.path.name == "baseline.onnx"
+    assert Runner(d, model="int8").classify(texts)[0]["label"] in ("NEGATIVE", "POSITIVE")
+
+
+def test_runner_mobile_profile(cls_dir):
+    from fg_edge.runtimes.runner import Runner
+
+    r = Runner(cls_dir[0], provider="mobile", threads=8)
+    assert r.variant == "int8" and r.file.path.name == "model.int8.onnx"
+    assert r.label == "mobile (emulated on CPU EP)"
+    assert r.run("good")["provider"] == "mobile (emulated on CPU EP)"
+
+
+def test_runner_embedding(emb_dir):
+    from fg_edge.runtimes.runner import Runner
+
+    d, model = emb_dir
+    r = Runner(d)
+    assert r.kind == "embedding"
+    texts = ["a good film", "boring"]
+    emb = r.embed(texts)
+    ids, mask = r.encode_padded(texts)
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    m = torch.tensor(mask)[..., None].float()
+    ref = ((h * m).sum(1) / m.sum(1)).numpy()
+    np.testing.assert_allclose(emb, ref, atol=1e-5)
+    assert r.run("a good film", normalize=True)["dim"] == emb.shape[1]
+
+
+def test_runner_decoder_matches_torch_greedy(dec_dir):
+    from fg_edge.runtimes.generate import left_pad
+    from fg_edge.runtimes.runner import Runner
+
+    d, model = dec_dir
+    r = Runner(d)
+    assert r.kind == "causal-lm"
+    layout = r.model.kv_layout()
+    assert [(x["kv_heads"], x["head_dim"]) for x in layout] == [(1, 8), (2, 8)]    # per-layer, not global
+    prompt = "once upon a time"
+    res = r.generate(prompt, max_new_tokens=10)
+    ids = r.encode([prompt])[0]
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False)[0, len(ids):].tolist()
+    assert res.token_ids == ref
+    assert [s["key"][1] for s in res.kv_shapes] == [1, 2]
+    assert res.kv_shapes[0]["key"][2] == len(ids) + len(ref) - 1
+    # a left-padded batch of two prompts
+    prompts = [r.encode(["once upon a time there"])[0], r.encode(["the girl"])[0]]
+    out = r.generate_ids(prompts, max_new_tokens=6)
+    pids, pmask = left_pad(prompts, 0)
+    with torch.no_grad():
+        ref2 = model.generate(torch.tensor(pids), attention_mask=torch.tensor(pmask), max_new_tokens=6,
+                              do_sample=False, pad_token_id=0)[:, pids.shape[1]:]
+    np.testing.assert_array_equal(out.new_tokens, ref2.numpy())
+
+
+def test_sampling_is_seeded(dec_dir):
+    from fg_edge.runtimes.runner import Runner
+
+    r = Runner(dec_dir[0])
+    a = r.generate("once", max_new_tokens=6, top_k=5, temperature=0.9, seed=7).token_ids
+    b = r.generate("once", max_new_tokens=6, top_k=5, temperature=0.9, seed=7).token_ids
+    assert a == b
+    greedy = r.generate("once", max_new_tokens=6).token_ids
+    assert r.generate("once", max_new_tokens=6, top_k=1, temperature=1.0, seed=3).token_ids == greedy
+
+
+def test_cli_run(cls_dir, dec_dir):
+    from click.testing import CliRunner
+
+    from fg_edge.cli import cli
+
+    res = CliRunner().invoke(cli, ["run", str(cls_dir[0]), "the film was good"])
+    assert res.exit_code == 0, res.output
+    assert "label:" in res.output
+    res = CliRunner().invoke(cli, ["run", str(dec_dir[0]), "once upon a time", "--max-new-tokens", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output[res.output.index("{"):])
+    assert len(data["token_ids"]) <= 4 and [x["kv_heads"] for x in data["kv_layout"]] == [1, 2]
+    res = CliRunner().invoke(cli, ["run", str(cls_dir[0]), "x", "--provider", "cuda"])
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert res.exit_code == 1 and "onnxruntime-gpu" in res.output and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------------------
+def test_corrupted_onnx(cls_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from fg_edge.cli import cli
+    from fg_edge.runtimes.runner import Runner
+
+    d = _copy(cls_dir[0], tmp_path)
+    (d / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    with pytest.raises(ModelFileError, match=str(d / "model.onnx")):
+        Runner(d)
+    res = CliRunner().invoke(cli, ["run", str(d), "good"])
+    assert res.exit_code == 1 and "model.onnx" in res.output and "corrupted" in res.output
+
+
+def test_mismatched_input_names(cls_dir):
+    from fg_edge.runtimes.session import build_feeds, create_session
+
+    sess = create_session(cls_dir[0] / "model.onnx")
+    ids = np.ones((1, 4), dtype=np.int64)
+    with pytest.raises(InputMismatchError) as err:
+        build_feeds(sess, {"input_ids": ids, "mask": ids, "token_type_ids": ids}, "model.onnx")
+    msg = str(err.value)
+    assert "missing attention_mask" in msg and "unexpected mask" in msg
+    assert "expected ['attention_mask', 'input_ids', 'token_type_ids']" in msg and "given" in msg
+    feeds = build_feeds(sess, {"input_ids": ids.astype(np.int32), "attention_mask": ids, "token_type_ids": ids})
+    assert feeds["input_ids"].dtype == np.int64                       # cast to the declared type
+
+
+def test_missing_compiled_dir_and_variant(cls_dir, tmp_path):
+    from fg_edge.runtimes.runner import Runner
+
+    with pytest.raises(ModelDirError, match="does not exist"):
+        Runner(tmp_path / "nope")
+    d = _copy(cls_dir[0], tmp_path, drop=("*.int8.onnx",))
+    with pytest.raises(ModelDirError, match="model.int8.onnx"):
+        Runner(d, model="int8")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# eval
+# ------------------------------------------------------------------------------------------------------------
+def test_eval_accuracy_side_by_side(cls_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from fg_edge.cli import cli
+    from fg_edge.runtimes.runner import Runner
+
+    d = cls_dir[0]
+    rows = [("the movie was \"good", 1), ("bad plot", 0), ("it was great fun", 1), ("boring 'story", 0)]
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))   # unquoted, GLUE style
+    res = CliRunner().invoke(cli, ["eval", str(d), "--data", str(tsv), "--text-column", "sentence", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    assert list(report["results"]) == ["baseline", "compiled", "int8", "baseline-int8"]
+    pred = Runner(d).logits([t for t, _ in rows]).argmax(-1)
+    assert report["results"]["compiled"]["value"] == pytest.approx(np.mean(pred == [y for _, y in rows]))
+    jl = tmp_path / "dev.jsonl"
+    jl.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    res = CliRunner().invoke(cli, ["eval", str(d), "--data", str(jl), "--max-rows", "3", "--models", "compiled"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output and "compiled" in res.output
+
+
+def test_eval_perplexity(dec_dir, tmp_path):
+    from fg_edge.runtimes.evaluate import evaluate
+
+    d, model = dec_dir
+    txt = tmp_path / "valid.txt"
+    txt.write_text("once upon a time there was a girl and a boy\n\nthe story was fun\n")
+    report = evaluate(d, txt, window=8)
+    assert set(report["results"]) == {"baseline", "compiled"}
+    comp = report["results"]["compiled"]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    nll, n = 0.0, 0
+    for doc in ("once upon a time there was a girl and a boy", "the story was fun"):
+        ids = tok.encode(doc).ids
+        for s in range(0, len(ids) - 1, 7):
+            chunk = torch.tensor([ids[s:s + 8]])
+            if chunk.shape[1] < 2:
+                continue
+            with torch.no_grad():
+                logp = torch.log_softmax(model(chunk).logits[0, :-1].double(), -1)
+            nll -= logp[torch.arange(chunk.shape[1] - 1), chunk[0, 1:]].sum().item()
+            n += chunk.shape[1] - 1
+    assert comp["tokens"] == n
+    assert comp["value"] == pytest.approx(np.exp(nll / n), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the runtime path never imports torch / transformers
+# ------------------------------------------------------------------------------------------------------------
+TORCH_FREE_SCRIPT = textwrap.dedent("""
+    import importlib.abc, sys, json
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "optimum", "accelerate", "safetensors"):
+                raise ImportError(f"blocked import of {name}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    cls_dir, dec_dir, out_dir, tsv = sys.argv[1:5]
+    from fg_edge.runtimes.runner import Runner
+    from fg_edge.runtimes.bench import run_bench, write_outputs, validate_result
+    from fg_edge.runtimes.evaluate import evaluate
+    from click.testing import CliRunner
+    from fg_edge.cli_bench import bench_cmd
+    from fg_edge.cli_eval import eval_cmd
+    from fg_edge.cli_run import run_cmd
+
+    for cmd, args in ((run_cmd, [dec_dir, "once upon", "--max-new-tokens", "2"]),
+                      (eval_cmd, [cls_dir, "--data", tsv]),
+                      (bench_cmd, [dec_dir, "--seq", "4", "--repeats", "1", "--warmup", "0", "--gen-tokens", "2",
+                                   "-o", out_dir + "-cli", "--no-progress"])):
+        res = CliRunner().invoke(cmd, args)
+        assert res.exit_code == 0, (cmd.name, res.output, res.exception)
+    print(Runner(cls_dir).run("the film was good")["label"])
+    print(Runner(dec_dir).generate("once upon a time", max_new_tokens=4).token_ids)
+    res = run_bench(cls_dir, providers="cpu,mobile", seqs=[8], repeats=2, warmup=1, progress=False)
+    validate_result(res)
+    write_outputs(res, out_dir)
+    res = run_bench(dec_dir, seqs=[4], repeats=2, warmup=0, gen_tokens=3, progress=False)
+    print(evaluate(cls_dir, tsv)["results"]["compiled"]["value"])
+    bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
+    print("IMPORTED", bad)
+    assert not bad, bad
+""")
+
+
+def test_runtime_path_never_imports_torch(cls_dir, dec_dir, tmp_path):
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("text\tlabel\nthe film was good\t1\nbad\t0\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE_SCRIPT, str(cls_dir[0]), str(dec_dir[0]),
+                           str(tmp_path / "bench"), str(tsv)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "IMPORTED []" in proc.stdout
+    assert (tmp_path / "bench" / "bench.json").is_file()
