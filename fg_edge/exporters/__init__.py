@@ -1,0 +1,34 @@
+"""Exporters: compiled / dense torch models -> ONNX (+ int8, ORT format), with a parity gate against the gated model.
+
+    from fg_edge.exporters import compile_model_dir, CompileOptions
+    report = compile_model_dir("runs/minilm", options=CompileOptions(quantize="int8", ort_format=True))
+
+Lower-level pieces: `export_onnx` (graph interfaces documented in `onnx_export`), `check_onnx_parity`,
+`dense_baseline`, `quantize_int8_dynamic`, `quantize_qdq_static`, `convert_to_ort`, `partition_summary`.
+Imports are lazy so `import fg_edge.exporters` stays cheap.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "export_onnx": "onnx_export", "ExportInfo": "onnx_export", "validate_opset": "onnx_export",
+    "kv_layout": "onnx_export", "model_kind": "onnx_export", "MIN_OPSET": "onnx_export", "MAX_OPSET": "onnx_export",
+    "DEFAULT_OPSET": "onnx_export",
+    "check_onnx_parity": "parity", "make_session": "parity",
+    "dense_baseline": "baseline",
+    "quantize_int8_dynamic": "quantize", "quantize_qdq_static": "quantize", "quantized_op_counts": "quantize",
+    "QUANTIZE_MODES": "quantize",
+    "convert_to_ort": "ort_format", "partition_summary": "ort_format",
+    "compile_model_dir": "pipeline", "CompileOptions": "pipeline", "default_output": "pipeline",
+    "format_summary": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""The dense baseline: the gated model with its gates (and adapters) folded into the weights, nothing removed.
+
+Exported by the same path and settings as the compiled model, so `fg-edge bench` compares like with like.
+Uses the compiler's own fold passes when they are there, else folds with `GatedLinear.folded()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def _fold_locally_(model: nn.Module) -> None:
+    from ..inject import gated_modules
+    from ..layers import GatedLinear
+
+    for name, g in gated_modules(model).items():
+        assert isinstance(g, GatedLinear)
+        w, b = g.folded()
+        base = g.base_layer
+        base.weight.data.copy_(w if isinstance(base, nn.Linear) else w.t())
+        if b is not None:
+            base.bias.data.copy_(b)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, base)
+
+
+def dense_baseline(gated_model: nn.Module) -> nn.Module:
+    """A deep copy of `gated_model` with every gate folded (W' = diag(r)(W + sBA)diag(c)); eval mode."""
+    model = copy.deepcopy(gated_model).eval()
+    try:
+        from ..compiler.passes import fold_gates_, merge_adapters_
+    except ImportError:
+        log.debug("fg_edge.compiler fold passes not available; folding with GatedLinear.folded()")
+        _fold_locally_(model)
+    else:
+        merge_adapters_(model)
+        fold_gates_(model)
+    if hasattr(model, "fg_edge_config"):
+        del model.fg_edge_config
+    return model

@@ -1,0 +1,293 @@
+"""Export a (compiled) HF model to ONNX with dynamic batch / sequence axes (TorchScript exporter).
+
+Graph interfaces (the names the runtime and the parity gate rely on):
+
+* encoders / classifiers: inputs ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` when the model has
+  more than one token type); output ``logits`` (task head) or ``last_hidden_state`` (bare backbone).
+* causal LMs, one graph with a KV cache: inputs ``input_ids`` (batch, seq), ``attention_mask``
+  (batch, past+seq), ``position_ids`` (batch, seq), ``past_key_values.{i}.key`` / ``.value`` of shape
+  (batch, kv_heads_i, past, head_dim_i); outputs ``logits`` and ``present.{i}.key`` / ``.value``
+  (batch, kv_heads_i, past+seq, head_dim_i). ``past`` may be 0 (prefill). Every layer has its own kv_heads_i,
+  measured on the model itself (never taken from the global config), and recorded in the graph metadata
+  ``fg_edge.kv_shapes`` as JSON ``[[kv_heads, head_dim], ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+
+#: opsets the TorchScript exporter of this torch writes and ORT runs (torch >= 2.x: up to 20)
+MIN_OPSET, MAX_OPSET = 14, 20
+DEFAULT_OPSET = 17
+#: models with more parameter bytes than this are written with external data (protobuf caps a file at 2 GB)
+EXTERNAL_DATA_THRESHOLD = 1_500_000_000
+KINDS = ("classification", "embedding", "causal-lm")
+
+# dummy shapes used for tracing: all different and > 1 so no dimension is specialised into a constant
+_TRACE_BATCH, _TRACE_SEQ, _TRACE_PAST = 2, 3, 4
+
+
+def validate_opset(opset: int) -> int:
+    if not isinstance(opset, int) or isinstance(opset, bool) or not (MIN_OPSET <= opset <= MAX_OPSET):
+        raise ConfigError(f"--opset {opset!r} is not supported: fg-edge exports ONNX opsets {MIN_OPSET}–{MAX_OPSET} "
+                          f"(torch {torch.__version__} TorchScript exporter); default {DEFAULT_OPSET}")
+    return opset
+
+
+def model_kind(model: nn.Module) -> str:
+    """'causal-lm' (LM head, KV cache), 'classification' (a task head giving logits) or 'embedding'."""
+    name = type(model).__name__
+    if "CausalLM" in name or "LMHead" in name:
+        return "causal-lm"
+    if model.base_model is model:
+        return "embedding"
+    return "classification"
+
+
+def uses_token_type_ids(model: nn.Module) -> bool:
+    import inspect
+
+    if "token_type_ids" not in inspect.signature(model.forward).parameters:
+        return False
+    return int(getattr(model.config, "type_vocab_size", 0) or 0) > 1
+
+
+def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(k, v) for k, v in cache]  # legacy tuple of tuples
+
+
+@torch.no_grad()
+def kv_layout(model: nn.Module) -> list[tuple[int, int]]:
+    """[(kv_heads_i, head_dim_i)] per layer, measured by running the model on one token (ground truth).
+
+    Compiled models differ per layer, so the global config value must never be used. When the config carries
+    the compiler's shape record (`fg_edge_layers`), each entry's kv-head count is checked against the model.
+    """
+    device = next(model.parameters()).device
+    ids = torch.full((1, 1), 3, dtype=torch.long, device=device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, return_dict=True)
+    if out.past_key_values is None:
+        raise ExportError(f"{type(model).__name__} returned no KV cache with use_cache=True; cannot export a "
+                          f"cached decoder graph")
+    shapes = [(int(k.shape[1]), int(k.shape[3])) for k, _ in _cache_layers(out.past_key_values)]
+    _check_shape_record(model, shapes)
+    return shapes
+
+
+def _check_shape_record(model: nn.Module, shapes: list[tuple[int, int]]) -> None:
+    """Cross-check the measured cache shapes with config.fg_edge_layers (the compiler's record) when present."""
+    record = getattr(model.config, "fg_edge_layers", None)
+    if not record:
+        return
+    if len(record) != len(shapes):
+        raise ExportError(f"config.fg_edge_layers lists {len(record)} layers, the model's KV cache has {len(shapes)}")
+    for i, (entry, got) in enumerate(zip(record, shapes)):
+        cache = entry.get("kv_cache") if isinstance(entry, dict) else None
+        if isinstance(cache, dict):
+            want = (cache.get("num_heads"), cache.get("head_dim"))
+        elif isinstance(entry, dict) and entry.get("num_heads"):
+            want = (entry.get("num_kv_heads"), entry.get("head_dim"))
+        else:
+            continue
+        if tuple(want) != tuple(got):
+            raise ExportError(f"layer {i}: the shape record (config.fg_edge_layers) says the KV cache holds "
+                              f"{want[0]} heads of dim {want[1]}, the model caches {got[0]} of dim {got[1]}")
+
+
+class EncoderWrapper(nn.Module):
+    def __init__(self, model: nn.Module, output: str, token_type_ids: bool):
+        super().__init__()
+        self.model, self.output, self.token_type_ids = model, output, token_type_ids
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if self.token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        return getattr(self.model(**kwargs), self.output)
+
+
+class DecoderWrapper(nn.Module):
+    """Flat tensors in and out; a DynamicCache is built from the per-layer past tensors inside the graph."""
+
+    def __init__(self, model: nn.Module, num_layers: int):
+        super().__init__()
+        self.model, self.num_layers = model, num_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.num_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, return_dict=True)
+        flat = []
+        for k, v in _cache_layers(out.past_key_values):
+            flat += [k, v]
+        return (out.logits, *flat)
+
+
+@dataclass
+class ExportInfo:
+    kind: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    external_data: bool
+    token_type_ids: bool = False
+    kv_shapes: list[tuple[int, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kv_shapes"] = [list(s) for s in self.kv_shapes]
+        return d
+
+
+def param_bytes(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _io_spec(model: nn.Module, kind: str, kv_shapes, vocab: int):
+    g = torch.Generator().manual_seed(0)
+    b, s, p = _TRACE_BATCH, _TRACE_SEQ, _TRACE_PAST
+    ids = torch.randint(3, max(vocab, 4), (b, s), generator=g)
+    dtype = next(model.parameters()).dtype
+    if kind == "causal-lm":
+        names = ["input_ids", "attention_mask", "position_ids"]
+        args = [ids, torch.ones(b, p + s, dtype=torch.long), torch.arange(p, p + s).expand(b, s).contiguous()]
+        dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+               "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+               "position_ids": {0: "batch_size", 1: "sequence_length"},
+               "logits": {0: "batch_size", 1: "sequence_length"}}
+        outputs = ["logits"]
+        for i, (kv, hd) in enumerate(kv_shapes):
+            for part in ("key", "value"):
+                name = f"past_key_values.{i}.{part}"
+                names.append(name)
+                args.append(torch.randn(b, kv, p, hd, generator=g).to(dtype))
+                dyn[name] = {0: "batch_size", 2: "past_sequence_length"}
+                out = f"present.{i}.{part}"
+                outputs.append(out)
+                dyn[out] = {0: "batch_size", 2: "total_sequence_length"}
+        return args, names, outputs, dyn
+    mask = torch.ones(b, s, dtype=torch.long)
+    mask[1, -1] = 0
+    names, args = ["input_ids", "attention_mask"], [ids, mask]
+    dyn = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    if uses_token_type_ids(model):
+        names.append("token_type_ids")
+        args.append(torch.zeros(b, s, dtype=torch.long))
+        dyn["token_type_ids"] = {0: "batch_size", 1: "sequence_length"}
+    output = "logits" if kind == "classification" else "last_hidden_state"
+    dyn[output] = {0: "batch_size"} if kind == "classification" else {0: "batch_size", 1: "sequence_length"}
+    return args, names, [output], dyn
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSET, kind: Optional[str] = None,
+                external_data: Optional[bool] = None) -> ExportInfo:
+    """Export `model` (a plain HF model: compiled, or dense with gates folded) to `path`.
+
+    external_data: None = automatic (above EXTERNAL_DATA_THRESHOLD bytes of parameters), True / False forces it;
+    the tensors then go to ``<path>.data`` next to the graph. The model is left in eval mode.
+    """
+    import onnx
+
+    validate_opset(opset)
+    kind = kind or model_kind(model)
+    if kind not in KINDS:
+        raise ConfigError(f"export kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    path = Path(path)
+    model.eval()
+    kv_shapes = kv_layout(model) if kind == "causal-lm" else []
+    vocab = int(getattr(model.config, "vocab_size", 100) or 100)
+    args, names, outputs, dyn = _io_spec(model, kind, kv_shapes, vocab)
+    if kind == "causal-lm":
+        wrapper = DecoderWrapper(model, len(kv_shapes))
+    else:
+        wrapper = EncoderWrapper(model, outputs[0], "token_type_ids" in names)
+    # torch.onnx.export puts the wrapper's training flag back onto every child: eval() the wrapper itself
+    wrapper.eval()
+    if external_data is None:
+        external_data = param_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    from .patches import export_patches
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
+    try:
+        raw = scratch / "raw.onnx"
+        with export_patches(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(wrapper, tuple(args), str(raw), input_names=names, output_names=outputs,
+                                  dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
+            except Exception as exc:
+                raise ExportError(f"torch.onnx.export of {type(model).__name__} ({kind}, opset {opset}) failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        proto = onnx.load(str(raw))
+        meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in kv_shapes]),
+                "fg_edge.model_type": str(getattr(model.config, "model_type", ""))}
+        for k, v in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = k, v
+        proto.producer_name = "fg-edge"
+        _save(proto, path, external_data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        model.eval()
+    info = ExportInfo(kind=kind, opset=opset, input_names=names, output_names=outputs,
+                      external_data=bool(external_data), token_type_ids="token_type_ids" in names,
+                      kv_shapes=kv_shapes)
+    log.info("exported %s (%s, opset %d%s) to %s", type(model).__name__, kind, opset,
+             ", external data" if external_data else "", path)
+    return info
+
+
+def _save(proto, path: Path, external_data: bool) -> None:
+    import onnx
+
+    data_name = path.name + ".data"
+    if (path.parent / data_name).exists():
+        os.remove(path.parent / data_name)
+    if external_data:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def onnx_files(path: str | Path) -> list[Path]:
+    """The graph file and its external-data file when there is one."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return [path] + ([data] if data.exists() else [])
+
+
+def onnx_param_count(path: str | Path) -> int:
+    """Number of weight elements stored as initializers (float, and int8 for quantized graphs)."""
+    import numpy as np
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))

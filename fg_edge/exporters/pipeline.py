@@ -1,0 +1,408 @@
+"""model_dir -> compiled_dir: compile (fg_edge.compiler), export to ONNX, parity gate, baseline, int8, ORT format.
+
+    report = compile_model_dir("runs/minilm", "runs/minilm_compiled", options=CompileOptions(quantize="int8"))
+
+compiled_dir (written atomically: nothing appears unless every stage and every parity check passed):
+
+    model.onnx (+ model.onnx.data)   the compiled graph (fp32); per-layer KV shapes for decoders
+    baseline.onnx                    the dense model (gates folded, nothing removed), same export settings
+    model.int8.onnx, baseline.int8.onnx    with --quantize int8 (dynamic)
+    model.qdq.onnx, baseline.qdq.onnx      with --quantize qdq (static QDQ, for NPU EPs)
+    model.ort, baseline.ort (+ .int8.ort), required_operators.config    with --ort-format
+    config.json                      HF config + the per-layer shape record `fg_edge_layers` (fg_edge.compiler)
+    model.safetensors, compile_plan.json   the compiled torch weights and removal plan (fg_edge.compiler.load_compiled)
+    tokenizer files                  when the model_dir has a tokenizer
+    compile_report.json              compiler report + "export", "onnx_parity", "quantization", "ort_format",
+                                     "mobile_partitions", "files" (bytes), "summary"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError, FgEdgeError, ModelDirError, OutputPathError
+from . import onnx_export as _ox
+from .onnx_export import DEFAULT_OPSET, validate_opset
+from .parity import DEFAULT_STEPS, DEFAULT_TOL, check_onnx_parity
+from .quantize import QUANTIZE_MODES
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "compile_report.json"
+
+
+@dataclass
+class CompileOptions:
+    opset: int = DEFAULT_OPSET
+    quantize: str = "none"
+    per_channel: bool = False
+    calibration: Optional[str] = None
+    ort_format: bool = False
+    baseline: bool = True
+    external_data: Optional[bool] = None
+    tol: float = DEFAULT_TOL
+    decoder_steps: int = DEFAULT_STEPS
+    eval_data: Optional[str] = None
+    eval_max_rows: int = 256
+
+    def validate(self) -> "CompileOptions":
+        validate_opset(self.opset)
+        if self.quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"--quantize {self.quantize!r}: use one of {', '.join(QUANTIZE_MODES)}")
+        for opt, value in (("--calibration", self.calibration), ("--eval-data", self.eval_data)):
+            if value is not None and not str(value).startswith("hf:") and not Path(value).is_file():
+                raise ConfigError(f"{opt} {value}: no such file")
+        if self.calibration is not None and self.quantize != "qdq":
+            log.warning("--calibration is only used by --quantize qdq; ignoring it")
+        if not (self.tol > 0):
+            raise ConfigError(f"parity tolerance must be > 0; got {self.tol}")
+        return self
+
+
+def default_output(model_dir: str | Path) -> Path:
+    model_dir = Path(model_dir)
+    return model_dir.with_name(model_dir.name + "_compiled")
+
+
+class _Progress:
+    """Stage display on stderr (tqdm); silent when disabled."""
+
+    def __init__(self, stages: list[str], enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(stages), desc="compile", unit="stage", file=sys.stderr, leave=False,
+                            bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}")
+        self.t0 = time.perf_counter()
+        self.times: dict[str, float] = {}
+
+    def stage(self, name: str) -> None:
+        self._current = name
+        self._start = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_description_str(f"compile: {name}")
+        log.debug("stage: %s", name)
+
+    def done(self) -> None:
+        self.times[self._current] = round(time.perf_counter() - self._start, 3)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _load_gated(model_dir: Path):
+    from ..model_dir import load
+
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
+    try:
+        return load(model_dir)
+    except FgEdgeError:
+        raise
+    except Exception as exc:  # corrupted weights / config files surface as assorted library errors
+        raise ModelDirError(f"{model_dir}: cannot load the gated model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _load_tokenizer(model_dir: Path):
+    from ..model_dir import load_tokenizer
+
+    try:
+        return load_tokenizer(model_dir)
+    except Exception as exc:  # noqa: BLE001 - transformers raises assorted errors for folders without tokenizer
+        log.debug("no usable tokenizer in %s (%s: %s)", model_dir, type(exc).__name__, exc)
+        return None
+
+
+def _calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
+    from ..model_dir import read_training_metadata
+    from .quantize import calibration_texts_from_training, read_calibration_texts
+
+    if options.calibration:
+        return read_calibration_texts(options.calibration), str(options.calibration)
+    try:
+        meta = read_training_metadata(model_dir)
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    texts = calibration_texts_from_training(meta)
+    if not texts:
+        raise ConfigError(f"--quantize qdq needs calibration text and {model_dir}/training.json records no readable "
+                          f"training data: pass --calibration FILE (one sentence per line, or a TSV/CSV/JSONL "
+                          f"file with a 'text' column)")
+    return texts, "training data recorded in training.json"
+
+
+def _eval_accuracy(onnx_path: Path, data, tokenizer, info, max_length: int = 128) -> float:
+    import numpy as np
+
+    from .parity import make_session
+
+    session = make_session(onnx_path)
+    correct = 0
+    for start in range(0, len(data), 16):
+        texts = data.texts[start:start + 16]
+        pairs = data.text_pairs[start:start + 16] if data.text_pairs else None
+        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        feeds = {"input_ids": enc["input_ids"].astype(np.int64),
+                 "attention_mask": enc["attention_mask"].astype(np.int64)}
+        if info.token_type_ids:
+            feeds["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(enc["input_ids"])).astype(np.int64)
+        logits = session.run(["logits"], feeds)[0]
+        correct += int((logits.argmax(-1) == np.asarray(data.labels[start:start + 16])).sum())
+    return correct / max(len(data), 1)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the output folder cannot be created (parent is a file, read-only, …)."""
+    import tempfile
+
+    probe = out.resolve().parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(f"cannot create output folder {out}: {probe} is a file, not a folder; choose another "
+                              f"--output")
+    try:
+        tempfile.TemporaryDirectory(prefix=".fg-probe-", dir=probe).cleanup()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write under {probe} ({exc.strerror or exc}); choose another --output") from None
+
+
+def _files(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *,
+                      options: Optional[CompileOptions] = None, overwrite: bool = False,
+                      progress: bool = False) -> dict:
+    """Compile, export and check a model_dir; returns the compile report (also written to the output)."""
+    from .. import __version__
+    from ..io import atomic_output_dir, check_output_dir
+
+    options = (options or CompileOptions()).validate()
+    model_dir = Path(model_dir)
+    out = Path(out) if out is not None else default_output(model_dir)
+    check_output_dir(out, overwrite)
+    _check_writable(out)
+    if out.resolve() == model_dir.resolve():
+        raise ConfigError(f"the output folder {out} is the model_dir itself; choose another --output")
+
+    stages = ["load", "compile", "export", "parity"]
+    stages += ["baseline"] if options.baseline else []
+    stages += ["quantize"] if options.quantize != "none" else []
+    stages += ["ort-format"] if options.ort_format else []
+    stages += ["report"]
+    prog = _Progress(stages, progress)
+    try:
+        prog.stage("load")
+        gated = _load_gated(model_dir)
+        tokenizer = _load_tokenizer(model_dir)
+        calib = None
+        if options.quantize == "qdq":
+            if tokenizer is None:
+                raise ConfigError(f"--quantize qdq tokenizes calibration text but {model_dir} has no tokenizer files")
+            calib = _calibration_texts(options, model_dir)
+        eval_data = None
+        if options.eval_data:
+            eval_data = _load_eval_data(options, gated, tokenizer, model_dir)
+        prog.done()
+
+        prog.stage("compile")
+        from ..compiler import compile_model, save_compiled
+
+        compiled, plan, creport = compile_model(gated, decoder_steps=options.decoder_steps)
+        prog.done()
+
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            report = _write_all(tmp, gated, compiled, plan, creport, tokenizer, options, prog, calib, eval_data,
+                                save_compiled)
+            report.update({"fg_edge_version": __version__, "source": str(model_dir),
+                           "options": asdict(options)})
+            prog.stage("report")
+            report["stage_seconds"] = prog.times
+            report["files"] = _files(tmp)
+            report["summary"] = summary_rows(report)
+            (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+            report["files"][REPORT_FILE] = (tmp / REPORT_FILE).stat().st_size
+            prog.done()
+    finally:
+        prog.close()
+    log.info("wrote compiled model %s", out)
+    report["output"] = str(out)
+    return report
+
+
+def _load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
+    from ..data import load_classification
+
+    task = getattr(getattr(gated, "fg_edge_config", None), "task", None)
+    if task != "classification":
+        raise ConfigError(f"--eval-data measures classification accuracy; this model_dir's task is {task!r}")
+    if tokenizer is None:
+        raise ConfigError(f"--eval-data needs the tokenizer, and {model_dir} has no tokenizer files")
+    return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file")
+
+
+def _write_all(tmp: Path, gated, compiled, plan, creport: dict, tokenizer, options: CompileOptions, prog,
+               calib, eval_data, save_compiled) -> dict:
+    import torch
+
+    # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
+    staging = tmp / ".torch"
+    save_compiled(compiled, plan, creport, staging, tokenizer=tokenizer)
+    for f in staging.iterdir():
+        if f.name != REPORT_FILE:
+            shutil.move(str(f), tmp / f.name)
+    shutil.rmtree(staging)
+
+    report = dict(creport)
+    kind = _ox.model_kind(compiled)
+    prog.stage("export")
+    info = _ox.export_onnx(compiled, tmp / "model.onnx", opset=options.opset, kind=kind,
+                           external_data=options.external_data)
+    prog.done()
+    report["export"] = {**info.to_dict(), "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+                        "torch_version": torch.__version__, "dynamic_axes": True,
+                        "graph_optimization": "none written offline: ORT applies ORT_ENABLE_ALL at session "
+                                              "creation, and the parity gate runs with it",
+                        "patches": "optimum-onnx sdpa/eager mask without vmap, DynamicLayer.update"}
+
+    prog.stage("parity")
+    parity = {"model.onnx": check_onnx_parity(gated, tmp / "model.onnx", kind=kind, tol=options.tol,
+                                              steps=options.decoder_steps)}
+    prog.done()
+    graphs = ["model.onnx"]
+    if options.baseline:
+        from .baseline import dense_baseline
+
+        prog.stage("baseline")
+        dense = dense_baseline(gated)
+        _ox.export_onnx(dense, tmp / "baseline.onnx", opset=options.opset, kind=kind,
+                        external_data=info.external_data)
+        parity["baseline.onnx"] = check_onnx_parity(gated, tmp / "baseline.onnx", kind=kind, tol=options.tol,
+                                                    steps=options.decoder_steps)
+        report["baseline"] = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed",
+                              "params": sum(p.numel() for p in dict(dense.named_parameters()).values())}
+        del dense
+        graphs.append("baseline.onnx")
+        prog.done()
+    report["onnx_parity"] = parity
+
+    quant_graphs = []
+    if options.quantize != "none":
+        prog.stage("quantize")
+        report["quantization"] = _quantize(tmp, graphs, gated, kind, info, tokenizer, options, calib, eval_data)
+        quant_graphs = [quantized_name(g, options.quantize) for g in graphs]
+        prog.done()
+    else:
+        report["quantization"] = {"mode": "none"}
+
+    if options.ort_format:
+        from .ort_format import convert_to_ort, partition_summary
+
+        prog.stage("ort-format")
+        ort_info = convert_to_ort([tmp / g for g in graphs + quant_graphs], tmp)
+        import onnxruntime as ort
+
+        for name in ort_info["files"]:  # each .ort must load in ORT
+            ort.InferenceSession(str(tmp / name), providers=["CPUExecutionProvider"])
+        report["ort_format"] = ort_info
+        report["mobile_partitions"] = {"model.onnx": partition_summary(tmp / "model.onnx")}
+        prog.done()
+    return report
+
+
+def _quantize(tmp: Path, graphs: list[str], gated, kind: str, info, tokenizer, options: CompileOptions, calib,
+              eval_data) -> dict:
+    from .quantize import calibration_feeds, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts
+
+    result: dict = {"files": {}}
+    feeds = None
+    if options.quantize == "qdq":
+        texts, source = calib
+        feeds = calibration_feeds(texts, tokenizer, info.input_names, info.kv_shapes)
+        result["calibration_source"] = source
+    for g in graphs:
+        dst = quantized_name(g, options.quantize)
+        if options.quantize == "int8":
+            settings = quantize_int8_dynamic(tmp / g, tmp / dst, per_channel=options.per_channel)
+        else:
+            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, per_channel=options.per_channel)
+        result["settings"] = settings
+        entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
+                 "vs_gated_model": check_onnx_parity(gated, tmp / dst, kind=kind, tol=options.tol,
+                                                     steps=options.decoder_steps, raise_on_fail=False)}
+        result["files"][dst] = entry
+    if eval_data is not None:
+        metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}
+        for g in graphs:
+            metric[g] = _eval_accuracy(tmp / g, eval_data, tokenizer, info)
+            dst = quantized_name(g, options.quantize)
+            metric[dst] = _eval_accuracy(tmp / dst, eval_data, tokenizer, info)
+        metric["quantized_change"] = metric[quantized_name("model.onnx", options.quantize)] - metric["model.onnx"]
+        result["task_metric"] = metric
+    return result
+
+
+def quantized_name(graph: str, mode: str) -> str:
+    """model.onnx -> model.int8.onnx (dynamic int8) / model.qdq.onnx (static QDQ)."""
+    return graph[: -len(".onnx")] + (".int8.onnx" if mode == "int8" else ".qdq.onnx")
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per graph: file, MB, parity (max abs diff vs the gated model), plus the compiler totals."""
+    files = report.get("files", {})
+    rows = []
+    parity = dict(report.get("onnx_parity", {}))
+    for name, entry in (report.get("quantization", {}).get("files") or {}).items():
+        parity[name] = entry["vs_gated_model"]
+    totals = report.get("totals", {})
+    for name in sorted(n for n in files if n.endswith((".onnx", ".ort"))):
+        size = files[name] + files.get(name + ".data", 0)
+        p = parity.get(name)
+        dense = name.startswith("baseline")
+        rows.append({
+            "file": name, "bytes": size,
+            "params": report.get("baseline", {}).get("params") if dense else totals.get("params_after"),
+            "flop_ratio": 1.0 if dense else totals.get("flop_ratio"),
+            "max_abs_diff": None if p is None else p["max_abs_diff"],
+            "parity": None if p is None else ("pass" if p["passed"] else "report only"),
+            "token_agreement": None if p is None else p.get("token_agreement"),
+        })
+    return rows
+
+
+def format_summary(report: dict) -> str:
+    rows = report.get("summary", [])
+    t = report.get("totals", {})
+    lines = [f"{'file':<24} {'size':>10} {'params':>12} {'FLOP ratio':>10} {'max |diff|':>11} {'parity':>12}"]
+    for r in rows:
+        params = f"{r['params']:,}" if r["params"] is not None else "-"
+        ratio = f"{r['flop_ratio']:.2f}x" if r["flop_ratio"] is not None else "-"
+        diff = f"{r['max_abs_diff']:.2e}" if r["max_abs_diff"] is not None else "-"
+        parity = r["parity"] or "-"
+        if r.get("token_agreement") is not None and r["parity"] != "pass":
+            parity += f" ({100 * r['token_agreement']:.0f}% tok)"
+        lines.append(f"{r['file']:<24} {r['bytes'] / 1e6:>8.2f}MB {params:>12} {ratio:>10} {diff:>11} {parity:>12}")
+    if t:
+        lines.append(f"params {t.get('params_before', 0):,} -> {t.get('params_after', 0):,} "
+                     f"({t.get('params_removed', 0):,} removed); FLOP ratio {t.get('flop_ratio', 1.0):.2f}x "
+                     f"(the speed-up ceiling); ONNX parity tolerance {report.get('options', {}).get('tol', DEFAULT_TOL):.0e}")
+    metric = report.get("quantization", {}).get("task_metric")
+    if metric:
+        mode = report["quantization"]["settings"]["mode"]
+        q = quantized_name("model.onnx", mode)
+        lines.append(f"accuracy on {metric['rows']} rows of {metric['data']}: fp32 {metric['model.onnx']:.4f}, "
+                     f"{mode} {metric[q]:.4f} ({metric['quantized_change']:+.4f})")
+    return "\n".join(lines)

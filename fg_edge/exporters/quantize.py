@@ -1,0 +1,171 @@
+"""int8 quantization of exported graphs with onnxruntime.quantization.
+
+* ``int8`` — dynamic quantization for CPU: MatMul weights stored as QInt8 (per tensor, or per output channel with
+  `per_channel`), activations quantized at run time (DynamicQuantizeLinear + MatMulInteger). Shape inference /
+  ORT's basic optimisation (`quant_pre_process`) runs first so every MatMul with a constant weight is found.
+* ``qdq`` — static quantization in QDQ format (QuantizeLinear / DequantizeLinear pairs around MatMuls) for NPU
+  execution providers (QNN, NNAPI, CoreML, …): QUInt8 activations calibrated (MinMax) on a handful of real
+  sentences, QInt8 weights.
+
+Each function returns the settings it used (recorded in compile_report.json).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, ExportError
+
+log = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "int8", "qdq")
+OP_TYPES = ["MatMul"]
+CALIBRATION_SENTENCES = 16
+CALIBRATION_MAX_LENGTH = 64
+
+
+def _pre_process(src: Path, dst: Path) -> str:
+    """quant_pre_process (ORT basic optimisation + symbolic shape inference); falls back step by step."""
+    from onnxruntime.quantization import quant_pre_process
+
+    ext = {}
+    if _external(src):  # keep weights outside the protobuf (2 GB cap)
+        ext = dict(save_as_external_data=True, all_tensors_to_one_file=True,
+                   external_data_location=dst.name + ".data")
+    attempts = (("optimisation + symbolic + ONNX shape inference", {**ext}),
+                ("ONNX shape inference only", dict(skip_symbolic_shape=True, **ext)),
+                ("none (copied as exported)", None))
+    for label, kwargs in attempts:
+        if kwargs is None:
+            shutil.copyfile(src, dst)
+            if _external(src):  # the graph names its data file relative to itself
+                shutil.copyfile(src.with_name(src.name + ".data"), dst.with_name(src.name + ".data"))
+            return label
+        try:
+            quant_pre_process(str(src), str(dst), **kwargs)
+            return label
+        except Exception as exc:  # noqa: BLE001 - ORT raises assorted errors here; we fall back
+            log.warning("quant_pre_process (%s) failed on %s: %s; falling back", label, src.name, exc)
+    raise AssertionError("unreachable")
+
+
+def _external(src: Path) -> bool:
+    return src.with_name(src.name + ".data").exists()
+
+
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        pre_label = _pre_process(src, pre)
+        try:
+            quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=per_channel,
+                             weight_type=QuantType.QInt8, use_external_data_format=_external(src))
+        except Exception as exc:
+            raise ExportError(f"dynamic int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
+    settings = {"mode": "int8", "method": "dynamic (onnxruntime.quantization.quantize_dynamic)",
+                "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8 (computed at run time)",
+                "per_channel": per_channel, "pre_process": pre_label}
+    log.info("quantized %s -> %s (dynamic int8, per_channel=%s)", src.name, dst.name, per_channel)
+    return settings
+
+
+# -- static QDQ ----------------------------------------------------------------------------------------------
+def read_calibration_texts(path: str | Path, limit: int = CALIBRATION_SENTENCES) -> list[str]:
+    """Up to `limit` texts from a file fg_edge.data can read (TSV/CSV/JSONL with a `text` column, or plain text)."""
+    from ..data import load_texts
+
+    texts = load_texts(path, what="calibration file").texts
+    return [t for t in texts if t.strip()][:limit]
+
+
+def calibration_texts_from_training(metadata: dict, limit: int = CALIBRATION_SENTENCES) -> list[str]:
+    """A handful of training sentences from the data file recorded in a model_dir's training.json."""
+    path = ((metadata.get("data") or {}).get("train") or {}).get("path")
+    if not path:
+        return []
+    try:
+        return read_calibration_texts(path, limit)
+    except DataError as exc:
+        log.warning("cannot read the training data recorded in training.json (%s); %s", path, exc)
+        return []
+
+
+def calibration_feeds(texts: Sequence[str], tokenizer, input_names: Sequence[str],
+                      kv_shapes: Sequence[tuple[int, int]] = (), max_length: int = CALIBRATION_MAX_LENGTH) -> list[dict]:
+    """One feed dict (batch 1) per text, for the graph's inputs (decoders: past length 0)."""
+    feeds = []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+        ids = enc["input_ids"].astype(np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in input_names:
+            feed["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)
+        if "position_ids" in input_names:
+            feed["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+        for i, (kv, hd) in enumerate(kv_shapes):
+            feed[f"past_key_values.{i}.key"] = np.zeros((1, kv, 0, hd), np.float32)
+            feed[f"past_key_values.{i}.value"] = np.zeros((1, kv, 0, hd), np.float32)
+        feeds.append(feed)
+    if not feeds:
+        raise ConfigError("static QDQ quantization needs calibration text: pass --calibration FILE (one sentence "
+                          "per line, or a TSV/CSV/JSONL file with a 'text' column)")
+    return feeds
+
+
+class _FeedReader:
+    """onnxruntime.quantization.CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self._iter = iter(feeds)
+
+    def get_next(self) -> Optional[dict]:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not used by MinMax calibration
+        pass
+
+
+def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, per_channel: bool = False) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+
+    reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
+    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        pre_label = _pre_process(src, pre)
+        try:
+            quantize_static(str(pre), str(dst), reader_cls(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=OP_TYPES, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_external(src))
+        except Exception as exc:
+            raise ExportError(f"static QDQ quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
+    settings = {"mode": "qdq", "method": "static QDQ (onnxruntime.quantization.quantize_static)",
+                "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8",
+                "calibration_method": "MinMax", "calibration_samples": len(feeds), "per_channel": per_channel,
+                "pre_process": pre_label}
+    log.info("quantized %s -> %s (static QDQ, %d calibration samples)", src.name, dst.name, len(feeds))
+    return settings
+
+
+def quantized_op_counts(path: str | Path) -> dict[str, int]:
+    """How many quantization-related nodes a graph holds (MatMulInteger, DynamicQuantizeLinear, Q/DQ, …)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in proto.graph.node:
+        if node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+                            "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -1,0 +1,244 @@
+"""ONNX export of compiled models: every architecture, per-layer KV shapes, ORT parity, int8 / QDQ, ORT format."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from fg_edge.architectures import ARCHITECTURES
+from fg_edge.compiler import compile_model
+from fg_edge.compiler.shapes import layer_shapes
+from fg_edge.config import GateConfig
+from fg_edge.errors import ConfigError, ParityError
+from fg_edge.exporters import (check_onnx_parity, convert_to_ort, dense_baseline, export_onnx, make_session,
+                               partition_summary, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts)
+from fg_edge.exporters.quantize import calibration_feeds
+from fg_edge.inject import gated_modules, inject_gates
+from fg_edge.testing import DECODERS, ENCODERS, TINY_CONFIGS, padded_batch, tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def gated_model(model_type: str, *, empty_layer: bool = False, seed: int = 0):
+    """A tiny gated model with closed gates: layer 1 keeps only the first kv group (non-uniform kv heads)."""
+    model = tiny_model(model_type)
+    spec = ARCHITECTURES[model_type]
+    inject_gates(model, GateConfig(task="causal-lm" if model_type in DECODERS else "classification"))
+    g = torch.Generator().manual_seed(seed)
+    for name, gl in gated_modules(model).items():
+        logits = gl.group_gate.logits.data
+        logits.copy_(torch.rand(logits.shape, generator=g) * 2)  # open, values in (0.5, 1]
+        layer = int(name.split(spec.layers.split(".")[-1] + ".")[1].split(".")[0])
+        if name.endswith(spec.o):
+            if layer == 1:
+                logits[2 if not empty_layer else 0:] = -3.0  # heads 2, 3 (= kv group 1 under GQA 4/2) closed
+            else:
+                logits[0] = -3.0
+        else:
+            logits[::3] = -3.0
+    return model.eval()
+
+
+def _compiled(model_type, **kw):
+    gated = gated_model(model_type, **kw)
+    compiled, plan, report = compile_model(gated, decoder_steps=4)
+    # the shape record save_compiled writes into config.json; export cross-checks the measured cache with it
+    compiled.config.fg_edge_layers = layer_shapes(plan, ARCHITECTURES[model_type])
+    return gated, compiled
+
+
+# -- export + parity for every architecture --------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_export_parity_every_architecture(tmp_path, model_type):
+    gated, compiled = _compiled(model_type)
+    info = export_onnx(compiled, tmp_path / "model.onnx", opset=17)
+    assert compiled.training is False and not any(m.training for m in compiled.modules())
+    result = check_onnx_parity(gated, tmp_path / "model.onnx", kind=info.kind, steps=32)
+    assert result["passed"] and result["max_abs_diff"] <= 1e-4
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    assert dims["input_ids"] == ["batch_size", "sequence_length"]
+    if model_type in DECODERS:
+        assert info.kind == "causal-lm"
+        assert result["token_agreement"] == 1.0 and result["greedy_tokens"] == 3 * 33
+        # per-layer kv heads follow the compiled model, not the global config: layer 1 kept one kv group
+        record = compiled.config.fg_edge_layers
+        assert [tuple(s) for s in info.kv_shapes] == [(r["kv_cache"]["num_heads"], r["kv_cache"]["head_dim"])
+                                                      for r in record]
+        if model_type != "gpt2":
+            assert [s[0] for s in info.kv_shapes] == [2, 1]
+        else:
+            assert [s[0] for s in info.kv_shapes] == [3, 2]
+        assert dims["past_key_values.1.key"][1] == info.kv_shapes[1][0]
+        assert dims["past_key_values.1.key"][2] == "past_sequence_length"
+        assert [o.name for o in proto.graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
+    else:
+        assert info.kind == "classification"
+        assert ("token_type_ids" in info.input_names) == (model_type in ("bert", "roberta"))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_layer_without_heads_exports(tmp_path, model_type):
+    """A layer whose heads all went caches the compiler's placeholder; the graph follows the record."""
+    gated, compiled = _compiled(model_type, empty_layer=True)
+    assert compiled.config.fg_edge_layers[1]["num_heads"] == 0
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    check_onnx_parity(gated, tmp_path / "model.onnx", kind=info.kind, steps=8)
+
+
+def _shrink_llama_layer(model, layer: int, heads: int, kv_heads: int, ffn: int):
+    """Hand-made non-uniform layer (no compiler): fewer q / kv heads and a smaller SwiGLU FFN."""
+    attn = model.model.layers[layer].self_attn
+    hd, hidden = attn.head_dim, model.config.hidden_size
+    torch.manual_seed(layer)
+    attn.q_proj, attn.k_proj = nn.Linear(hidden, heads * hd, bias=False), nn.Linear(hidden, kv_heads * hd, bias=False)
+    attn.v_proj, attn.o_proj = nn.Linear(hidden, kv_heads * hd, bias=False), nn.Linear(heads * hd, hidden, bias=False)
+    attn.num_key_value_groups = heads // kv_heads
+    mlp = model.model.layers[layer].mlp
+    mlp.gate_proj, mlp.up_proj = nn.Linear(hidden, ffn, bias=False), nn.Linear(hidden, ffn, bias=False)
+    mlp.down_proj = nn.Linear(ffn, hidden, bias=False)
+
+
+def test_cached_generation_equals_torch_generate(tmp_path):
+    """ORT greedy loop (own tokens, own present tensors fed back) == HF generate on a hand-resized model."""
+    model = tiny_model("llama", num_hidden_layers=3)
+    _shrink_llama_layer(model, 1, heads=2, kv_heads=1, ffn=20)
+    _shrink_llama_layer(model, 2, heads=4, kv_heads=4, ffn=8)
+    model.eval()
+    info = export_onnx(model, tmp_path / "m.onnx")
+    assert [s[0] for s in info.kv_shapes] == [2, 1, 4]
+    ids, mask = padded_batch(model.config.vocab_size, lengths=(6, 3, 5), left=True)
+    steps = 16
+    with torch.no_grad():
+        ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, do_sample=False,
+                             pad_token_id=0, eos_token_id=None)[:, ids.shape[1]:]
+    sess = make_session(tmp_path / "m.onnx")
+    am = mask.numpy()
+    feeds = {"input_ids": ids.numpy(), "attention_mask": am,
+             "position_ids": np.clip(am.cumsum(-1) - 1, 0, None)}
+    for i, (kv, hd) in enumerate(info.kv_shapes):
+        feeds[f"past_key_values.{i}.key"] = feeds[f"past_key_values.{i}.value"] = np.zeros((3, kv, 0, hd), np.float32)
+    tokens = []
+    for _ in range(steps):
+        out = sess.run(None, feeds)
+        tok = out[0][:, -1].argmax(-1)
+        tokens.append(tok)
+        am = np.concatenate([am, np.ones((3, 1), np.int64)], axis=1)
+        feeds = {"input_ids": tok[:, None].astype(np.int64), "attention_mask": am,
+                 "position_ids": am.sum(-1, keepdims=True) - 1}
+        for i in range(len(info.kv_shapes)):
+            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = out[1 + 2 * i], out[2 + 2 * i]
+        assert out[1 + 2 * 1].shape[1] == 1  # layer 1 really caches one kv head
+    assert np.array_equal(np.stack(tokens, 1), ref.numpy())
+
+
+def test_embedding_model_and_external_data(tmp_path):
+    from transformers import AutoModel
+
+    from fg_edge.testing import tiny_config
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(tiny_config("bert"), attn_implementation="eager").eval()
+    info = export_onnx(model, tmp_path / "emb.onnx", external_data=True)
+    assert info.kind == "embedding" and info.output_names == ["last_hidden_state"]
+    assert (tmp_path / "emb.onnx.data").is_file()
+    assert (tmp_path / "emb.onnx").stat().st_size < (tmp_path / "emb.onnx.data").stat().st_size
+    res = check_onnx_parity(model, tmp_path / "emb.onnx", kind=info.kind)
+    assert res["max_abs_diff"] <= 1e-4
+
+
+def test_model_left_in_eval_mode_after_export(tmp_path):
+    model = tiny_model("distilbert")
+    model.train()
+    export_onnx(model, tmp_path / "m.onnx")
+    assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("opset", [13, 21, 0, "17"])
+def test_unsupported_opset_is_refused(tmp_path, opset):
+    with pytest.raises(ConfigError, match="14–20"):
+        export_onnx(tiny_model("bert"), tmp_path / "m.onnx", opset=opset)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("model_type,opset", [("bert", 14), ("qwen2", 20)])
+def test_opset_range_ends(tmp_path, model_type, opset):
+    gated = gated_model(model_type)
+    base = dense_baseline(gated)
+    info = export_onnx(base, tmp_path / "m.onnx", opset=opset)
+    assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version == opset
+    check_onnx_parity(gated, tmp_path / "m.onnx", kind=info.kind, steps=4)
+
+
+def test_parity_gate_catches_a_wrong_weight(tmp_path):
+    gated, compiled = _compiled("llama")
+    with torch.no_grad():
+        compiled.model.layers[0].mlp.down_proj.weight[0, 0] += 0.05
+    info = export_onnx(compiled, tmp_path / "m.onnx")
+    with pytest.raises(ParityError) as exc:
+        check_onnx_parity(gated, tmp_path / "m.onnx", kind=info.kind, steps=4)
+    assert exc.value.max_abs_diff > 1e-4 and exc.value.tolerance == 1e-4
+    assert "max abs difference" in str(exc.value)
+
+
+# -- quantization and ORT format -------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type,per_channel", [("bert", False), ("llama", True), ("gpt2", False)])
+def test_int8_dynamic(tmp_path, model_type, per_channel):
+    gated, compiled = _compiled(model_type)
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    settings = quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", per_channel=per_channel)
+    assert settings["weight_type"] == "QInt8" and settings["per_channel"] is per_channel
+    ops = quantized_op_counts(tmp_path / "model.int8.onnx")
+    assert ops.get("MatMulInteger", 0) >= 4 and ops.get("DynamicQuantizeLinear", 0) >= 1
+    res = check_onnx_parity(gated, tmp_path / "model.int8.onnx", kind=info.kind, steps=8, raise_on_fail=False)
+    assert np.isfinite(res["max_abs_diff"]) and res["max_abs_diff"] < 0.5
+    assert (tmp_path / "model.int8.onnx").stat().st_size < (tmp_path / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_qdq_static(tmp_path, model_type, encoder_tokenizer, decoder_tokenizer):
+    tok = encoder_tokenizer if model_type in ENCODERS else decoder_tokenizer
+    gated, compiled = _compiled(model_type)
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    feeds = calibration_feeds(["good w1 w2", "bad w3", "w4 w5 nice w6 w7"], tok, info.input_names, info.kv_shapes)
+    settings = quantize_qdq_static(tmp_path / "model.onnx", tmp_path / "model.qdq.onnx", feeds)
+    assert settings["calibration_samples"] == 3
+    ops = quantized_op_counts(tmp_path / "model.qdq.onnx")
+    assert ops.get("QuantizeLinear", 0) >= 4 and ops.get("DequantizeLinear", 0) >= 4
+    res = check_onnx_parity(gated, tmp_path / "model.qdq.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert np.isfinite(res["max_abs_diff"])
+
+
+def test_calibration_needs_text(encoder_tokenizer):
+    with pytest.raises(ConfigError, match="--calibration"):
+        calibration_feeds([], encoder_tokenizer, ["input_ids", "attention_mask"])
+
+
+@pytest.mark.parametrize("model_type", ["distilbert", "qwen2"])
+def test_ort_format_and_partitions(tmp_path, model_type):
+    import onnxruntime as ort
+
+    _, compiled = _compiled(model_type)
+    export_onnx(compiled, tmp_path / "model.onnx")
+    quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    res = convert_to_ort([tmp_path / "model.onnx", tmp_path / "model.int8.onnx"], tmp_path)
+    assert res["files"] == ["model.ort", "model.int8.ort"]
+    for name in res["files"]:
+        sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        assert sess.get_inputs()[0].name == "input_ids"
+    config = (tmp_path / "required_operators.config").read_text()
+    assert "MatMul" in config and "ai.onnx;" in config and str(tmp_path) not in config
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("fg-ort-")]
+    summary = partition_summary(tmp_path / "model.onnx")
+    for ep in ("NNAPI", "CoreML MLProgram"):
+        assert summary[ep]["as_exported"]["nodes"] > 0
+        assert summary[ep]["with_fixed_shapes"]["supported_nodes"] >= summary[ep]["as_exported"]["supported_nodes"]
