@@ -12,7 +12,9 @@ Each function returns the settings it used (recorded in compile_report.json).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,6 +57,18 @@ def _pre_process(src: Path, dst: Path) -> str:
     raise AssertionError("unreachable")
 
 
+@contextlib.contextmanager
+def _working_dir(path: str):
+    """ORT's symbolic shape inference and quantizer drop scratch files (sym_shape_infer_temp.onnx, <uuid>.data)
+    into the current directory; run them inside our temp folder so nothing leaks into the user's cwd."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 def _external(src: Path) -> bool:
     return src.with_name(src.name + ".data").exists()
 
@@ -62,8 +76,8 @@ def _external(src: Path) -> bool:
 def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src, dst = Path(src), Path(dst)
-    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp:
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, _working_dir(tmp):
         pre = Path(tmp) / "pre.onnx"
         pre_label = _pre_process(src, pre)
         try:
@@ -139,8 +153,8 @@ def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, 
     from onnxruntime.quantization import quantize_static
 
     reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
-    src, dst = Path(src), Path(dst)
-    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp:
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, _working_dir(tmp):
         pre = Path(tmp) / "pre.onnx"
         pre_label = _pre_process(src, pre)
         try:
