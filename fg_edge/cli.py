@@ -47,17 +47,15 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from .cli_bench import bench_cmd
+    from .cli_compile import compile_cmd
     from .cli_eval import eval_cmd
     from .cli_inspect import inspect_cmd
     from .cli_run import run_cmd
     from .cli_train import train_cmd
 
-    cli.add_command(train_cmd, "train")
-    cli.add_command(inspect_cmd, "inspect")
-    from .cli_compile import compile_cmd; cli.add_command(compile_cmd, "compile")  # noqa: E702
-    cli.add_command(run_cmd, "run")
-    cli.add_command(bench_cmd, "bench")
-    cli.add_command(eval_cmd, "eval")
+    for name, cmd in (("train", train_cmd), ("inspect", inspect_cmd), ("compile", compile_cmd),
+                      ("run", run_cmd), ("bench", bench_cmd), ("eval", eval_cmd)):
+        cli.add_command(cmd, name)
 
 
 _register()

@@ -510,8 +510,8 @@ def test_stories260k_structured_parity():
     model = llama2c.load_checkpoint(STORIES)
     inject_gates(model, GateConfig(granularity="structured", task="causal-lm"))
     _close_fraction_structured(model, 0.4)
-    # logits reach |13| here: float32 summation-order noise is ~1e-5 absolute (measured 9.5e-6), hence 1e-4
-    compiled, plan, report = compile_model(model, tol=1e-4, decoder_steps=32)
+    # default tolerance: 1e-5 * max(1, max|logit|) (logits reach |13| here; measured diff 9.5e-6)
+    compiled, plan, report = compile_model(model, decoder_steps=32)
     assert report["parity"]["tokens_identical"] and report["parity"]["decoder_steps"] == 32
     assert report["totals"]["heads_removed"] + report["totals"]["heads_zeroed_not_removed"] == 5 * 3
     assert report["totals"]["flop_ratio"] > 1.1

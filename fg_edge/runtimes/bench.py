@@ -37,6 +37,8 @@ bench.json schema (BENCH_SCHEMA_VERSION = 1), every key always present (null whe
       speedup             baseline median / this median (1.0 for the baseline itself)
       flop_ratio          the ceiling (same for every row; null when compile_report.json lacks it)
       ceiling_fraction    speedup / flop_ratio (null for the dense baseline rows themselves)
+      speedup_vs_dense_fp32  dense fp32 baseline median / this median (same provider, threads, shape); null when
+                          the fp32 baseline is not in the run (e.g. the mobile profile, which runs int8 only)
       ttft_ms             decoders: median time to first token (prefill of seq tokens + first pick)
       decode_tokens_per_s decoders: median generated tokens/s of the cached decode steps (all batch rows)
       gen_tokens          decoders: new tokens per generation run
@@ -69,7 +71,7 @@ BENCH_SCHEMA_VERSION = 1
 ROW_KEYS = ("provider", "provider_label", "ep", "variant", "file", "format", "precision", "dense", "file_size_bytes",
             "threads", "batch", "seq", "latency_ms", "throughput_seq_per_s", "throughput_tokens_per_s",
             "session_create_s", "rss_delta_mb", "baseline_variant", "speedup", "flop_ratio", "ceiling_fraction",
-            "ttft_ms", "decode_tokens_per_s", "gen_tokens")
+            "speedup_vs_dense_fp32", "ttft_ms", "decode_tokens_per_s", "gen_tokens")
 TOP_KEYS = ("schema_version", "created", "compiled_dir", "model_type", "kind", "flop_ratio", "machine", "onnxruntime",
             "settings", "layers", "rows")
 
@@ -331,6 +333,8 @@ def _rows(rp: ResolvedProvider, nthreads: int, batch: int, seq: int, loaded: lis
             "flop_ratio": flop_ratio,
             "ceiling_fraction": (speedup / flop_ratio if speedup is not None and flop_ratio and not f.dense
                                  else None),
+            "speedup_vs_dense_fp32": (float(np.median(by_variant["baseline"].lat)) / float(np.median(lv.lat))
+                                      if "baseline" in by_variant else None),
             "ttft_ms": float(np.median(lv.ttft)) * 1e3 if lv.ttft else None,
             "decode_tokens_per_s": float(np.median(lv.tps)) if lv.tps else None,
             "gen_tokens": n_gen if lv.ttft else None,
@@ -346,7 +350,7 @@ def _fmt(v, spec: str = ".2f", none: str = "-") -> str:
 def _table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     decoder = result.get("kind") == "causal-lm"
     head = ["provider", "thr", "batch", "seq", "variant", "median ms", "p90 ms", "p99 ms", "seq/s", "speed-up",
-            "ceiling", "% ceil", "create s", "RSS MB", "size MB"]
+            "ceiling", "% ceil", "vs fp32", "create s", "RSS MB", "size MB"]
     if decoder:
         head += ["TTFT ms", "tok/s"]
     body = []
@@ -358,6 +362,7 @@ def _table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
                 _fmt(r["speedup"], ".3f") + ("x" if r["speedup"] is not None else ""),
                 _fmt(r["flop_ratio"], ".3f") + ("x" if r["flop_ratio"] is not None else ""),
                 _fmt(None if r["ceiling_fraction"] is None else 100 * r["ceiling_fraction"], ".0f"),
+                _fmt(r["speedup_vs_dense_fp32"], ".3f") + ("x" if r["speedup_vs_dense_fp32"] is not None else ""),
                 _fmt(r["session_create_s"], ".3f"), _fmt(r["rss_delta_mb"], ".1f"),
                 _fmt(r["file_size_bytes"] / 2**20, ".2f")]
         if decoder:
@@ -377,7 +382,8 @@ def format_table(result: dict) -> str:
         lines.append("  ".join(c.rjust(w) if i >= 5 else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))))
     lines.append("")
     lines.append("speed-up = dense baseline median / variant median (same provider, threads, shape, precision "
-                 "family); ceiling = FLOP ratio from compile_report.json; % ceil = speed-up / ceiling.")
+                 "family); ceiling = FLOP ratio from compile_report.json; % ceil = speed-up / ceiling; "
+                 "vs fp32 = dense fp32 baseline median / variant median.")
     return "\n".join(lines)
 
 
