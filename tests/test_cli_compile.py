@@ -121,15 +121,17 @@ def test_compile_qdq_with_training_sentences(tmp_path, bert_dir):
 def test_injected_mismatch_fails_and_writes_nothing(tmp_path, bert_dir, monkeypatch):
     import fg_edge.exporters.onnx_export as ox
 
-    real = ox.export_onnx
+    real = ox.trace_to_onnx
+    calls = []
 
     def perturbed(model, path, **kw):
-        if path.name == "model.onnx":
+        calls.append(path)
+        if len(calls) == 1:  # the compiled model (model.onnx) is traced first
             with torch.no_grad():
                 model.classifier.weight[0, 0] += 0.01
         return real(model, path, **kw)
 
-    monkeypatch.setattr(ox, "export_onnx", perturbed)
+    monkeypatch.setattr(ox, "trace_to_onnx", perturbed)
     out = tmp_path / "bad"
     res = invoke(bert_dir, "-o", out)
     assert res.exit_code != 0

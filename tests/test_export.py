@@ -201,7 +201,10 @@ def test_int8_dynamic(tmp_path, model_type, per_channel):
     assert ops.get("MatMulInteger", 0) >= 4 and ops.get("DynamicQuantizeLinear", 0) >= 1
     res = check_onnx_parity(gated, tmp_path / "model.int8.onnx", kind=info.kind, steps=8, raise_on_fail=False)
     assert np.isfinite(res["max_abs_diff"]) and res["max_abs_diff"] < 0.5
-    assert (tmp_path / "model.int8.onnx").stat().st_size < (tmp_path / "model.onnx").stat().st_size
+    # weight bytes shrink (on a toy model the file size is dominated by graph structure, not weights)
+    def weight_bytes(name):
+        return sum(len(t.raw_data) for t in onnx.load(str(tmp_path / name)).graph.initializer)
+    assert weight_bytes("model.int8.onnx") < weight_bytes("model.onnx")
 
 
 @pytest.mark.parametrize("model_type", ["bert", "llama"])
@@ -242,3 +245,52 @@ def test_ort_format_and_partitions(tmp_path, model_type):
     for ep in ("NNAPI", "CoreML MLProgram"):
         assert summary[ep]["as_exported"]["nodes"] > 0
         assert summary[ep]["with_fixed_shapes"]["supported_nodes"] >= summary[ep]["as_exported"]["supported_nodes"]
+
+
+# -- LM head kept fp32 by default; one torch reference for every graph -----------------------------------------
+def test_int8_lm_head_excluded_by_default(tmp_path):
+    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
+
+    gated, compiled = _compiled("llama")
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    assert info.lm_head["lm_head_node"] == LM_HEAD_NODE
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    if info.lm_head.get("tied_embedding_deduplicated"):  # tied embedding stored once
+        assert sum(1 for t in proto.graph.initializer if list(t.dims) == [compiled.config.vocab_size,
+                                                                           compiled.config.hidden_size]) == 1
+    settings = quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "q.onnx")
+    assert settings["nodes_excluded"] == [LM_HEAD_NODE] and settings["lm_head"].startswith("excluded")
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    head = [n for n in q.graph.node if n.name == LM_HEAD_NODE]
+    assert len(head) == 1 and head[0].op_type == "MatMul"
+    settings = quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "q_head.onnx", include_lm_head=True)
+    assert settings["lm_head"] == "quantized" and settings["nodes_excluded"] == []
+    assert (quantized_op_counts(tmp_path / "q_head.onnx")["MatMulInteger"]
+            == quantized_op_counts(tmp_path / "q.onnx")["MatMulInteger"] + 1)
+    ref = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert np.isfinite(ref["max_abs_diff"])
+
+
+@pytest.mark.parametrize("model_type", ["llama", "bert"])
+def test_parity_reference_is_computed_once(tmp_path, model_type):
+    from fg_edge.exporters.parity import ParityReference
+
+    gated, compiled = _compiled(model_type)
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    export_onnx(dense_baseline(gated), tmp_path / "baseline.onnx")
+    calls = []
+    real_forward = gated.forward
+    import functools
+
+    gated.forward = functools.wraps(real_forward)(lambda *a, **k: calls.append(1) or real_forward(*a, **k))
+    reference = ParityReference(gated, kind=info.kind, steps=8).compute()
+    n = len(calls)
+    assert n >= 1
+    reference.release_model()
+    got = [check_onnx_parity(None, tmp_path / g, kind=info.kind, steps=8, reference=reference)
+           for g in ("model.onnx", "baseline.onnx")]
+    assert len(calls) == n  # no torch forward after the reference was computed
+    fresh = check_onnx_parity(gated, tmp_path / "model.onnx", kind=info.kind, steps=8)
+    assert fresh["max_abs_diff"] == got[0]["max_abs_diff"] and all(r["passed"] for r in got)
+    if info.kind == "causal-lm":
+        assert got[0]["token_agreement"] == 1.0 and got[0]["greedy_tokens"] == 3 * 9

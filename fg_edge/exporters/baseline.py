@@ -31,9 +31,11 @@ def _fold_locally_(model: nn.Module) -> None:
         setattr(model.get_submodule(parent_name) if parent_name else model, child, base)
 
 
-def dense_baseline(gated_model: nn.Module) -> nn.Module:
-    """A deep copy of `gated_model` with every gate folded (W' = diag(r)(W + sBA)diag(c)); eval mode."""
-    model = copy.deepcopy(gated_model).eval()
+def dense_baseline(gated_model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """A deep copy of `gated_model` with every gate folded (W' = diag(r)(W + sBA)diag(c)); eval mode.
+
+    inplace: fold `gated_model` itself (no copy, half the memory); the gated model is consumed."""
+    model = (gated_model if inplace else copy.deepcopy(gated_model)).eval()
     try:
         from ..compiler.passes import fold_gates_, merge_adapters_
     except ImportError:

@@ -153,6 +153,7 @@ class ExportInfo:
     external_data: bool
     token_type_ids: bool = False
     kv_shapes: list[tuple[int, int]] = field(default_factory=list)
+    lm_head: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -212,31 +213,90 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSE
     external_data: None = automatic (above EXTERNAL_DATA_THRESHOLD bytes of parameters), True / False forces it;
     the tensors then go to ``<path>.data`` next to the graph. The model is left in eval mode.
     """
-    import onnx
-
     validate_opset(opset)
     kind = kind or model_kind(model)
     if kind not in KINDS:
         raise ConfigError(f"export kind must be one of {', '.join(KINDS)}; got {kind!r}")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
+    try:
+        raw = trace_to_onnx(model, scratch / "raw.onnx", opset=opset, kind=kind)
+        info = finalize_onnx(raw, path, kind=kind, external_data=external_data,
+                             model_type=str(getattr(model.config, "model_type", "")))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        model.eval()
+    return info
+
+
+class _TransposedLinear(nn.Module):
+    """nn.Linear with its weight stored (in, out): exports as MatMul(x, W^T) + Add like nn.Linear does, but
+    reads the parameter directly, so the exporter's constant folding makes no transposed copy of every weight."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
+
+
+@torch.no_grad()
+def transpose_linears_(model: nn.Module) -> int:
+    """Replace every nn.Linear whose weight is not shared (tied) by a _TransposedLinear, layer by layer (the old
+    weight is freed as soon as its copy exists). Consumes the model for export only; returns #replaced."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    targets = [(name, m) for name, m in model.named_modules()
+               if type(m) is nn.Linear and counts.get(id(m.weight), 0) == 1]
+    fresh = set()
+    for name, m in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new = _TransposedLinear(m)
+        fresh.add(id(new.weight_t))
+        setattr(parent, child, new)
+        m.weight = None
+    # weights loaded from safetensors live in one file mapping that stays resident while any tensor uses it:
+    # re-home what is left (embeddings, norms, biases) so the mapping, and its resident pages, are released
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in fresh:
+            t.data = t.data.clone()
+    return len(targets)
+
+
+def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPSET,
+                  kind: Optional[str] = None, consume: bool = False) -> "RawExport":
+    """First half of `export_onnx`: trace `model` to the plain ONNX file `raw` (no metadata, no post-processing).
+
+    Needs the torch model; `finalize_onnx` does not, so a caller may free the model in between.
+    consume: the caller drops the model after this; its linears are re-laid out (transpose_linears_) so the
+    export holds no second, transposed copy of the weights (peak memory), with the same graph computed."""
+    validate_opset(opset)
+    kind = kind or model_kind(model)
+    if kind not in KINDS:
+        raise ConfigError(f"export kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    raw = Path(raw)
     model.eval()
     kv_shapes = kv_layout(model) if kind == "causal-lm" else []
     vocab = int(getattr(model.config, "vocab_size", 100) or 100)
     args, names, outputs, dyn = _io_spec(model, kind, kv_shapes, vocab)
+    n_params = param_bytes(model)
+    if consume:
+        transpose_linears_(model)
     if kind == "causal-lm":
         wrapper = DecoderWrapper(model, len(kv_shapes))
     else:
         wrapper = EncoderWrapper(model, outputs[0], "token_type_ids" in names)
     # torch.onnx.export puts the wrapper's training flag back onto every child: eval() the wrapper itself
     wrapper.eval()
-    if external_data is None:
-        external_data = param_bytes(model) > EXTERNAL_DATA_THRESHOLD
     from .patches import export_patches
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
     try:
-        raw = scratch / "raw.onnx"
         with export_patches(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -245,21 +305,103 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPSE
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export of {type(model).__name__} ({kind}, opset {opset}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        proto = onnx.load(str(raw))
-        meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in kv_shapes]),
-                "fg_edge.model_type": str(getattr(model.config, "model_type", ""))}
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = k, v
-        proto.producer_name = "fg-edge"
-        _save(proto, path, external_data)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
         model.eval()
-    info = ExportInfo(kind=kind, opset=opset, input_names=names, output_names=outputs,
-                      external_data=bool(external_data), token_type_ids="token_type_ids" in names,
-                      kv_shapes=kv_shapes)
-    log.info("exported %s (%s, opset %d%s) to %s", type(model).__name__, kind, opset,
+    return RawExport(path=raw, kind=kind, opset=opset, input_names=names, output_names=outputs,
+                     kv_shapes=kv_shapes, param_bytes=n_params,
+                     model_type=str(getattr(model.config, "model_type", "")),
+                     model_class=type(model).__name__)
+
+
+@dataclass
+class RawExport:
+    path: Path
+    kind: str
+    opset: int
+    input_names: list[str]
+    output_names: list[str]
+    kv_shapes: list[tuple[int, int]]
+    param_bytes: int
+    model_type: str
+    model_class: str
+
+
+#: node name given to the vocabulary projection (LM head) of causal-LM graphs; quantization excludes it by default
+LM_HEAD_NODE = "fg_edge/lm_head"
+
+
+def _dedupe_lm_head(proto) -> dict:
+    """Name the MatMul that produces `logits` LM_HEAD_NODE and, when its weight is the transposed token
+    embedding (tied embeddings: the TorchScript exporter constant-folds W.T into a second copy), feed it
+    Transpose(embedding) instead so the weights are stored once (ORT folds the Transpose at session creation)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get("logits")
+    while node is not None and node.op_type in ("Identity", "Cast", "Reshape") and node.input:
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "MatMul":
+        return {"lm_head_node": None}
+    node.name = LM_HEAD_NODE
+    inits = {t.name: t for t in graph.initializer}
+    w = inits.get(node.input[1])
+    result = {"lm_head_node": LM_HEAD_NODE, "tied_embedding_deduplicated": False}
+    if w is None or len(w.dims) != 2:
+        return result
+    uses = sum(1 for n in graph.node for i in n.input if i == w.name)
+    if uses != 1:
+        return result
+    for gather in graph.node:
+        if gather.op_type != "Gather" or gather.input[0] not in inits:
+            continue
+        e = inits[gather.input[0]]
+        if list(e.dims) != [w.dims[1], w.dims[0]] or e.data_type != w.data_type:
+            continue
+        if not np.array_equal(numpy_helper.to_array(e).T, numpy_helper.to_array(w)):
+            continue
+        t_out = LM_HEAD_NODE + "/embedding_T"
+        transpose = helper.make_node("Transpose", [e.name], [t_out], name=LM_HEAD_NODE + "/Transpose", perm=[1, 0])
+        node.input[1] = t_out
+        graph.initializer.remove(w)
+        idx = list(graph.node).index(node)
+        graph.node.insert(idx, transpose)
+        result.update(tied_embedding_deduplicated=True, bytes_saved=int(np.prod(w.dims)) * 4)
+        break
+    return result
+
+
+def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = None,
+                  external_data: Optional[bool] = None, model_type: Optional[str] = None) -> ExportInfo:
+    """Second half of `export_onnx`: add the fg-edge metadata, name (and for tied embeddings deduplicate) the
+    LM head, and write `path` (+ external data when large). Needs no torch model."""
+    import gc
+
+    import onnx
+
+    path = Path(path)
+    kind = kind or raw.kind
+    if external_data is None:
+        external_data = raw.param_bytes > EXTERNAL_DATA_THRESHOLD
+    proto = onnx.load(str(raw.path))
+    os.remove(raw.path)  # the graph now lives in `proto`; free the page cache / disk before writing the copy
+    meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in raw.kv_shapes]),
+            "fg_edge.model_type": model_type if model_type is not None else raw.model_type}
+    lm_head = _dedupe_lm_head(proto) if kind == "causal-lm" else {}
+    if lm_head.get("lm_head_node"):
+        meta["fg_edge.lm_head_node"] = lm_head["lm_head_node"]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = "fg-edge"
+    _save(proto, path, external_data)
+    del proto
+    gc.collect()
+    info = ExportInfo(kind=kind, opset=raw.opset, input_names=raw.input_names, output_names=raw.output_names,
+                      external_data=bool(external_data), token_type_ids="token_type_ids" in raw.input_names,
+                      kv_shapes=raw.kv_shapes, lm_head=lm_head)
+    log.info("exported %s (%s, opset %d%s) to %s", raw.model_class, kind, raw.opset,
              ", external data" if external_data else "", path)
     return info
 

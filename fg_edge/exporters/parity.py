@@ -45,11 +45,17 @@ def torch_threads(n: int = 1):
         torch.set_num_threads(old)
 
 
-def make_session(path: str | Path, threads: Optional[int] = None, optimization: str = "all"):
+def make_session(path: str | Path, threads: Optional[int] = None, optimization: str = "all",
+                 low_memory: bool = False):
+    """A CPU session. `low_memory` (parity checks): no CPU memory arena and no memory-pattern pre-allocation,
+    so a large graph's session holds its weights and little else; the numbers computed are the same."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if low_memory:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
     # no busy-waiting ORT threads: the parity loop alternates ORT and torch, spinning threads starve torch
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
@@ -74,28 +80,118 @@ def _kv_shapes(session) -> list[tuple[int, int]]:
     return shapes
 
 
-@torch.no_grad()
-def _encoder_parity(model: nn.Module, session, vocab: int, seed: int) -> tuple[float, dict]:
-    from ..testing import padded_batch
+class ParityReference:
+    """The gated torch model's side of the parity gate, computed once and reused for every graph checked against
+    it (model.onnx, baseline.onnx, their int8 / QDQ versions): ORT is fed torch's own greedy tokens, so the torch
+    trajectory does not depend on the graph under test.
 
-    ids, mask = padded_batch(vocab, lengths=ENCODER_LENGTHS, seed=seed)
+    * encoders: the padded batch and the reference output (per token_type_ids variant, as the graph asks);
+    * causal LMs: the left-padded prompts, the prefill logits, and per cached greedy step the fed token, attention
+      mask, position ids and torch's last-position logits.
+
+    Build it with `ParityReference(gated_model, kind=..., steps=..., seed=...)`; the torch forwards run on first
+    use (or `.compute()`), after which the model may be freed (`.release_model()`).
+    """
+
+    def __init__(self, model: nn.Module, *, kind: str, steps: int = DEFAULT_STEPS, seed: int = 0):
+        self.model, self.kind, self.steps, self.seed = model, kind, steps, seed
+        self.vocab = int(getattr(model.config, "vocab_size", 100) or 100)
+        self._encoder: dict[bool, dict] = {}
+        self._decoder: Optional[dict] = None
+
+    def release_model(self) -> None:
+        """Drop the reference to the torch model (its outputs stay); later checks must not need new forwards."""
+        self.model = None
+
+    def compute(self, token_type_ids: Optional[bool] = None) -> "ParityReference":
+        if self.kind == "causal-lm":
+            self.decoder()
+        else:
+            from .onnx_export import uses_token_type_ids
+
+            self.encoder(uses_token_type_ids(self.model) if token_type_ids is None else token_type_ids)
+        return self
+
+    def _run(self, fn, *args):
+        if self.model is None:
+            raise RuntimeError("ParityReference: the torch model was released before this reference was computed")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch_threads(1), torch.no_grad():
+                return fn(*args)
+        finally:
+            self.model.train(was_training)
+
+    def encoder(self, token_type_ids: bool) -> dict:
+        if token_type_ids not in self._encoder:
+            self._encoder[token_type_ids] = self._run(self._encoder_reference, token_type_ids)
+        return self._encoder[token_type_ids]
+
+    def decoder(self) -> dict:
+        if self._decoder is None:
+            self._decoder = self._run(self._decoder_reference)
+        return self._decoder
+
+    def _encoder_reference(self, token_type_ids: bool) -> dict:
+        from ..testing import padded_batch
+
+        ids, mask = padded_batch(self.vocab, lengths=ENCODER_LENGTHS, seed=self.seed)
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        kwargs = dict(input_ids=ids, attention_mask=mask)
+        if token_type_ids:
+            tt = torch.zeros_like(ids)
+            tt[:, ids.shape[1] // 2:] = 1
+            tt *= mask
+            feeds["token_type_ids"] = tt.numpy()
+            kwargs["token_type_ids"] = tt
+        out = self.model(**kwargs, return_dict=True)
+        outputs = {name: getattr(out, name).float().numpy().copy()
+                   for name in ("logits", "last_hidden_state") if getattr(out, name, None) is not None}
+        return {"feeds": feeds, "mask": mask.numpy(), "outputs": outputs}
+
+    def _decoder_reference(self) -> dict:
+        from ..testing import padded_batch
+
+        model, steps = self.model, self.steps
+        ids, mask = padded_batch(self.vocab, lengths=DECODER_LENGTHS, seed=self.seed, left=True)
+        batch = ids.shape[0]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
+        prefill = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy(),
+                   "logits": ref.logits.float().numpy().copy()}
+        cache = ref.past_key_values
+        t_logits = ref.logits[:, -1].float()
+        del ref
+        step_logits, step_feeds = [t_logits.numpy().copy()], []
+        for _ in range(steps):
+            tok = t_logits.argmax(-1)
+            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
+            pos = mask.sum(-1, keepdim=True) - 1
+            r = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                      use_cache=True, return_dict=True)
+            cache = r.past_key_values
+            step_feeds.append({"input_ids": tok[:, None].numpy(), "attention_mask": mask.numpy(),
+                               "position_ids": pos.numpy()})
+            t_logits = r.logits[:, -1].float()
+            step_logits.append(t_logits.numpy().copy())
+        del cache
+        return {"batch": batch, "prefill": prefill, "step_feeds": step_feeds, "step_logits": step_logits}
+
+
+def _encoder_parity(reference: ParityReference, session) -> tuple[float, dict]:
     names = _input_names(session)
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    kwargs = dict(input_ids=ids, attention_mask=mask)
-    if "token_type_ids" in names:
-        tt = torch.zeros_like(ids)
-        tt[:, ids.shape[1] // 2:] = 1
-        tt *= mask
-        feeds["token_type_ids"] = tt.numpy()
-        kwargs["token_type_ids"] = tt
+    ref_data = reference.encoder("token_type_ids" in names)
+    feeds = {k: v for k, v in ref_data["feeds"].items() if k in names}
+    mask = ref_data["mask"]
     out_name = session.get_outputs()[0].name
     got = session.run([out_name], feeds)[0]
-    ref = getattr(model(**kwargs, return_dict=True), out_name).float().numpy()
+    ref = ref_data["outputs"][out_name]
     diff = np.abs(got.astype(np.float32) - ref)
     scale = np.abs(ref)
     if diff.ndim == 3:  # per-token outputs: only real positions count
-        diff = diff * mask.numpy()[..., None]
-        scale = scale * mask.numpy()[..., None]
+        diff = diff * mask[..., None]
+        scale = scale * mask[..., None]
     detail = {"batch": len(ENCODER_LENGTHS), "lengths": list(ENCODER_LENGTHS), "output": out_name,
               "reference_max_abs": float(scale.max())}
     if out_name == "logits" and ref.ndim == 2:
@@ -103,35 +199,34 @@ def _encoder_parity(model: nn.Module, session, vocab: int, seed: int) -> tuple[f
     return float(diff.max()), detail
 
 
-@torch.no_grad()
-def _decoder_parity(model: nn.Module, session, vocab: int, steps: int, tol: float, seed: int) -> tuple[float, dict]:
-    from ..testing import padded_batch
-
+def _decoder_parity(reference: ParityReference, session, steps: int, tol: float) -> tuple[float, dict]:
+    ref_data = reference.decoder()
+    if steps > len(ref_data["step_feeds"]):
+        raise ValueError(f"the parity reference holds {len(ref_data['step_feeds'])} cached steps, {steps} asked")
     kv_shapes = _kv_shapes(session)
-    ids, mask = padded_batch(vocab, lengths=DECODER_LENGTHS, seed=seed, left=True)
-    batch = ids.shape[0]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy()}
+    pre, batch = ref_data["prefill"], ref_data["batch"]
+    feeds = {k: pre[k] for k in ("input_ids", "attention_mask", "position_ids")}
     for i, (kv, hd) in enumerate(kv_shapes):
         feeds[f"past_key_values.{i}.key"] = np.zeros((batch, kv, 0, hd), np.float32)
         feeds[f"past_key_values.{i}.value"] = np.zeros((batch, kv, 0, hd), np.float32)
     outs = session.run(None, feeds)
-    ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
-    valid = mask.numpy()[..., None]
-    max_diff = float((np.abs(outs[0] - ref.logits.float().numpy()) * valid).max())
-    ref_max = float((np.abs(ref.logits.float().numpy()) * valid).max())
-    cache = ref.past_key_values
-    t_logits, o_logits = ref.logits[:, -1].float(), outs[0][:, -1]
+    valid = pre["attention_mask"][..., None]
+    max_diff = float((np.abs(outs[0] - pre["logits"]) * valid).max())
+    ref_max = float((np.abs(pre["logits"]) * valid).max())
+    o_logits = outs[0][:, -1]
     mismatches, ties, first_mismatch, agree = 0, 0, None, 0
     for step in range(steps + 1):
-        tok = t_logits.argmax(-1)
-        o_tok = torch.from_numpy(o_logits.argmax(-1))
+        t_logits = ref_data["step_logits"][step]
+        if step:
+            max_diff = max(max_diff, float(np.abs(o_logits - t_logits).max()))
+            ref_max = max(ref_max, float(np.abs(t_logits).max()))
+        tok, o_tok = t_logits.argmax(-1), o_logits.argmax(-1)
         for b in range(batch):
             if int(tok[b]) == int(o_tok[b]):
                 agree += 1
                 continue
             margin = float(t_logits[b, tok[b]] - t_logits[b, o_tok[b]])
-            if margin <= scaled_tolerance(tol, float(t_logits.abs().max())):
+            if margin <= scaled_tolerance(tol, float(np.abs(t_logits).max())):
                 ties += 1
             else:
                 mismatches += 1
@@ -140,19 +235,12 @@ def _decoder_parity(model: nn.Module, session, vocab: int, steps: int, tol: floa
                                           torch_margin=margin)
         if step == steps:
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
-        pos = mask.sum(-1, keepdim=True) - 1
-        r = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                  use_cache=True, return_dict=True)
-        cache = r.past_key_values
-        feeds = {"input_ids": tok[:, None].numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy()}
+        feeds = dict(ref_data["step_feeds"][step])
         for i in range(len(kv_shapes)):
             feeds[f"past_key_values.{i}.key"] = outs[1 + 2 * i]
             feeds[f"past_key_values.{i}.value"] = outs[2 + 2 * i]
         outs = session.run(None, feeds)
-        t_logits, o_logits = r.logits[:, -1].float(), outs[0][:, -1]
-        max_diff = max(max_diff, float(np.abs(o_logits - t_logits.numpy()).max()))
-        ref_max = max(ref_max, float(t_logits.abs().max()))
+        o_logits = outs[0][:, -1]
     total = batch * (steps + 1)
     detail = {"batch": batch, "prompt_lengths": list(DECODER_LENGTHS), "padding": "left", "steps": steps,
               "kv_shapes": [list(s) for s in kv_shapes], "greedy_tokens": total,
@@ -161,23 +249,31 @@ def _decoder_parity(model: nn.Module, session, vocab: int, steps: int, tol: floa
     return max_diff, detail
 
 
-def check_onnx_parity(gated_model: nn.Module, onnx_path: str | Path, *, kind: str, tol: float = DEFAULT_TOL,
-                      steps: int = DEFAULT_STEPS, what: Optional[str] = None, raise_on_fail: bool = True,
-                      seed: int = 0) -> dict:
-    """Compare `onnx_path` (ORT CPU) with the gated torch model; returns the figures (and raises on failure)."""
+def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *, kind: str,
+                      tol: float = DEFAULT_TOL, steps: int = DEFAULT_STEPS, what: Optional[str] = None,
+                      raise_on_fail: bool = True, seed: int = 0,
+                      reference: Optional[ParityReference] = None) -> dict:
+    """Compare `onnx_path` (ORT CPU) with the gated torch model; returns the figures (and raises on failure).
+
+    `reference`: a ParityReference of the gated model to reuse (its torch outputs are computed once for all the
+    graphs checked against it); `gated_model` may then be None. Without one, a fresh reference is computed.
+    """
     what = what or Path(onnx_path).name
-    was_training = gated_model.training
-    gated_model.eval()
-    session = make_session(onnx_path, threads=1)
-    vocab = int(getattr(gated_model.config, "vocab_size", 100) or 100)
+    if reference is None:
+        if gated_model is None:
+            raise ValueError("check_onnx_parity needs the gated model or a ParityReference")
+        reference = ParityReference(gated_model, kind=kind, steps=steps, seed=seed)
+    elif reference.kind != kind or (kind == "causal-lm" and reference.steps < steps) or reference.seed != seed:
+        raise ValueError(f"the parity reference ({reference.kind}, {reference.steps} steps, seed {reference.seed}) "
+                         f"does not match this check ({kind}, {steps} steps, seed {seed})")
+    session = make_session(onnx_path, threads=1, low_memory=True)
     try:
-        with torch_threads(1):
-            if kind == "causal-lm":
-                max_diff, detail = _decoder_parity(gated_model, session, vocab, steps, tol, seed)
-            else:
-                max_diff, detail = _encoder_parity(gated_model, session, vocab, seed)
+        if kind == "causal-lm":
+            max_diff, detail = _decoder_parity(reference, session, steps, tol)
+        else:
+            max_diff, detail = _encoder_parity(reference, session)
     finally:
-        gated_model.train(was_training)
+        del session
     base_tol, tol = tol, scaled_tolerance(tol, detail["reference_max_abs"])
     passed = max_diff <= tol and not detail.get("token_mismatches")
     result = {"file": what, "reference": "gated torch model (fg_edge.load)", "runtime": "onnxruntime CPU",

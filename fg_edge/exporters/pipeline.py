@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ class CompileOptions:
     opset: int = DEFAULT_OPSET
     quantize: str = "none"
     per_channel: bool = False
+    #: int8 / QDQ: also quantize the LM head (vocabulary projection) of causal LMs; off = kept fp32
+    quantize_lm_head: bool = False
     calibration: Optional[str] = None
     ort_format: bool = False
     baseline: bool = True
@@ -71,8 +75,45 @@ def default_output(model_dir: str | Path) -> Path:
     return model_dir.with_name(model_dir.name + "_compiled")
 
 
+class _RssSampler:
+    """Peak resident memory of this process per stage: a daemon thread samples /proc/self/statm every 20 ms
+    (the kernel's ru_maxrss gives the running peak when /proc is not there)."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._proc = Path("/proc/self/statm").exists()
+        self._thread = threading.Thread(target=self._run, name="fg-edge-rss", daemon=True)
+        if self._proc:
+            self._thread.start()
+
+    def _now(self) -> int:
+        if self._proc:
+            try:
+                return int(Path("/proc/self/statm").read_text().split()[1]) * self._page
+            except (OSError, ValueError, IndexError):
+                return 0
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._now())
+
+    def take(self) -> int:
+        """Peak bytes since the last take(), and reset."""
+        peak, self.peak = max(self.peak, self._now()), 0
+        return peak
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class _Progress:
-    """Stage display on stderr (tqdm); silent when disabled."""
+    """Stage display on stderr (tqdm); silent when disabled. Records seconds and peak RSS per stage."""
 
     def __init__(self, stages: list[str], enabled: bool):
         self.bar = None
@@ -83,22 +124,48 @@ class _Progress:
                             bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar:20}| {elapsed}")
         self.t0 = time.perf_counter()
         self.times: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self.high_water: dict[str, float] = {}
+        self.rss = _RssSampler()
 
     def stage(self, name: str) -> None:
         self._current = name
         self._start = time.perf_counter()
+        self.rss.take()
         if self.bar is not None:
             self.bar.set_description_str(f"compile: {name}")
         log.debug("stage: %s", name)
 
     def done(self) -> None:
         self.times[self._current] = round(time.perf_counter() - self._start, 3)
+        self.peaks[self._current] = round(self.rss.take() / 2**20, 1)
+        # the sampler thread needs the GIL and misses spikes inside long C++ calls (torch.onnx.export's
+        # serialisation); the kernel's high-water mark at the end of each stage shows where the true peak was
+        import resource
+
+        self.high_water[self._current] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        log.debug("stage %s: %.1f s, peak RSS %.0f MiB", self._current, self.times[self._current],
+                  self.peaks[self._current])
         if self.bar is not None:
             self.bar.update(1)
 
     def close(self) -> None:
+        self.rss.stop()
         if self.bar is not None:
             self.bar.close()
+
+
+def _release() -> None:
+    """Collect freed torch / protobuf objects and hand the freed heap back to the OS (glibc)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _load_gated(model_dir: Path):
@@ -198,7 +265,7 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
     if out.resolve() == model_dir.resolve():
         raise ConfigError(f"the output folder {out} is the model_dir itself; choose another --output")
 
-    stages = ["load", "compile", "export", "parity"]
+    stages = ["load", "compile", "save", "reference", "export", "parity"]
     stages += ["baseline"] if options.baseline else []
     stages += ["quantize"] if options.quantize != "none" else []
     stages += ["ort-format"] if options.ort_format else []
@@ -221,16 +288,26 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
         prog.stage("compile")
         from ..compiler import compile_model, save_compiled
 
-        compiled, plan, creport = compile_model(gated, decoder_steps=options.decoder_steps)
+        from .parity import torch_threads
+
+        # one torch thread: the parity generation is a batch-3 decode (latency-bound), and with 2+ threads on a
+        # shared or busy machine OpenMP's barriers made it ~30x slower (measured: 3.8 s vs 0.13 s per token)
+        with torch_threads(1):
+            compiled, plan, creport = compile_model(gated, decoder_steps=options.decoder_steps)
         prog.done()
 
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            report = _write_all(tmp, gated, compiled, plan, creport, tokenizer, options, prog, calib, eval_data,
-                                save_compiled)
+            models = {"gated": gated, "compiled": compiled}
+            del gated, compiled  # _write_all frees each model as soon as it is done with it
+            report = _write_all(tmp, models, plan, creport, tokenizer, options, prog, calib, eval_data,
+                                save_compiled, model_dir)
             report.update({"fg_edge_version": __version__, "source": str(model_dir),
                            "options": asdict(options)})
             prog.stage("report")
             report["stage_seconds"] = prog.times
+            report["timings_s"] = {**prog.times, "total": round(time.perf_counter() - prog.t0, 3)}
+            report["peak_rss_mib"] = {"sampled_per_stage": dict(prog.peaks),
+                                      "process_high_water_at_stage_end": dict(prog.high_water)}
             report["files"] = _files(tmp)
             report["summary"] = summary_rows(report)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
@@ -254,23 +331,51 @@ def _load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
     return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file")
 
 
-def _write_all(tmp: Path, gated, compiled, plan, creport: dict, tokenizer, options: CompileOptions, prog,
-               calib, eval_data, save_compiled) -> dict:
+def _export(model_holder: dict, key: str, path: Path, options: CompileOptions, kind: str,
+            external_data: Optional[bool]):
+    """Trace the torch model `model_holder[key]` to ONNX, free it, then write the final graph (metadata, LM head)
+    — so the torch weights and the graph's protobuf copy are never in memory together."""
+    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
+    try:
+        raw = _ox.trace_to_onnx(model_holder[key], scratch / "raw.onnx", opset=options.opset, kind=kind,
+                                consume=True)
+        del model_holder[key]
+        _release()
+        return _ox.finalize_onnx(raw, path, kind=kind, external_data=external_data)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options: CompileOptions, prog,
+               calib, eval_data, save_compiled, model_dir: Path) -> dict:
     import torch
 
+    from .parity import ParityReference
+
     # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
+    prog.stage("save")
     staging = tmp / ".torch"
-    save_compiled(compiled, plan, creport, staging, tokenizer=tokenizer)
+    save_compiled(models["compiled"], plan, creport, staging, tokenizer=tokenizer)
     for f in staging.iterdir():
         if f.name != REPORT_FILE:
             shutil.move(str(f), tmp / f.name)
     shutil.rmtree(staging)
+    prog.done()
 
     report = dict(creport)
-    kind = _ox.model_kind(compiled)
+    kind = _ox.model_kind(models["compiled"])
+    # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so the
+    # torch trajectory does not depend on the graph under test) and reused for model / baseline / quantized
+    prog.stage("reference")
+    reference = ParityReference(models["gated"], kind=kind, steps=options.decoder_steps).compute()
+    reference.release_model()
+    # the gated model is not kept while model.onnx is exported (peak memory); the baseline reloads it (seconds)
+    del models["gated"]
+    _release()
+    prog.done()
+
     prog.stage("export")
-    info = _ox.export_onnx(compiled, tmp / "model.onnx", opset=options.opset, kind=kind,
-                           external_data=options.external_data)
+    info = _export(models, "compiled", tmp / "model.onnx", options, kind, options.external_data)
     prog.done()
     report["export"] = {**info.to_dict(), "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
                         "torch_version": torch.__version__, "dynamic_axes": True,
@@ -279,30 +384,35 @@ def _write_all(tmp: Path, gated, compiled, plan, creport: dict, tokenizer, optio
                         "patches": "optimum-onnx sdpa/eager mask without vmap, DynamicLayer.update"}
 
     prog.stage("parity")
-    parity = {"model.onnx": check_onnx_parity(gated, tmp / "model.onnx", kind=kind, tol=options.tol,
-                                              steps=options.decoder_steps)}
+    parity = {"model.onnx": check_onnx_parity(None, tmp / "model.onnx", kind=kind, tol=options.tol,
+                                              steps=options.decoder_steps, reference=reference)}
+    _release()
     prog.done()
     graphs = ["model.onnx"]
     if options.baseline:
         from .baseline import dense_baseline
 
         prog.stage("baseline")
-        dense = dense_baseline(gated)
-        _ox.export_onnx(dense, tmp / "baseline.onnx", opset=options.opset, kind=kind,
-                        external_data=info.external_data)
-        parity["baseline.onnx"] = check_onnx_parity(gated, tmp / "baseline.onnx", kind=kind, tol=options.tol,
-                                                    steps=options.decoder_steps)
+        # reloaded from the model_dir, its gates folded in place (no deep copy)
+        models["dense"] = dense_baseline(_load_gated(model_dir), inplace=True)
+        params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
+        _export(models, "dense", tmp / "baseline.onnx", options, kind, info.external_data)
+        parity["baseline.onnx"] = check_onnx_parity(None, tmp / "baseline.onnx", kind=kind, tol=options.tol,
+                                                    steps=options.decoder_steps, reference=reference)
         report["baseline"] = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed",
-                              "params": sum(p.numel() for p in dict(dense.named_parameters()).values())}
-        del dense
+                              "params": params}
         graphs.append("baseline.onnx")
+        _release()
         prog.done()
     report["onnx_parity"] = parity
+    report["parity_reference"] = {"computed": "once, reused for every graph",
+                                  "seconds": prog.times.get("reference")}
 
     quant_graphs = []
     if options.quantize != "none":
         prog.stage("quantize")
-        report["quantization"] = _quantize(tmp, graphs, gated, kind, info, tokenizer, options, calib, eval_data)
+        report["quantization"] = _quantize(tmp, graphs, reference, kind, info, tokenizer, options, calib,
+                                           eval_data)
         quant_graphs = [quantized_name(g, options.quantize) for g in graphs]
         prog.done()
     else:
@@ -323,8 +433,8 @@ def _write_all(tmp: Path, gated, compiled, plan, creport: dict, tokenizer, optio
     return report
 
 
-def _quantize(tmp: Path, graphs: list[str], gated, kind: str, info, tokenizer, options: CompileOptions, calib,
-              eval_data) -> dict:
+def _quantize(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
+              calib, eval_data) -> dict:
     from .quantize import calibration_feeds, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts
 
     result: dict = {"files": {}}
@@ -336,13 +446,18 @@ def _quantize(tmp: Path, graphs: list[str], gated, kind: str, info, tokenizer, o
     for g in graphs:
         dst = quantized_name(g, options.quantize)
         if options.quantize == "int8":
-            settings = quantize_int8_dynamic(tmp / g, tmp / dst, per_channel=options.per_channel)
+            settings = quantize_int8_dynamic(tmp / g, tmp / dst, per_channel=options.per_channel,
+                                             include_lm_head=options.quantize_lm_head)
         else:
-            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, per_channel=options.per_channel)
+            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, per_channel=options.per_channel,
+                                           include_lm_head=options.quantize_lm_head)
+        _release()
         result["settings"] = settings
         entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
-                 "vs_gated_model": check_onnx_parity(gated, tmp / dst, kind=kind, tol=options.tol,
-                                                     steps=options.decoder_steps, raise_on_fail=False)}
+                 "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
+                                                     steps=options.decoder_steps, raise_on_fail=False,
+                                                     reference=reference)}
+        _release()
         result["files"][dst] = entry
     if eval_data is not None:
         metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}

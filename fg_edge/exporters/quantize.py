@@ -73,23 +73,60 @@ def _external(src: Path) -> bool:
     return src.with_name(src.name + ".data").exists()
 
 
-def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> dict:
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False,
+                          include_lm_head: bool = False, pre_process: Optional[bool] = None) -> dict:
+    """Dynamic int8 (MatMul weights QInt8, activations quantized at run time).
+
+    include_lm_head: also quantize the vocabulary projection of causal-LM graphs (the node fg-edge's export names
+      `fg_edge/lm_head`). Off by default, as is standard practice: with a 49k-entry vocabulary a per-tensor int8
+      LM head dominates the logit error, and it is the one projection whose error is not averaged out later.
+    pre_process: run ORT's quant_pre_process (optimisation + shape inference) first. Default: only when the
+      LM head is included (its weight may be Transpose(tied embedding), which the optimiser folds into a
+      constant). The graphs fg-edge exports are constant-folded already, so every other MatMul weight is an
+      initializer; skipping it saves a full load / optimise / write of the graph (time and ~3x its size in RAM).
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .onnx_export import LM_HEAD_NODE
+
     src, dst = Path(src).resolve(), Path(dst).resolve()
+    if pre_process is None:
+        pre_process = include_lm_head
+    exclude = [] if include_lm_head else [LM_HEAD_NODE]
     with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, _working_dir(tmp):
-        pre = Path(tmp) / "pre.onnx"
-        pre_label = _pre_process(src, pre)
+        if pre_process:
+            pre = Path(tmp) / "pre.onnx"
+            pre_label = _pre_process(src, pre)
+        else:
+            pre, pre_label = src, "none (the export is constant-folded: every MatMul weight is an initializer)"
         try:
-            quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=per_channel,
-                             weight_type=QuantType.QInt8, use_external_data_format=_external(src))
+            with _quiet_ort_quantization():
+                quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=per_channel,
+                                 weight_type=QuantType.QInt8, use_external_data_format=_external(src),
+                                 nodes_to_exclude=exclude)
         except Exception as exc:
             raise ExportError(f"dynamic int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
     settings = {"mode": "int8", "method": "dynamic (onnxruntime.quantization.quantize_dynamic)",
                 "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8 (computed at run time)",
-                "per_channel": per_channel, "pre_process": pre_label}
-    log.info("quantized %s -> %s (dynamic int8, per_channel=%s)", src.name, dst.name, per_channel)
+                "per_channel": per_channel, "pre_process": pre_label,
+                "lm_head": "quantized" if include_lm_head else "excluded (kept fp32; include_lm_head=True to "
+                                                              "quantize it)",
+                "nodes_excluded": exclude}
+    log.info("quantized %s -> %s (dynamic int8, per_channel=%s, lm_head %s)", src.name, dst.name, per_channel,
+             "quantized" if include_lm_head else "fp32")
     return settings
+
+
+@contextlib.contextmanager
+def _quiet_ort_quantization():
+    """quantize_dynamic logs 'Please consider to run pre-processing' on the root logger; we skip it on purpose."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
 
 
 # -- static QDQ ----------------------------------------------------------------------------------------------
@@ -148,9 +185,12 @@ class _FeedReader:
         pass
 
 
-def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, per_channel: bool = False) -> dict:
+def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, per_channel: bool = False,
+                        include_lm_head: bool = False) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
+
+    from .onnx_export import LM_HEAD_NODE
 
     reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -161,13 +201,15 @@ def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, 
             quantize_static(str(pre), str(dst), reader_cls(feeds), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=OP_TYPES, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_external(src))
+                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_external(src),
+                            nodes_to_exclude=[] if include_lm_head else [LM_HEAD_NODE])
         except Exception as exc:
             raise ExportError(f"static QDQ quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
     settings = {"mode": "qdq", "method": "static QDQ (onnxruntime.quantization.quantize_static)",
                 "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8",
                 "calibration_method": "MinMax", "calibration_samples": len(feeds), "per_channel": per_channel,
-                "pre_process": pre_label}
+                "pre_process": pre_label, "lm_head": "quantized" if include_lm_head else "excluded (kept fp32)",
+                "nodes_excluded": [] if include_lm_head else [LM_HEAD_NODE]}
     log.info("quantized %s -> %s (static QDQ, %d calibration samples)", src.name, dst.name, len(feeds))
     return settings
 
