@@ -20,11 +20,17 @@ setup: $(BIN)/fg-edge
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The main job on an embedded default: gates on all-MiniLM-L6-v2 for SST-2 sentiment, compile (+int8, .ort),
+# then bench the compiled model against its dense baseline on the CPU EP and the mobile profile.
 demo: setup
 	$(BIN)/fg-edge train sentence-transformers/all-MiniLM-L6-v2 --task classification \
-		--train $(SST2_DIR)/train.tsv --dev $(SST2_DIR)/dev.tsv --max-train 4000 \
-		--output demo_out/model_dir --overwrite
-	$(BIN)/fg-edge inspect demo_out/model_dir
+		--train $(SST2_DIR)/train.tsv --dev $(SST2_DIR)/dev.tsv --max-train 2000 --epochs 2 \
+		--target-sparsity 0.4 --output demo_out/model_dir --overwrite
+	$(BIN)/fg-edge inspect demo_out/model_dir --plot demo_out/gates.png
+	$(BIN)/fg-edge compile demo_out/model_dir -o demo_out/compiled --overwrite --quantize int8 --ort-format
+	$(BIN)/fg-edge bench demo_out/compiled --providers cpu,mobile --batch 1 --seq 128 --threads 1,2 \
+		--repeats 20 -o demo_out/bench
+	$(BIN)/fg-edge run demo_out/compiled "a gripping, funny and moving film"
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -20,11 +20,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .architectures import ArchSpec, get_spec, head_layout, layers_of, layers_prefix
+from .architectures import get_spec, head_layout, layers_of, layers_prefix
 from .config import GateConfig
-from .errors import ConfigError, GateStateError, UnsupportedArchitectureError
+from .errors import ConfigError, GateStateError
 from .gates import sparsity_term
-from .layers import GatedLinear, in_out_features
+from .layers import GatedLinear
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def inject_gates(model: nn.Module, config: GateConfig) -> nn.Module:
         gated = GatedLinear(base, adapter_rank=config.adapter_rank, adapter_alpha=config.adapter_alpha,
                             init_mean=config.init_mean, init_std=config.init_std, noise_std=config.noise_std,
                             **kwargs)
-        w = base.weight
-        gated.to(device=w.device)
+        gated.to(device=base.weight.device)
+        gated.train(base.training)  # a model in eval mode must not start sampling gate noise
         setattr(parent, child, gated)
     log.info("gated %d linear layers (%s granularity)", len(targets), config.granularity)
     return model

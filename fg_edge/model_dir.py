@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from .config import GateConfig
 from .errors import ConfigError, GateStateError, ModelDirError
