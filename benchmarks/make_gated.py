@@ -1,0 +1,81 @@
+"""Write a model_dir whose structured gates close a chosen fraction of heads and FFN channels (no training).
+
+Used by the compile / bench benchmarks for models we do not train here (e.g. SmolLM2-135M): it exercises
+exactly the path a trained model takes, with a known amount of removal. Closed gates get logit -3 (eval 0);
+open gates get eval values in [0.7, 1] so the fold is a real scale, not the identity.
+
+    python benchmarks/make_gated.py HuggingFaceTB/SmolLM2-135M-Instruct /tmp/smollm2_gated --task causal-lm \
+        --close 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+
+
+def close_fraction_(model, fraction: float, seed: int) -> dict:
+    """Close `fraction` of query heads (the same count in every kv group, so they are removable) and of FFN
+    channels in every layer; returns what was closed."""
+    from fg_edge.architectures import get_spec, head_layout
+    from fg_edge.inject import gated_modules
+
+    spec = get_spec(model.config.model_type)
+    layout = head_layout(model.config, spec)
+    g = torch.Generator().manual_seed(seed)
+    closed = {"heads": 0, "heads_total": 0, "channels": 0, "channels_total": 0}
+    per_group = round(fraction * layout.group_size)
+    for name, module in gated_modules(model).items():
+        gate = module.group_gate
+        if gate is None:
+            continue
+        n = gate.logits.numel()
+        # open: eval value u in [0.7, 1) -> logit atanh(u - 0.5)
+        u = 0.7 + 0.3 * torch.rand(n, generator=g)
+        logits = torch.atanh(u - 0.5)
+        if name.endswith(spec.o):
+            for kv in range(layout.num_kv_heads):
+                heads = kv * layout.group_size + torch.randperm(layout.group_size, generator=g)[:per_group]
+                logits[heads] = -3.0
+            closed["heads"] += per_group * layout.num_kv_heads
+            closed["heads_total"] += n
+        else:
+            k = int(math.floor(fraction * n))
+            logits[torch.randperm(n, generator=g)[:k]] = -3.0
+            closed["channels"] += k
+            closed["channels_total"] += n
+        gate.logits.data.copy_(logits)
+    return closed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source")
+    ap.add_argument("output")
+    ap.add_argument("--task", default="causal-lm", choices=["causal-lm", "classification"])
+    ap.add_argument("--close", type=float, default=0.3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from fg_edge.config import GateConfig
+    from fg_edge.inject import inject_gates
+    from fg_edge.model_dir import save_model_dir
+    from fg_edge.sources import load_pretrained
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_pretrained(args.source, args.task, num_labels=2 if args.task == "classification" else None)
+    cfg = GateConfig(granularity="structured", task=args.task)
+    inject_gates(model, cfg)
+    closed = close_fraction_(model, args.close, args.seed)
+    model.eval()
+    save_model_dir(model, cfg, args.output, tokenizer=tokenizer, overwrite=True,
+                   metadata={"source": args.source, "synthetic_gates": closed, "note": "gates set by make_gated.py"})
+    print(json.dumps({"output": args.output, "closed": closed, "seconds": round(time.perf_counter() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()
