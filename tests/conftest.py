@@ -53,10 +53,11 @@ def write_tsv(path, rows, header=("text", "label")) -> str:
     return str(path)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def single_torch_thread():
-    """Tiny models run fastest on one thread, and a 2-core machine shared with other jobs can stall OpenMP
-    thread teams badly (a 30-step tiny run went from ~1 s to ~60 s); restore the setting afterwards."""
+    """Every test runs torch on one thread: tiny models run fastest that way, and on a 2-core machine torch's and
+    ORT's OpenMP pools spinning against each other (or other jobs) stalled a 30-step tiny run from ~1 s to ~60 s.
+    Restores the setting afterwards."""
     import torch
 
     before = torch.get_num_threads()

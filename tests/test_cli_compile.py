@@ -16,14 +16,6 @@ from fg_edge.model_dir import save_model_dir
 from fg_edge.testing import DECODERS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _gated(model_type):
     from test_export import gated_model
 

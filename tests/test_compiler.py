@@ -32,15 +32,6 @@ ARCHS = sorted(TINY_CONFIGS)
 CLOSED = -3.0          # tanh(-3) + 0.5 < 0: eval gate exactly 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- building gated models with chosen closed heads / channels ---------------------------------------------
 def _task(model_type):
     return "causal-lm" if model_type in DECODERS else "classification"

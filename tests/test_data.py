@@ -12,7 +12,6 @@ from fg_edge.data import (ClassificationData, detect_format, lm_blocks, load_cla
                           pad_collate, subsample_indices, tokenize_classification)
 from fg_edge.errors import DataError
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "SST-2"
 

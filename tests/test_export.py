@@ -20,14 +20,6 @@ from fg_edge.inject import gated_modules, inject_gates
 from fg_edge.testing import DECODERS, ENCODERS, TINY_CONFIGS, padded_batch, tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def gated_model(model_type: str, *, empty_layer: bool = False, seed: int = 0):
     """A tiny gated model with closed gates: layer 1 keeps only the first kv group (non-uniform kv heads)."""
     model = tiny_model(model_type)

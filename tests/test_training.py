@@ -18,7 +18,6 @@ from fg_edge.testing import padded_batch, tiny_model
 from fg_edge.training import (BestCheckpoint, DenseTeacher, TrainArgs, distill_kl, param_groups,
                               sparsity_lambda_at, train)
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # -- TrainArgs -----------------------------------------------------------------------------------------------
