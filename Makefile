@@ -2,8 +2,14 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Local SST-2 copy on the project machines; override with SST2_DIR=/path/to/SST-2
+# Local SST-2 copy on the project machines; override with SST2_DIR=/path/to/SST-2 (make variable or environment).
+# Without a local copy the demo reads GLUE SST-2 from the Hugging Face hub (needs network and `pip install datasets`).
 SST2_DIR ?= ../shared/data/SST-2
+ifneq ($(wildcard $(SST2_DIR)/train.tsv),)
+DEMO_DATA = --train $(SST2_DIR)/train.tsv --dev $(SST2_DIR)/dev.tsv
+else
+DEMO_DATA = --train hf:stanfordnlp/sst2@train --dev hf:stanfordnlp/sst2@validation --text-column sentence
+endif
 
 .PHONY: setup test demo clean
 
@@ -24,7 +30,7 @@ test: setup
 # then bench the compiled model against its dense baseline on the CPU EP and the mobile profile.
 demo: setup
 	$(BIN)/fg-edge train sentence-transformers/all-MiniLM-L6-v2 --task classification \
-		--train $(SST2_DIR)/train.tsv --dev $(SST2_DIR)/dev.tsv --max-train 2000 --epochs 2 \
+		$(DEMO_DATA) --max-train 2000 --epochs 2 \
 		--target-sparsity 0.4 --output demo_out/model_dir --overwrite
 	$(BIN)/fg-edge inspect demo_out/model_dir --plot demo_out/gates.png
 	$(BIN)/fg-edge compile demo_out/model_dir -o demo_out/compiled --overwrite --quantize int8 --ort-format

@@ -15,7 +15,7 @@ from . import __version__
 
 
 class FgEdgeGroup(click.Group):
-    """Turns fg-edge's own errors into one clear line and exit status 2 (no traceback)."""
+    """Turns fg-edge's own errors into one clear line and exit status 1 (no traceback)."""
 
     def invoke(self, ctx):
         from .errors import FgEdgeError
