@@ -546,16 +546,14 @@ TORCH_FREE_SCRIPT = textwrap.dedent("""
     from fg_edge.runtimes.bench import run_bench, write_outputs, validate_result
     from fg_edge.runtimes.evaluate import evaluate
     from click.testing import CliRunner
-    from fg_edge.cli_bench import bench_cmd
-    from fg_edge.cli_eval import eval_cmd
-    from fg_edge.cli_run import run_cmd
+    from fg_edge.cli import cli   # the real `fg-edge` group: importing it must not pull torch in either
 
-    for cmd, args in ((run_cmd, [dec_dir, "once upon", "--max-new-tokens", "2"]),
-                      (eval_cmd, [cls_dir, "--data", tsv]),
-                      (bench_cmd, [dec_dir, "--seq", "4", "--repeats", "1", "--warmup", "0", "--gen-tokens", "2",
-                                   "-o", out_dir + "-cli", "--no-progress"])):
-        res = CliRunner().invoke(cmd, args)
-        assert res.exit_code == 0, (cmd.name, res.output, res.exception)
+    for args in (["run", dec_dir, "once upon", "--max-new-tokens", "2"],
+                 ["eval", cls_dir, "--data", tsv],
+                 ["bench", dec_dir, "--seq", "4", "--repeats", "1", "--warmup", "0", "--gen-tokens", "2",
+                  "-o", out_dir + "-cli", "--no-progress"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, (args[0], res.output, res.exception)
     print(Runner(cls_dir).run("the film was good")["label"])
     print(Runner(dec_dir).generate("once upon a time", max_new_tokens=4).token_ids)
     res = run_bench(cls_dir, providers="cpu,mobile", seqs=[8], repeats=2, warmup=1, progress=False)
