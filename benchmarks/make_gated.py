@@ -18,9 +18,10 @@ import time
 import torch
 
 
-def close_fraction_(model, fraction: float, seed: int) -> dict:
+def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: bool = False) -> dict:
     """Close `fraction` of query heads (the same count in every kv group, so they are removable) and of FFN
-    channels in every layer; returns what was closed."""
+    channels in every layer; returns what was closed. With `whole_groups_odd_layers`, odd layers instead lose
+    one whole kv group (all its query heads), so kv-head counts differ between layers."""
     from fg_edge.architectures import get_spec, head_layout
     from fg_edge.inject import gated_modules
 
@@ -37,7 +38,11 @@ def close_fraction_(model, fraction: float, seed: int) -> dict:
         # open: eval value u in [0.7, 1) -> logit atanh(u - 0.5)
         u = 0.7 + 0.3 * torch.rand(n, generator=g)
         logits = torch.atanh(u - 0.5)
-        if name.endswith(spec.o):
+        if name.endswith(spec.o) and whole_groups_odd_layers and _layer_index(name) % 2 == 1:
+            logits[:layout.group_size] = -3.0
+            closed["heads"] += layout.group_size
+            closed["heads_total"] += n
+        elif name.endswith(spec.o):
             for kv in range(layout.num_kv_heads):
                 heads = kv * layout.group_size + torch.randperm(layout.group_size, generator=g)[:per_group]
                 logits[heads] = -3.0
@@ -52,6 +57,10 @@ def close_fraction_(model, fraction: float, seed: int) -> dict:
     return closed
 
 
+def _layer_index(name: str) -> int:
+    return int(next(p for p in name.split(".") if p.isdigit()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source")
@@ -59,6 +68,8 @@ def main() -> None:
     ap.add_argument("--task", default="causal-lm", choices=["causal-lm", "classification"])
     ap.add_argument("--close", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--whole-groups-odd-layers", action="store_true",
+                    help="odd layers lose one whole kv group instead (layers then differ in kv-head count)")
     args = ap.parse_args()
 
     from fg_edge.config import GateConfig
@@ -70,7 +81,7 @@ def main() -> None:
     model, tokenizer = load_pretrained(args.source, args.task, num_labels=2 if args.task == "classification" else None)
     cfg = GateConfig(granularity="structured", task=args.task)
     inject_gates(model, cfg)
-    closed = close_fraction_(model, args.close, args.seed)
+    closed = close_fraction_(model, args.close, args.seed, args.whole_groups_odd_layers)
     model.eval()
     save_model_dir(model, cfg, args.output, tokenizer=tokenizer, overwrite=True,
                    metadata={"source": args.source, "synthetic_gates": closed, "note": "gates set by make_gated.py"})

@@ -293,7 +293,7 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
         # one torch thread: the parity generation is a batch-3 decode (latency-bound), and with 2+ threads on a
         # shared or busy machine OpenMP's barriers made it ~30x slower (measured: 3.8 s vs 0.13 s per token)
         with torch_threads(1):
-            compiled, plan, creport = compile_model(gated, decoder_steps=options.decoder_steps)
+            compiled, plan, creport = compile_model(gated, tol=options.tol, decoder_steps=options.decoder_steps)
         prog.done()
 
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
