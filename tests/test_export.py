@@ -286,3 +286,32 @@ def test_parity_reference_is_computed_once(tmp_path, model_type):
     assert fresh["max_abs_diff"] == got[0]["max_abs_diff"] and all(r["passed"] for r in got)
     if info.kind == "causal-lm":
         assert got[0]["token_agreement"] == 1.0 and got[0]["greedy_tokens"] == 3 * 9
+
+
+def test_pack_onnx_streams_external_data_into_one_file(tmp_path):
+    """The pipeline keeps graphs as external data while it works and packs them at the end: the packed file must
+    hold every tensor (initializers and ORT-quantizer Constant attributes alike) and compute the same outputs."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from fg_edge.exporters.onnx_export import pack_onnx
+
+    _, compiled = _compiled("bert")
+    export_onnx(compiled, tmp_path / "model.onnx", external_data=True)
+    quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "model.int8.onnx")
+    assert (tmp_path / "model.int8.onnx.data").exists()
+    feeds = {"input_ids": np.array([[5, 6, 7, 8]]), "attention_mask": np.ones((1, 4), dtype=np.int64),
+             "token_type_ids": np.zeros((1, 4), dtype=np.int64)}
+    for name in ("model.onnx", "model.int8.onnx"):
+        sess = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        feeds_used = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
+        before = sess.run(None, feeds_used)[0]
+        del sess
+        pack_onnx(tmp_path / name)
+        assert not (tmp_path / (name + ".data")).exists()
+        proto = onnx.load(str(tmp_path / name), load_external_data=False)
+        onnx.checker.check_model(proto)
+        assert all(t.data_location != TensorProto.EXTERNAL for t in proto.graph.initializer)
+        assert all(a.t.data_location != TensorProto.EXTERNAL for n in proto.graph.node for a in n.attribute)
+        after = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, feeds_used)[0]
+        np.testing.assert_array_equal(before, after)

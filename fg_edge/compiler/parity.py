@@ -96,8 +96,8 @@ def _greedy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int)
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
 
 
-def _check_generation(gated: nn.Module, compiled: nn.Module, ids, mask, steps: int, tol: float) -> float:
-    ref_tokens, ref_logits = _greedy(gated, ids, mask, steps)
+def _check_generation(reference: dict, compiled: nn.Module, ids, mask, steps: int, tol: float) -> float:
+    ref_tokens, ref_logits = reference["tokens"], reference["step_logits"]
     tokens, logits = _greedy(compiled, ids, mask, steps)
     n = min(ref_logits.shape[1], logits.shape[1])
     diff = float(_abs_diff(ref_logits[:, :n], logits[:, :n]).max()) if n else 0.0
@@ -113,15 +113,27 @@ def _check_generation(gated: nn.Module, compiled: nn.Module, ids, mask, steps: i
     return diff
 
 
-def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
-                 lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
-    """Compare `compiled_model` to `gated_model` (eval gates); raise ParityError beyond `tol`, else return figures."""
-    decoder = _generates(compiled_model) and decoder_steps > 0
-    vocab = gated_model.config.vocab_size
-    ids, mask = padded_batch(vocab, lengths=tuple(lengths), seed=seed, left=decoder)
+def gated_reference(gated_model: nn.Module, *, decoder_steps: int = 32, lengths: Sequence[int] = DEFAULT_LENGTHS,
+                    seed: int = 0) -> dict:
+    """The gated model's side of `check_parity` (inputs, logits, hidden states, greedy tokens and step logits),
+    so the gated model may be changed (compiled in place) before the comparison."""
+    decoder = _generates(gated_model) and decoder_steps > 0
+    ids, mask = padded_batch(gated_model.config.vocab_size, lengths=tuple(lengths), seed=seed, left=decoder)
     ids, mask = ids.to(_device(gated_model)), mask.to(_device(gated_model))
-    with _eval_mode(gated_model, compiled_model):
-        ref_logits, ref_hidden = _forward(gated_model, ids, mask)
+    ref = {"ids": ids, "mask": mask, "lengths": list(lengths), "decoder": decoder, "decoder_steps": decoder_steps}
+    with _eval_mode(gated_model):
+        ref["logits"], ref["hidden"] = _forward(gated_model, ids, mask)
+        if decoder:
+            ref["tokens"], ref["step_logits"] = _greedy(gated_model, ids, mask, decoder_steps)
+    return ref
+
+
+def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: float = 1e-5) -> dict:
+    """Compare `compiled_model` to a `gated_reference`; raise ParityError beyond `tol`, else return figures."""
+    ids, mask, lengths = reference["ids"], reference["mask"], reference["lengths"]
+    decoder, decoder_steps = reference["decoder"], reference["decoder_steps"]
+    ref_logits, ref_hidden = reference["logits"], reference["hidden"]
+    with _eval_mode(compiled_model):
         logits, hidden = _forward(compiled_model, ids.to(_device(compiled_model)), mask.to(_device(compiled_model)))
         logit_diff = _masked_max_diff(ref_logits, logits.to(ref_logits.device), mask, "logits", tol)
         hidden_diff = _masked_max_diff(ref_hidden, hidden.to(ref_hidden.device), mask, "last hidden states", tol)
@@ -133,7 +145,8 @@ def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: floa
         if hidden_diff > hidden_tol:
             raise ParityError("last hidden states", hidden_diff, hidden_tol,
                               detail=detail + ", tolerance = tol·max(1, max|hidden|)")
-        gen_diff = _check_generation(gated_model, compiled_model, ids, mask, decoder_steps, tol) if decoder else None
+        gen_diff = (_check_generation(reference, compiled_model, ids.to(_device(compiled_model)),
+                                      mask.to(_device(compiled_model)), decoder_steps, tol) if decoder else None)
     figures = {"tolerance": tol, "tolerance_rule": "max abs diff <= tolerance * max(1, max|gated output|)",
                "logits_tolerance": logit_tol, "hidden_tolerance": hidden_tol, "lengths": list(lengths), "padding": "left" if decoder else "right",
                "logits_max_abs_diff": logit_diff, "hidden_max_abs_diff": hidden_diff,
@@ -143,3 +156,11 @@ def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: floa
     log.info("parity ok: logits %.2e, hidden %.2e%s (tolerance %.0e)", logit_diff, hidden_diff,
              f", {decoder_steps} greedy steps identical" if decoder else "", tol)
     return figures
+
+
+def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
+                 lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
+    """Compare `compiled_model` to `gated_model` (eval gates); raise ParityError beyond `tol`, else return figures."""
+    decoder_steps = decoder_steps if _generates(compiled_model) else 0
+    reference = gated_reference(gated_model, decoder_steps=decoder_steps, lengths=lengths, seed=seed)
+    return check_parity_against(reference, compiled_model, tol=tol)

@@ -114,18 +114,23 @@ def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] =
 
 
 def compile_model(gated_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
-                  check: bool = True) -> tuple[nn.Module, CompilePlan, dict]:
+                  check: bool = True, inplace: bool = False) -> tuple[nn.Module, CompilePlan, dict]:
     """Fold and prune a deep copy of `gated_model`; returns (plain model, plan, report).
 
     With `check` (the default) the compiled model is compared to the gated one (fg_edge.compiler.parity) and a
     ParityError is raised, with the numbers, when they disagree beyond `tol`; the input model is left untouched.
+    inplace: compile `gated_model` itself (no copy: half the memory); the gated model is consumed (its outputs
+    for the parity check are computed first), and is unusable if this raises.
     """
-    from .parity import check_parity
+    from .parity import check_parity_against, gated_reference
     from .report import build_report, gate_zero_counts, measure_blocks
 
     spec = get_spec(getattr(gated_model.config, "model_type", None))
     validate_gate_values(gated_model)
-    model = copy.deepcopy(gated_model).eval()
+    reference = None
+    if check:
+        reference = gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
+    model = (gated_model if inplace else copy.deepcopy(gated_model)).eval()
     plan = plan_removal(model, spec)
     zeros = gate_zero_counts(model, spec, plan)
     merge_adapters_(model)
@@ -136,5 +141,9 @@ def compile_model(gated_model: nn.Module, *, tol: float = 1e-5, decoder_steps: i
     after = measure_blocks(model, spec, plan, after=True)
     report = build_report(model, spec, plan, before, after, zeros)
     if check:
-        report["parity"] = check_parity(gated_model, model, tol=tol, decoder_steps=decoder_steps)
+        report["parity"] = check_parity_against(reference, model, tol=tol)
     return model, plan, report
+
+
+def _generates(model: nn.Module) -> bool:
+    return bool(getattr(model, "can_generate", lambda: False)())

@@ -14,6 +14,7 @@ Graph interfaces (the names the runtime and the parity gate rely on):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -300,8 +301,15 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
         with export_patches(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                torch.onnx.export(wrapper, tuple(args), str(raw), input_names=names, output_names=outputs,
-                                  dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
+                # export_params=False: the exporter's own weight serialisation builds the ModelProto, its byte
+                # string and a Python copy of it, and re-parses it (3-4 copies of the weights at once); instead
+                # the initializers it would write are captured and streamed to `raw`.data one tensor at a time
+                with _capture_initializers() as params:
+                    torch.onnx.export(wrapper, tuple(args), str(raw), input_names=names, output_names=outputs,
+                                      dynamic_axes=dyn, opset_version=opset, do_constant_folding=True,
+                                      dynamo=False, export_params=False)
+                _attach_initializers(raw, params)
+                params.clear()
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export of {type(model).__name__} ({kind}, opset {opset}) failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
@@ -311,6 +319,71 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
                      kv_shapes=kv_shapes, param_bytes=n_params,
                      model_type=str(getattr(model.config, "model_type", "")),
                      model_class=type(model).__name__)
+
+
+@contextlib.contextmanager
+def _capture_initializers() -> Iterator[dict]:
+    """Record the initializer dict (name -> tensor, after constant folding and deduplication) that the
+    TorchScript exporter passes to its serialiser; it is handed to `_export_onnx` only with export_params."""
+    from torch import _C
+
+    captured: dict = {}
+    orig = _C._jit_pass_onnx_deduplicate_initializers
+
+    def capture(graph, params_dict, is_train):
+        result = orig(graph, params_dict, is_train)
+        captured.clear()
+        captured.update(result)
+        return result
+
+    _C._jit_pass_onnx_deduplicate_initializers = capture
+    try:
+        yield captured
+    finally:
+        _C._jit_pass_onnx_deduplicate_initializers = orig
+
+
+def _tensor_array(t: torch.Tensor):
+    """(numpy array with the tensor's raw little-endian bytes, ONNX data type)."""
+    from onnx import TensorProto, helper
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), TensorProto.BFLOAT16
+    arr = t.numpy()
+    return arr, helper.np_dtype_to_tensor_dtype(arr.dtype)
+
+
+def _attach_initializers(raw: Path, params: dict) -> None:
+    """Turn the graph inputs of `raw` (exported with export_params=False) that name captured initializers into
+    initializers stored as external data in `raw`.data, written one tensor at a time."""
+    import onnx
+    from onnx import TensorProto
+
+    proto = onnx.load(str(raw))
+    graph = proto.graph
+    input_names = {i.name for i in graph.input}
+    missing = [n for n in params if n not in input_names]
+    if missing:
+        raise ExportError(f"{len(missing)} exported initializers have no graph input (e.g. {missing[0]!r})")
+    data_name = raw.name + ".data"
+    offset = 0
+    with open(raw.with_name(data_name), "wb") as f:
+        for name, t in params.items():
+            arr, dtype = _tensor_array(t)
+            tensor = graph.initializer.add()
+            tensor.name, tensor.data_type = name, dtype
+            tensor.dims.extend(int(d) for d in arr.shape)
+            tensor.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = k, v
+            f.write(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
+            offset += arr.nbytes
+    keep = [i for i in graph.input if i.name not in params]
+    graph.ClearField("input")
+    graph.input.extend(keep)
+    onnx.save_model(proto, str(raw))
 
 
 @dataclass
@@ -330,7 +403,7 @@ class RawExport:
 LM_HEAD_NODE = "fg_edge/lm_head"
 
 
-def _dedupe_lm_head(proto) -> dict:
+def _dedupe_lm_head(proto, base_dir: str = "") -> dict:
     """Name the MatMul that produces `logits` LM_HEAD_NODE and, when its weight is the transposed token
     embedding (tied embeddings: the TorchScript exporter constant-folds W.T into a second copy), feed it
     Transpose(embedding) instead so the weights are stored once (ORT folds the Transpose at session creation)."""
@@ -359,7 +432,7 @@ def _dedupe_lm_head(proto) -> dict:
         e = inits[gather.input[0]]
         if list(e.dims) != [w.dims[1], w.dims[0]] or e.data_type != w.data_type:
             continue
-        if not np.array_equal(numpy_helper.to_array(e).T, numpy_helper.to_array(w)):
+        if not np.array_equal(numpy_helper.to_array(e, base_dir).T, numpy_helper.to_array(w, base_dir)):
             continue
         t_out = LM_HEAD_NODE + "/embedding_T"
         transpose = helper.make_node("Transpose", [e.name], [t_out], name=LM_HEAD_NODE + "/Transpose", perm=[1, 0])
@@ -384,19 +457,22 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     kind = kind or raw.kind
     if external_data is None:
         external_data = raw.param_bytes > EXTERNAL_DATA_THRESHOLD
-    proto = onnx.load(str(raw.path))
-    os.remove(raw.path)  # the graph now lives in `proto`; free the page cache / disk before writing the copy
+    # the weights stay in the raw export's external data file: the final file is written from it tensor by
+    # tensor (`_save`), so no full copy of the weights is ever in memory
+    proto = onnx.load(str(raw.path), load_external_data=False)
     meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in raw.kv_shapes]),
             "fg_edge.model_type": model_type if model_type is not None else raw.model_type}
-    lm_head = _dedupe_lm_head(proto) if kind == "causal-lm" else {}
+    lm_head = _dedupe_lm_head(proto, str(raw.path.parent)) if kind == "causal-lm" else {}
     if lm_head.get("lm_head_node"):
         meta["fg_edge.lm_head_node"] = lm_head["lm_head_node"]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.producer_name = "fg-edge"
-    _save(proto, path, external_data)
+    _save(proto, path, external_data, base_dir=raw.path.parent)
     del proto
+    for f in onnx_files(raw.path):
+        os.remove(f)
     gc.collect()
     info = ExportInfo(kind=kind, opset=raw.opset, input_names=raw.input_names, output_names=raw.output_names,
                       external_data=bool(external_data), token_type_ids="token_type_ids" in raw.input_names,
@@ -406,17 +482,157 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     return info
 
 
-def _save(proto, path: Path, external_data: bool) -> None:
-    import onnx
+#: tensors smaller than this stay inside the graph file when writing external data (as onnx.save_model does)
+_EXTERNAL_MIN_BYTES = 1024
+_CHUNK = 16 * 2**20
 
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _external_span(tensor, base_dir: Path) -> Optional[tuple[Path, int, int]]:
+    """(file, offset, length) of an initializer stored as external data; None for one stored inline."""
+    from onnx import TensorProto
+
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return None
+    info = {e.key: e.value for e in tensor.external_data}
+    file = base_dir / info["location"]
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else file.stat().st_size - offset
+    return file, offset, length
+
+
+def _copy_span(src: Path, offset: int, length: int, out) -> None:
+    with open(src, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                raise ExportError(f"{src}: external data ends before offset {offset} + {length}")
+            out.write(chunk)
+            left -= len(chunk)
+
+
+def _inline_attribute_tensors(graph, base_dir: Path) -> None:
+    """Load node-attribute tensors kept as external data (ORT's quantizer saves Constant values that way) into the
+    graph: they are small, and the file they point to is not the one being written."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors = ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for t in tensors:
+                if t.data_location == TensorProto.EXTERNAL:
+                    load_external_data_for_tensor(t, str(base_dir))
+                    t.data_location = TensorProto.DEFAULT
+                    del t.external_data[:]
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _inline_attribute_tensors(sub, base_dir)
+
+
+def _save(proto, path: Path, external_data: bool, base_dir: Optional[Path] = None) -> None:
+    """Write `proto` to `path`; initializers that live in external data files (relative to `base_dir`) are
+    streamed from there, so their bytes are never all in memory. external_data: the tensors go to
+    `path`.data (small ones stay inline); else one self-contained file (protobuf fields may come in any order,
+    so the graph is written as its tensor-less bytes followed by one initializer record at a time)."""
+    import onnx
+    from onnx import TensorProto
+
+    base_dir = Path(base_dir) if base_dir is not None else path.parent
+    _inline_attribute_tensors(proto.graph, base_dir)
     data_name = path.name + ".data"
     if (path.parent / data_name).exists():
         os.remove(path.parent / data_name)
+    spans = {t.name: _external_span(t, base_dir) for t in proto.graph.initializer}
+    if not any(spans.values()):
+        if external_data:
+            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=_EXTERNAL_MIN_BYTES)
+        else:
+            onnx.save_model(proto, str(path))
+        return
+    inits = list(proto.graph.initializer)
+    proto.graph.ClearField("initializer")
     if external_data:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
-    else:
+        offset = 0
+        with open(path.parent / data_name, "wb") as out:
+            for t in inits:
+                span = spans[t.name]
+                if span is None:
+                    continue
+                if span[2] < _EXTERNAL_MIN_BYTES:  # inline, as onnx.save_model's size_threshold does
+                    with open(span[0], "rb") as f:
+                        f.seek(span[1])
+                        raw_data = f.read(span[2])
+                    del t.external_data[:]
+                    t.data_location = TensorProto.DEFAULT
+                    t.raw_data = raw_data
+                    continue
+                _copy_span(span[0], span[1], span[2], out)
+                del t.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(span[2]))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = k, v
+                offset += span[2]
+        proto.graph.initializer.extend(inits)
         onnx.save_model(proto, str(path))
+        return
+    # one file: ModelProto.graph (field 7) = tensor-less graph bytes + GraphProto.initializer (field 5) records;
+    # a record = the tensor's bytes without data + TensorProto.raw_data (field 9) streamed from its data file
+    records = []
+    for t in inits:
+        span = spans[t.name]
+        if span is not None:
+            del t.external_data[:]
+            t.ClearField("data_location")
+        head = t.SerializeToString()
+        if span is not None:
+            head += b"\x4a" + _varint(span[2])
+        size = len(head) + (span[2] if span is not None else 0)
+        records.append((b"\x2a" + _varint(size) + head, span))
+    graph_bytes = proto.graph.SerializeToString()
+    graph_len = len(graph_bytes) + sum(len(r) + (s[2] if s is not None else 0) for r, s in records)
+    rest = onnx.ModelProto()
+    rest.CopyFrom(proto)
+    rest.ClearField("graph")
+    with open(path, "wb") as out:
+        out.write(rest.SerializeToString())
+        out.write(b"\x3a" + _varint(graph_len))
+        out.write(graph_bytes)
+        for record, span in records:
+            out.write(record)
+            if span is not None:
+                _copy_span(span[0], span[1], span[2], out)
+    proto.graph.initializer.extend(inits)
+
+
+def pack_onnx(path: str | Path) -> None:
+    """Rewrite a graph saved with external data (`path`.data) as one self-contained file, streaming the tensors
+    (never all in memory); a graph without external data is left as it is."""
+    import onnx
+
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    if not data.exists():
+        return
+    proto = onnx.load(str(path), load_external_data=False)
+    packed = path.with_name(path.name + ".packing")
+    try:
+        _save(proto, packed, False, base_dir=path.parent)
+        os.replace(packed, path)
+    finally:
+        if packed.exists():
+            os.remove(packed)
+    os.remove(data)
 
 
 def onnx_files(path: str | Path) -> list[Path]:

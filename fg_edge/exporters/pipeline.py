@@ -168,13 +168,61 @@ def _release() -> None:
         pass
 
 
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def _unmap_weights(model, model_dir: Path) -> int:
+    """Give the weights that from_pretrained left on a memory map of the model_dir's safetensors file(s) their own
+    memory, read with plain file reads (the page cache does not count as this process's memory; touched pages of
+    a mapping do, until the whole mapping is gone). The compile and baseline then fold layer by layer, each old
+    weight freed as its new one is made, instead of holding the mapped file and the folded copy at once.
+    Returns the number of tensors read; anything not found in the files is left as it is."""
+    import struct
+
+    import torch
+
+    targets: dict[str, list] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers()):
+        targets.setdefault(name.replace(".base_layer.", "."), []).append(t)
+    done: set[int] = set()
+    for file in sorted(model_dir.glob("*.safetensors")):
+        if file.name == "fg_edge_gates.safetensors":
+            continue
+        try:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+                start = 8 + n
+                for key, meta in header.items():
+                    if key == "__metadata__" or key not in targets:
+                        continue
+                    dtype = getattr(torch, _SAFETENSORS_DTYPES.get(meta.get("dtype"), ""), None)
+                    lo, hi = meta["data_offsets"]
+                    for t in targets[key]:
+                        if id(t) in done or dtype is None or t.dtype != dtype or list(t.shape) != meta["shape"]:
+                            continue
+                        buf = bytearray(hi - lo)
+                        f.seek(start + lo)
+                        if f.readinto(buf) != hi - lo:
+                            raise OSError(f"{file}: truncated tensor {key}")
+                        fresh = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+                        t.data = fresh.reshape(t.shape)
+                        done.add(id(t))
+        except (OSError, ValueError, KeyError, struct.error) as exc:  # leave the model as loaded
+            log.debug("could not re-read weights from %s: %s", file, exc)
+    return len(done)
+
+
 def _load_gated(model_dir: Path):
     from ..model_dir import load
 
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
     try:
-        return load(model_dir)
+        model = load(model_dir)
+        _unmap_weights(model, model_dir)
+        return model
     except FgEdgeError:
         raise
     except Exception as exc:  # corrupted weights / config files surface as assorted library errors
@@ -265,7 +313,7 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
     if out.resolve() == model_dir.resolve():
         raise ConfigError(f"the output folder {out} is the model_dir itself; choose another --output")
 
-    stages = ["load", "compile", "save", "reference", "export", "parity"]
+    stages = ["load", "reference", "compile", "save", "export", "parity"]
     stages += ["baseline"] if options.baseline else []
     stages += ["quantize"] if options.quantize != "none" else []
     stages += ["ort-format"] if options.ort_format else []
@@ -285,22 +333,34 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
             eval_data = _load_eval_data(options, gated, tokenizer, model_dir)
         prog.done()
 
-        prog.stage("compile")
         from ..compiler import compile_model, save_compiled
 
-        from .parity import torch_threads
+        from .parity import ParityReference, torch_threads
 
+        # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so
+        # the torch trajectory does not depend on the graph under test) and reused for model / baseline /
+        # quantized; computed before the compile, which then works on the gated model itself (no second copy)
+        prog.stage("reference")
+        kind = _ox.model_kind(gated)
+        reference = ParityReference(gated, kind=kind, steps=options.decoder_steps).compute()
+        reference.release_model()
+        prog.done()
+
+        prog.stage("compile")
         # one torch thread: the parity generation is a batch-3 decode (latency-bound), and with 2+ threads on a
         # shared or busy machine OpenMP's barriers made it ~30x slower (measured: 3.8 s vs 0.13 s per token)
         with torch_threads(1):
-            compiled, plan, creport = compile_model(gated, tol=options.tol, decoder_steps=options.decoder_steps)
+            compiled, plan, creport = compile_model(gated, tol=options.tol, decoder_steps=options.decoder_steps,
+                                                    inplace=True)
+        del gated  # consumed: `compiled` is the same module, folded and pruned
+        _release()
         prog.done()
 
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
-            models = {"gated": gated, "compiled": compiled}
-            del gated, compiled  # _write_all frees each model as soon as it is done with it
+            models = {"compiled": compiled}
+            del compiled  # _write_all frees each model as soon as it is done with it
             report = _write_all(tmp, models, plan, creport, tokenizer, options, prog, calib, eval_data,
-                                save_compiled, model_dir)
+                                save_compiled, model_dir, reference, kind)
             report.update({"fg_edge_version": __version__, "source": str(model_dir),
                            "options": asdict(options)})
             prog.stage("report")
@@ -341,16 +401,30 @@ def _export(model_holder: dict, key: str, path: Path, options: CompileOptions, k
                                 consume=True)
         del model_holder[key]
         _release()
-        return _ox.finalize_onnx(raw, path, kind=kind, external_data=external_data)
+        # written with external data whatever the final layout (ORT sessions and the quantizer load such a graph
+        # with less memory); `info.external_data` is the final layout, `_pack_graphs` applies it at the end
+        decided = external_data if external_data is not None else raw.param_bytes > _ox.EXTERNAL_DATA_THRESHOLD
+        info = _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
+        info.external_data = bool(decided)
+        return info
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options: CompileOptions, prog,
-               calib, eval_data, save_compiled, model_dir: Path) -> dict:
-    import torch
+def export_baseline(model_dir: str, path: str, opset: int, kind: str, external_data: bool) -> int:
+    """The baseline stage's work (run in a child process by the pipeline): load the gated model, fold its
+    gates, export it to `path`; returns its parameter count."""
+    from .baseline import dense_baseline
 
-    from .parity import ParityReference
+    models = {"dense": dense_baseline(_load_gated(Path(model_dir)), inplace=True)}
+    params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
+    _export(models, "dense", Path(path), CompileOptions(opset=opset), kind, external_data)
+    return int(params)
+
+
+def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options: CompileOptions, prog,
+               calib, eval_data, save_compiled, model_dir: Path, reference, kind: str) -> dict:
+    import torch
 
     # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
     prog.stage("save")
@@ -363,16 +437,9 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
     prog.done()
 
     report = dict(creport)
-    kind = _ox.model_kind(models["compiled"])
-    # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so the
-    # torch trajectory does not depend on the graph under test) and reused for model / baseline / quantized
-    prog.stage("reference")
-    reference = ParityReference(models["gated"], kind=kind, steps=options.decoder_steps).compute()
-    reference.release_model()
-    # the gated model is not kept while model.onnx is exported (peak memory); the baseline reloads it (seconds)
-    del models["gated"]
-    _release()
-    prog.done()
+    if _ox.model_kind(models["compiled"]) != kind:
+        raise FgEdgeError(f"the compiled model exports as {_ox.model_kind(models['compiled'])!r}, the gated model "
+                          f"as {kind!r}")
 
     prog.stage("export")
     info = _export(models, "compiled", tmp / "model.onnx", options, kind, options.external_data)
@@ -390,13 +457,14 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
     prog.done()
     graphs = ["model.onnx"]
     if options.baseline:
-        from .baseline import dense_baseline
+        from .isolated import run_isolated
 
         prog.stage("baseline")
-        # reloaded from the model_dir, its gates folded in place (no deep copy)
-        models["dense"] = dense_baseline(_load_gated(model_dir), inplace=True)
-        params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
-        _export(models, "dense", tmp / "baseline.onnx", options, kind, info.external_data)
+        # in a child process (this one keeps its heap; the child peaks on its own): reloaded from the model_dir,
+        # its gates folded in place (no deep copy), exported like model.onnx
+        params = run_isolated("fg_edge.exporters.pipeline:export_baseline", "the dense baseline export",
+                              model_dir=str(model_dir), path=str(tmp / "baseline.onnx"), opset=options.opset,
+                              kind=kind, external_data=info.external_data)
         parity["baseline.onnx"] = check_onnx_parity(None, tmp / "baseline.onnx", kind=kind, tol=options.tol,
                                                     steps=options.decoder_steps, reference=reference)
         report["baseline"] = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed",
@@ -418,6 +486,10 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
     else:
         report["quantization"] = {"mode": "none"}
 
+    if not info.external_data:  # one self-contained file per graph, as the report says
+        for g in graphs + quant_graphs:
+            _ox.pack_onnx(tmp / g)
+
     if options.ort_format:
         from .ort_format import convert_to_ort, partition_summary
 
@@ -435,7 +507,7 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
 
 def _quantize(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
               calib, eval_data) -> dict:
-    from .quantize import calibration_feeds, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts
+    from .quantize import calibration_feeds, quantize_int8_dynamic_isolated, quantize_qdq_static, quantized_op_counts
 
     result: dict = {"files": {}}
     feeds = None
@@ -446,8 +518,9 @@ def _quantize(tmp: Path, graphs: list[str], reference, kind: str, info, tokenize
     for g in graphs:
         dst = quantized_name(g, options.quantize)
         if options.quantize == "int8":
-            settings = quantize_int8_dynamic(tmp / g, tmp / dst, per_channel=options.per_channel,
-                                             include_lm_head=options.quantize_lm_head)
+            # in a child process: this (torch) process keeps its heap, the child peaks on its own
+            settings = quantize_int8_dynamic_isolated(tmp / g, tmp / dst, per_channel=options.per_channel,
+                                                      include_lm_head=options.quantize_lm_head)
         else:
             settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, per_channel=options.per_channel,
                                            include_lm_head=options.quantize_lm_head)
