@@ -61,37 +61,11 @@ def _write_meta(out: Path, model, layers: list[dict], flop_ratio: float, task: s
          "totals": {"flops_before": 1000, "flops_after": int(1000 / flop_ratio), "flop_ratio": flop_ratio}}))
 
 
-class _EncoderWrapper(torch.nn.Module):
-    def __init__(self, model, output: str):
-        super().__init__()
-        self.model, self.output = model, output
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out[self.output]
-
-
-def _real_exporter():
-    """fg_edge.exporters.onnx_export.export_onnx when present (the path `fg-edge compile` uses), else None."""
-    try:
-        from fg_edge.exporters.onnx_export import export_onnx
-    except ImportError:
-        return None
-    return export_onnx
-
-
 def _export_encoder(model, path: Path, output: str) -> None:
-    export = _real_exporter()
-    if export is not None:
-        export(model, path)
-        return
-    ids = torch.randint(4, 30, (2, 5))
-    mask = torch.ones(2, 5, dtype=torch.long)
-    dyn = {n: {0: "batch", 1: "seq"} for n in ("input_ids", "attention_mask", "token_type_ids", output)}
-    with torch.no_grad():
-        torch.onnx.export(_EncoderWrapper(model, output).eval(), (ids, mask, torch.zeros_like(ids)), str(path),
-                          input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=[output],
-                          dynamic_axes=dyn, opset_version=17, dynamo=False)
+    """The exporter `fg-edge compile` uses (fg_edge.exporters.onnx_export.export_onnx)."""
+    from fg_edge.exporters.onnx_export import export_onnx
+
+    export_onnx(model, path)
 
 
 def _prune_bert_ffn(model, layer: int, keep: int) -> None:
@@ -139,25 +113,6 @@ def _encoder_dir(kind: str) -> tuple[Path, object]:
     return out, model
 
 
-class _DecoderWrapper(torch.nn.Module):
-    def __init__(self, model, n_layers):
-        super().__init__()
-        self.model, self.n_layers = model, n_layers
-
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        for i in range(self.n_layers):
-            cache.update(past[2 * i], past[2 * i + 1], i)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        flat = []
-        for layer in out.past_key_values.layers:
-            flat += [layer.keys, layer.values]
-        return (out.logits, *flat)
-
-
 def _prune_llama_heads(model, layer_idx: int, keep_q_heads: list[int]) -> tuple[int, int]:
     attn = model.model.layers[layer_idx].self_attn
     hd, groups = attn.head_dim, attn.num_key_value_groups
@@ -177,39 +132,11 @@ def _prune_llama_heads(model, layer_idx: int, keep_q_heads: list[int]) -> tuple[
     return len(keep_q_heads), len(kv_keep)
 
 
-def _export_decoder(model, path: Path, layers: list[dict]) -> None:
-    export = _real_exporter()
-    if export is not None:
-        export(model, path, kind="causal-lm")
-        return
-    from optimum.exporters.onnx.model_patcher import eager_mask_without_vmap, sdpa_mask_without_vmap
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+def _export_decoder(model, path: Path) -> None:
+    """The exporter `fg-edge compile` uses; each layer's KV shape comes from the (pruned) modules."""
+    from fg_edge.exporters.onnx_export import export_onnx
 
-    B, S, PAST = 2, 3, 2
-    ids = torch.randint(4, model.config.vocab_size, (B, S))
-    mask = torch.ones(B, PAST + S, dtype=torch.long)
-    pos = torch.arange(PAST, PAST + S).unsqueeze(0).expand(B, S)
-    past, names_in, names_out = [], ["input_ids", "attention_mask", "position_ids"], ["logits"]
-    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
-           "position_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
-    for i, rec in enumerate(layers):
-        for kv in ("key", "value"):
-            past.append(torch.randn(B, rec["num_kv_heads"], PAST, rec["head_dim"]))
-            names_in.append(f"past_key_values.{i}.{kv}")
-            names_out.append(f"present.{i}.{kv}")
-            dyn[names_in[-1]] = {0: "batch", 2: "past"}
-            dyn[names_out[-1]] = {0: "batch", 2: "total"}
-    saved = {k: ALL_MASK_ATTENTION_FUNCTIONS[k] for k in ("sdpa", "eager")}
-    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa", sdpa_mask_without_vmap)
-    ALL_MASK_ATTENTION_FUNCTIONS.register("eager", eager_mask_without_vmap)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(_DecoderWrapper(model, len(layers)).eval(), (ids, mask, pos, *past), str(path),
-                              input_names=names_in, output_names=names_out, dynamic_axes=dyn, opset_version=17,
-                              dynamo=False)
-    finally:
-        for k, v in saved.items():
-            ALL_MASK_ATTENTION_FUNCTIONS.register(k, v)
+    export_onnx(model, path, kind="causal-lm")
 
 
 def _decoder_dir() -> tuple[Path, object]:
@@ -223,10 +150,10 @@ def _decoder_dir() -> tuple[Path, object]:
         return dict(num_heads=h, num_kv_heads=kv, head_dim=hd, ffn_size=48, attention="standard", ffn="standard",
                     kv_cache={"num_heads": kv, "head_dim": hd})
 
-    _export_decoder(model, out / "baseline.onnx", [rec(4, 2), rec(4, 2)])
+    _export_decoder(model, out / "baseline.onnx")
     heads, kv = _prune_llama_heads(model, 0, [0, 1])
     layers = [rec(heads, kv), rec(4, 2)]
-    _export_decoder(model, out / "model.onnx", layers)
+    _export_decoder(model, out / "model.onnx")
     _write_meta(out, model, layers, 1.25, "causal-lm")
     _write_tokenizer(out, decoder=True)
     return out, model
