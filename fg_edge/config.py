@@ -12,8 +12,10 @@ from typing import Optional
 from .errors import ConfigError
 
 #: Bump when the meaning of a field or of a gate tensor name changes; `load` refuses newer versions.
-FORMAT_VERSION = 1
+#: 2: `adapter_modules` (configs of version 1 had adapters on the gated linears only, i.e. "gated").
+FORMAT_VERSION = 2
 GRANULARITIES = ("paper", "structured")
+ADAPTER_MODULES = ("all", "gated")
 TASKS = ("classification", "causal-lm")
 
 
@@ -31,6 +33,10 @@ class GateConfig:
         "help": "structured only: also put paper row/column gates on every targeted linear (fine-grained scales)."})
     adapter_rank: int = field(default=0, metadata={"help": "Rank of a low-rank adapter W + (α/r)·B·A inside the gates; 0 = none."})
     adapter_alpha: float = field(default=8.0, metadata={"help": "α of the adapter scale α/r."})
+    adapter_modules: str = field(default="all", metadata={
+        "help": "Where adapters sit: 'all' = every linear of every block (q, k, v, o, FFN; the ones without gates "
+                "are wrapped for the adapter only), 'gated' = only the linears that carry gates. Either way they "
+                "merge into the weights before the compiler removes anything."})
     train_biases: bool = field(default=True, metadata={"help": "Train the biases of the gated linears (paper: yes)."})
     target_modules: Optional[list[str]] = field(default=None, metadata={
         "help": "paper granularity only: module-name suffixes to gate instead of the architecture table's "
@@ -52,6 +58,9 @@ class GateConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
         if not math.isfinite(self.init_mean):
             raise ConfigError(f"init_mean must be finite; got {self.init_mean!r}")
+        if self.adapter_modules not in ADAPTER_MODULES:
+            raise ConfigError(f"adapter_modules must be one of {', '.join(ADAPTER_MODULES)}; "
+                              f"got {self.adapter_modules!r}")
         if not (isinstance(self.adapter_rank, int) and self.adapter_rank >= 0):
             raise ConfigError(f"adapter_rank must be an integer >= 0; got {self.adapter_rank!r}")
         if self.target_modules is not None:
@@ -76,6 +85,9 @@ class GateConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
+        data = dict(data)
+        if data.get("format_version", FORMAT_VERSION) < 2:
+            data.setdefault("adapter_modules", "gated")  # what version 1 meant
         try:
             return cls(**data)
         except TypeError as exc:

@@ -62,6 +62,9 @@ def plan_targets(model: nn.Module, config: GateConfig) -> dict[str, dict]:
             o["group_size"] = layout.head_dim
             f = targets.setdefault(f"{block}.{spec.ffn_out}", dict(row=False, col=False))
             f["group_size"] = 1
+        if config.adapter_rank > 0 and config.adapter_modules == "all":
+            for rel in spec.linear_names():   # adapter only: no gates on these
+                targets.setdefault(f"{block}.{rel}", dict(row=False, col=False))
     return targets
 
 
@@ -164,6 +167,8 @@ def sparsity_loss(model: nn.Module, config: GateConfig) -> torch.Tensor:
     """Mean over gated layers of the mean over that layer's gate vectors of |mean(P) − (1 − target)|."""
     terms = []
     for g in gated_modules(model).values():
+        if not g.gates():
+            continue  # an adapter-only wrapper
         terms.append(sparsity_term([gate.open_probability() for gate in g.gates()], config.target_sparsity))
     if not terms:
         return torch.zeros(())
@@ -176,6 +181,8 @@ def expected_sparsity(model: nn.Module) -> float:
     vals = []
     for g in gated_modules(model).values():
         ps = [gate.open_probability() for gate in g.gates()]
+        if not ps:
+            continue  # an adapter-only wrapper
         vals.append(float(torch.stack([1 - p.mean() for p in ps]).mean()))
     return sum(vals) / len(vals) if vals else 0.0
 

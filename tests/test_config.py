@@ -41,3 +41,12 @@ def test_load_errors(tmp_path):
     bad.write_text(json.dumps({"granularity": "paper", "colour": "red"}))
     with pytest.raises(ConfigError, match="colour"):
         GateConfig.load(bad)
+
+
+def test_version_1_configs_keep_their_meaning():
+    """fg-edge 0.1 wrote format_version 1, whose adapters sat on the gated linears only."""
+    old = GateConfig.from_dict({"format_version": 1, "adapter_rank": 8})
+    assert old.adapter_modules == "gated" and old.format_version == 1
+    assert GateConfig().adapter_modules == "all" and GateConfig().format_version == FORMAT_VERSION == 2
+    with pytest.raises(ConfigError, match="adapter_modules"):
+        GateConfig(adapter_modules="everywhere")

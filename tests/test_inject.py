@@ -34,9 +34,10 @@ def test_open_gates_equal_base(model_type, granularity):
     ref = _logits(model, ids, mask)
     cfg = GateConfig(granularity=granularity, adapter_rank=2, task=_task(model_type))
     inject_gates(model, cfg)
-    gated = gated_modules(model)
-    n_layers = 2
-    per_layer = 2 if granularity == "structured" else len(ARCHITECTURES[model_type].linear_names())
+    n_layers, n_linears = 2, len(ARCHITECTURES[model_type].linear_names())
+    assert len(gated_modules(model)) == n_layers * n_linears   # adapters on every block linear (the default)
+    gated = {n: g for n, g in gated_modules(model).items() if g.gates()}
+    per_layer = 2 if granularity == "structured" else n_linears
     assert len(gated) == n_layers * per_layer
     for g in gated.values():
         for gate in g.gates():
