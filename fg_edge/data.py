@@ -450,6 +450,8 @@ def pad_collate(tokenizer):
                 padded.append(pad + list(r[key]) if left else list(r[key]) + pad)
             out[key] = torch.tensor(padded, dtype=torch.long)
         out["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        if "index" in rows[0]:  # row position in its data set (cached teacher logits are looked up by it)
+            out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
         return out
 
     return collate

@@ -11,8 +11,16 @@ from .errors import ConfigError
 
 #: Epochs when neither `epochs` nor `steps` is given.
 DEFAULT_EPOCHS = 3.0
-#: Share of the run over which λ ramps up when `sparsity_warmup_steps` is not given.
+#: Share of the run over which the sparsity target (Lagrangian control) or λ (penalty) ramps up when
+#: `sparsity_warmup_steps` is not given.
 DEFAULT_WARMUP_FRACTION = 0.25
+#: Lagrangian control: the target ramps from 0 over this share of the search phase (the steps before the mask
+#: freezes). Gates need ~80 steps at gate_lr 2e-2 to travel from their init to closed; a target that outruns
+#: them makes the multipliers wind up and the run overshoot (measured: a ramp over 47 of 188 search steps
+#: reached 62% removed for a 40% target at step 126).
+TARGET_RAMP_FRACTION = 2 / 3
+SPARSITY_UNITS = ("auto", "params", "gates")
+SPARSITY_CONTROLS = ("lagrangian", "penalty")
 
 
 # -- arguments -----------------------------------------------------------------------------------------------
@@ -50,12 +58,31 @@ class TrainArgs:
     # The ramp lets the (fresh) head learn before gates close: a gate whose logit sinks below the clamp gets no
     # task gradient any more, so gates closed while the head is still random are chosen by noise for good.
     sparsity_warmup_steps: Optional[int] = field(default=None, metadata={
-        "help": "Ramp λ linearly from 0 to its value over the first N steps (0 = full λ from the start; "
-                f"default: {DEFAULT_WARMUP_FRACTION:.0%} of the run)."})
+        "help": "Ramp the sparsity pressure over the first N steps: the target (Lagrangian control; default "
+                f"{TARGET_RAMP_FRACTION:.0%} of the steps before the mask freezes) or λ (penalty; default "
+                f"{DEFAULT_WARMUP_FRACTION:.0%} of the run). 0 = full from the start."})
     sparsity_tolerance: float = field(default=0.05, metadata={
         "help": "A checkpoint counts as 'at target' when |expected sparsity − target| is at most this."})
     train_norms: bool = field(default=True, metadata={
         "help": "Also train the LayerNorm / RMSNorm weights and biases (with lr; a few thousand parameters)."})
+    # -- sparsity control (fg_edge.sparsity) ----------------------------------------------------------------
+    sparsity_unit: str = field(default="auto", metadata={
+        "help": "What target_sparsity counts: 'params' = share of transformer-block parameters the compiler "
+                "removes (each gate weighted by its real cost: a MiniLM head = 64 FFN channels), 'gates' = "
+                "share of gates (the paper's term). 'auto': params for structured gates, gates for paper ones."})
+    sparsity_control: str = field(default="lagrangian", metadata={
+        "help": "'lagrangian': λ1·(s−t)+λ2·(s−t)² with multipliers trained by gradient ascent, so the run lands "
+                "on the target (CoFi); 'penalty': the paper's fixed λ·|s−t| (GateConfig.sparsity_lambda)."})
+    controller_lr: float = field(default=1.0, metadata={
+        "help": "Ascent step of the Lagrange multipliers per unit of sparsity error and step."})
+    final_fraction: float = field(default=0.25, metadata={
+        "help": "Share of the steps at the end trained with the mask frozen: gates are snapped so exactly the "
+                "target is removed, noise off, only the kept parts (adapters, biases, norms, head) train and "
+                "their learning rates anneal linearly to 0; the checkpoint is chosen in this phase. 0 = off."})
+    train_base: bool = field(default=False, metadata={
+        "help": "Also train the transformer blocks' own weights (with base_lr), as dense finetuning does; "
+                "makes every block parameter trainable."})
+    base_lr: float = field(default=5e-5, metadata={"help": "AdamW lr of the block weights with train_base."})
     distill: bool = field(default=False, metadata={
         "help": "Causal LM: loss = KL(dense model ‖ gated model) on the logits instead of the LM loss (no labels "
                 "needed). Classification: needs an explicit fine-tuned teacher passed to train()."})
@@ -100,13 +127,35 @@ class TrainArgs:
         if self.distill_alpha > 1:
             raise ConfigError(f"distill_alpha must be in [0, 1]; got {self.distill_alpha!r}")
         number("max_grad_norm", self.max_grad_norm, optional=True)
+        for name, value, allowed in (("sparsity_unit", self.sparsity_unit, SPARSITY_UNITS),
+                                     ("sparsity_control", self.sparsity_control, SPARSITY_CONTROLS)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        number("controller_lr", self.controller_lr)
+        number("base_lr", self.base_lr)
+        number("final_fraction", self.final_fraction, strict=False)
+        if self.final_fraction >= 1:
+            raise ConfigError(f"final_fraction must be in [0, 1); got {self.final_fraction!r}")
         integer("seed", self.seed, minimum=0)
 
     def warmup_steps(self, total_steps: int) -> int:
-        """sparsity_warmup_steps, or its default share of a run of `total_steps`."""
+        """sparsity_warmup_steps, or its default share of `total_steps` (penalty: of the run; Lagrangian: of the
+        search phase, which is what the caller passes)."""
         if self.sparsity_warmup_steps is not None:
             return self.sparsity_warmup_steps
-        return round(DEFAULT_WARMUP_FRACTION * total_steps)
+        fraction = TARGET_RAMP_FRACTION if self.sparsity_control == "lagrangian" else DEFAULT_WARMUP_FRACTION
+        return round(fraction * total_steps)
+
+    def final_steps(self, total_steps: int) -> int:
+        """Steps of the frozen-mask phase at the end of a run of `total_steps` (at least 1 when enabled)."""
+        if self.final_fraction <= 0 or total_steps < 2:
+            return 0
+        return min(total_steps - 1, max(1, round(self.final_fraction * total_steps)))
+
+    def resolved_unit(self, granularity: str) -> str:
+        if self.sparsity_unit != "auto":
+            return self.sparsity_unit
+        return "params" if granularity == "structured" else "gates"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
