@@ -49,11 +49,12 @@ def _register() -> None:
     from .cli_bench import bench_cmd
     from .cli_compile import compile_cmd
     from .cli_eval import eval_cmd
+    from .cli_finetune import finetune_cmd
     from .cli_inspect import inspect_cmd
     from .cli_run import run_cmd
     from .cli_train import train_cmd
 
-    for name, cmd in (("train", train_cmd), ("inspect", inspect_cmd), ("compile", compile_cmd),
+    for name, cmd in (("finetune", finetune_cmd), ("train", train_cmd), ("inspect", inspect_cmd), ("compile", compile_cmd),
                       ("run", run_cmd), ("bench", bench_cmd), ("eval", eval_cmd)):
         cli.add_command(cmd, name)
 

@@ -16,7 +16,8 @@ from typing import Optional
 
 import click
 
-from .config import GRANULARITIES, TASKS
+from .config import ADAPTER_MODULES, GRANULARITIES, TASKS
+from .train_args import SPARSITY_CONTROLS, SPARSITY_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _read_data(task: str, train_path: str, dev_path: Optional[str], opts: dict):
 
 
 def _metadata(model_source: str, task: str, train_data, dev_data, result, args, gate_config, max_train,
-              max_dev) -> dict:
+              max_dev, teacher_path=None) -> dict:
     from . import __version__
 
     metrics = result.to_dict()
@@ -79,6 +80,8 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "command": " ".join(["fg-edge"] + sys.argv[1:]) if sys.argv else None,
         "model": model_source,
         "task": task,
+        "teacher": str(teacher_path) if teacher_path is not None else None,
+        "teacher_seconds": round(result.teacher_seconds, 2),
         "data": data,
         "steps": result.steps,
         "epochs": result.epochs,
@@ -86,7 +89,10 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "metrics": {"dev_metric": result.dev_metric_name, "dev": result.dev_metrics, "best_step": result.best_step,
                     "best_at_target": result.best_at_target, "train_loss": result.train_loss,
                     "train_loss_start": result.train_loss_start},
-        "sparsity": {"target": gate_config.target_sparsity, "expected": result.expected_sparsity,
+        "sparsity": {"target": gate_config.target_sparsity, "unit": result.sparsity_unit,
+                     "measured": result.sparsity_measured,
+                     "block_params_removed_share": result.block_params_removed_share,
+                     "expected": result.expected_sparsity,
                      "closed_gate_fraction": result.closed_gate_fraction, "closed_gates": result.closed_gates,
                      "counts": "gates whose eval value is exactly 0 (heads / FFN channels / rows / columns)"},
         "trainable_params": {"count": result.trainable_params, "base_params": result.base_params,
@@ -104,8 +110,13 @@ def _summary_lines(result, output: Path) -> list[str]:
     if result.dev_metric is not None:
         lines.append(f"  dev {result.dev_metric_name} {result.dev_metric:.4f} (checkpoint of step {result.best_step})")
     closed = ", ".join(f"{k} {v['closed']}/{v['total']}" for k, v in result.closed_gates.items())
-    lines.append(f"  expected sparsity {result.expected_sparsity:.3f} (target {result.target_sparsity:g}); "
-                 f"gates closed {100 * result.closed_gate_fraction:.1f}% ({closed})")
+    if result.block_params_removed_share is not None:
+        lines.append(f"  block parameters removed {100 * result.block_params_removed_share:.1f}% (target "
+                     f"{100 * result.target_sparsity:g}%); gates closed {100 * result.closed_gate_fraction:.1f}% "
+                     f"({closed})")
+    else:
+        lines.append(f"  expected sparsity {result.expected_sparsity:.3f} (target {result.target_sparsity:g}); "
+                     f"gates closed {100 * result.closed_gate_fraction:.1f}% ({closed})")
     lines.append(f"  trainable parameters {result.trainable_params:,} ({result.trainable_percent:.3f}% of "
                  f"{result.base_params:,})")
     return lines
@@ -155,13 +166,27 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--train-norms/--freeze-norms", default=None, help=_arg_help("train_norms"))
 @click.option("--distill", is_flag=True, default=None, help=_arg_help("distill"))
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("temperature"))
+@click.option("--teacher", "teacher_path", type=click.Path(path_type=Path), default=None,
+              help="Classification: distil from this fine-tuned dense classifier (any HF sequence-classification "
+                   "folder sharing the base model's tokenizer, e.g. from `fg-edge finetune`); loss = "
+                   "(1-α)·CE + α·KL at --temperature.")
+@click.option("--distill-alpha", type=click.FloatRange(0.0, 1.0), help=_arg_help("distill_alpha"))
+@click.option("--adapter-modules", type=click.Choice(ADAPTER_MODULES), default="all", show_default=True,
+              help=_gate_help("adapter_modules"))
+@click.option("--sparsity-unit", type=click.Choice(SPARSITY_UNITS), help=_arg_help("sparsity_unit"))
+@click.option("--sparsity-control", type=click.Choice(SPARSITY_CONTROLS), help=_arg_help("sparsity_control"))
+@click.option("--controller-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("controller_lr"))
+@click.option("--final-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), help=_arg_help("final_fraction"))
+@click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))
+@click.option("--base-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("base_lr"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on].")
 def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
               data_format: str, text_column: str, text_pair_column: Optional[str], label_column: str,
               granularity: str, target_sparsity: float, sparsity_lambda: float, adapter_rank: int,
               scale_gates: bool, target_modules: Optional[str], train_biases: bool, trust_remote_code: bool,
-              max_train: Optional[int], max_dev: Optional[int], **train_options) -> None:
+              max_train: Optional[int], max_dev: Optional[int], teacher_path: Optional[Path],
+              adapter_modules: str, **train_options) -> None:
     """Learn FineGates on MODEL (a local HF folder, GGUF file, llama2c .bin, or hub id) and write a model_dir.
 
     \b
@@ -191,16 +216,22 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     given = {k: v for k, v in train_options.items() if v is not None}
     if "epochs" in given and "steps" in given:
         raise click.UsageError("give --epochs or --steps, not both")
-    if task == "classification" and given.get("distill"):
-        raise click.UsageError("--distill applies to --task causal-lm (distilling from the dense base model); a "
-                               "classification base model has no trained head to distill from")
+    if task == "classification" and given.get("distill") and teacher_path is None:
+        raise click.UsageError("--distill for --task classification needs --teacher DIR (a fine-tuned dense "
+                               "classifier, e.g. from `fg-edge finetune`); the base model has no trained head")
+    if teacher_path is not None and task != "classification":
+        raise click.UsageError("--teacher applies to --task classification; causal LMs distil from the dense base "
+                               "model with --distill")
+    if teacher_path is not None:
+        given["distill"] = True
     modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
     try:
         if adapter_rank is None:
             adapter_rank = DEFAULT_ADAPTER_RANK[task]
         gate_config = GateConfig(granularity=granularity, target_sparsity=target_sparsity,
                                  sparsity_lambda=sparsity_lambda, adapter_rank=adapter_rank, scale_gates=scale_gates,
-                                 train_biases=train_biases, target_modules=modules, task=task)
+                                 train_biases=train_biases, target_modules=modules, task=task,
+                                 adapter_modules=adapter_modules)
         args = TrainArgs(**given)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -213,9 +244,16 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     model_obj, tokenizer = load_pretrained(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
     if task == "classification":
         model_obj.config.update(train_data.label_config())
-    result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args)
+    teacher = None
+    if teacher_path is not None:
+        from .teacher import load_teacher
 
-    metadata = _metadata(model, task, train_data, dev_data, result, args, gate_config, max_train, max_dev)
+        teacher = load_teacher(teacher_path, model_obj, trust_remote_code=trust_remote_code)
+    result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)
+    del teacher
+
+    metadata = _metadata(model, task, train_data, dev_data, result, args, gate_config, max_train, max_dev,
+                         teacher_path)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -17,6 +17,16 @@ from .compiled_dir import CompiledDir
 from .runner import Runner
 
 EVAL_VARIANTS = ("baseline", "compiled", "int8", "baseline-int8")
+#: What each row is. "baseline" is the gated model with its gates folded and nothing removed, so its outputs
+#: equal "compiled" by construction (the compiler's parity gate); the cost of removal shows only against a
+#: separately trained dense model, which `--reference` evaluates beside them.
+VARIANT_MEANING = {
+    "baseline": "dense-folded: gated model, gates folded, nothing removed (= compiled by construction)",
+    "compiled": "compiled: closed heads / FFN channels physically removed",
+    "int8": "compiled, int8 weights (dynamic quantization)",
+    "baseline-int8": "dense-folded, int8 weights",
+    "reference": "reference model (--reference, PyTorch), e.g. the dense finetuned teacher",
+}
 
 
 def _label_ids(runner: Runner, data) -> list[int]:
@@ -79,8 +89,9 @@ def perplexity(runner: Runner, texts: Sequence[str], window: Optional[int] = Non
 def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: str = "label",
              max_rows: Optional[int] = None, variants: Optional[Sequence[str]] = None, provider: str = "cpu",
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
-             seed: int = 0) -> dict[str, Any]:
-    """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file."""
+             seed: int = 0, reference: Optional[str] = None) -> dict[str, Any]:
+    """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
+    a HF classifier folder scored beside them with PyTorch (fg_edge.reference_eval)."""
     from ..data import load_classification, load_texts
 
     cdir = CompiledDir(compiled_dir)
@@ -105,6 +116,16 @@ def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: s
             raise ModelDirError(f"{runner.file.path} is an {runner.kind} model; eval handles classifiers "
                                 "(accuracy) and causal LMs (perplexity)")
         results[name]["file"] = runner.file.path.name
+        results[name]["meaning"] = VARIANT_MEANING.get(name, name)
+    if reference is not None:
+        if data is None:
+            raise ModelDirError("--reference compares classifiers; this compiled_dir is not one")
+        from ..reference_eval import reference_accuracy
+
+        labels = [data.id2label[lab] for lab in data.labels] if data.string_labels else list(data.labels)
+        results["reference"] = reference_accuracy(reference, data.texts, labels, data.string_labels,
+                                                  data.text_pairs, batch_size)
+        results["reference"]["meaning"] = VARIANT_MEANING["reference"] + f" ({reference})"
     return {"compiled_dir": str(cdir.path), "data": str(data_path), "provider": provider,
             "rows": len(data) if data is not None else None, "results": results}
 
@@ -116,4 +137,6 @@ def format_eval(report: dict[str, Any]) -> str:
         n = r.get("rows", r.get("tokens"))
         value = f"{100 * r['value']:.2f}%" if r["metric"] == "accuracy" else f"{r['value']:.3f}"
         lines.append(f"{name:<14} {r['file']:<20} {r['metric']:<11} {value:>10} {n:>8} {r['seconds']:>8.2f}")
+    lines.append("")
+    lines += [f"  {name}: {r.get('meaning', name)}" for name, r in report["results"].items()]
     return "\n".join(lines)
