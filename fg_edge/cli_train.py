@@ -175,6 +175,7 @@ def _summary_lines(result, output: Path) -> list[str]:
               help=_gate_help("adapter_modules"))
 @click.option("--sparsity-unit", type=click.Choice(SPARSITY_UNITS), help=_arg_help("sparsity_unit"))
 @click.option("--sparsity-control", type=click.Choice(SPARSITY_CONTROLS), help=_arg_help("sparsity_control"))
+@click.option("--sparsity-pressure", type=click.Choice(["params", "uniform"]), help=_arg_help("sparsity_pressure"))
 @click.option("--controller-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("controller_lr"))
 @click.option("--final-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), help=_arg_help("final_fraction"))
 @click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))

@@ -94,6 +94,12 @@ class GateCosts:
             return torch.zeros(())
         return total / self.block_params
 
+    def soft_gate_share(self) -> torch.Tensor:
+        """Differentiable mean closed-probability over gates, every gate weighted alike (TrainArgs.sparsity_pressure
+        'uniform': the gradient then ranks gates by their task importance per gate, not per parameter)."""
+        parts = torch.cat([closed_probability(gate.mu) for gate in self.gates])
+        return parts.mean()
+
     @torch.no_grad()
     def scale_share(self) -> float:
         """Σ cost · (1 − eval gate value) / block params: a gate half-way to closed counts half (in-flight gates

@@ -431,6 +431,8 @@ class _Sparsity:
     def soft_share(self) -> torch.Tensor:
         """Differentiable share (the surrogate the gradient flows through)."""
         if self.costs is not None:
+            if self.args.sparsity_pressure == "uniform":
+                return self.costs.soft_gate_share()
             return self.costs.soft_share()
         gates = [gate for g in gated_modules(self.model).values() for gate in g.gates()]
         return torch.cat([closed_probability(gate.mu) for gate in gates]).mean()

@@ -130,3 +130,18 @@ def test_adapter_only_wrappers_on_every_linear():
     model1 = tiny_model("bert")
     inject_gates(model1, GateConfig(adapter_rank=2, adapter_modules="gated"))
     assert len(gated_modules(model1)) == 2 * 2
+
+
+def test_pressure_per_parameter_or_per_gate():
+    """'params': a head's closed-probability gradient is its cost over a channel's; 'uniform': equal."""
+    model = _gated("bert")
+    costs = gate_costs(model)
+    for gate in costs.gates:
+        gate.logits.data.fill_(0.3)
+    head, channel = costs.gates[0].logits, costs.gates[1].logits
+    costs.soft_share().backward()
+    ratio = float(head.grad[0] / channel.grad[0])
+    assert ratio == pytest.approx(float(costs.costs[0][0] / costs.costs[1][0]), rel=1e-5)
+    head.grad = channel.grad = None
+    costs.soft_gate_share().backward()
+    assert float(head.grad[0]) == pytest.approx(float(channel.grad[0]), rel=1e-5)
