@@ -11,7 +11,7 @@ import click
 
 
 def _help(name: str) -> str:
-    from .finetune import FinetuneArgs
+    from .finetune_args import FinetuneArgs
 
     f = {f.name: f for f in dataclasses.fields(FinetuneArgs)}[name]
     default = f.default
@@ -52,7 +52,8 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     --lora-rank 8 trains PEFT LoRA adapters on query/value instead (needs `pip install peft`), merged on save.
     """
     from .errors import ConfigError
-    from .finetune import FinetuneArgs, finetune, save_finetuned
+    from .finetune import finetune, save_finetuned
+    from .finetune_args import FinetuneArgs
     from .io import check_output_dir
     from .sources import load_pretrained, resolve_source
 
@@ -74,8 +75,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
                                            trust_remote_code=trust_remote_code)
     model_obj.config.update(train_data.label_config())
     model_obj, result = finetune(model_obj, tokenizer, train_data, dev_data, args)
-    metadata = {"command": " ".join(["fg-edge"] + sys.argv[1:]), "model": model, "args": args.to_dict()
-                if hasattr(args, "to_dict") else dataclasses.asdict(args),
+    metadata = {"command": " ".join(["fg-edge"] + sys.argv[1:]), "model": model, "args": args.to_dict(),
                 "data": {"train": train_data.summary(), "dev": dev_data.summary() if dev_data else None},
                 "result": result.to_dict()}
     save_finetuned(model_obj, tokenizer, output, metadata, overwrite=overwrite)

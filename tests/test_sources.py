@@ -254,7 +254,7 @@ def test_unknown_hub_id_offline_is_a_clear_error(offline):
     t0 = time.perf_counter()
     with pytest.raises(SourceError, match="not in the local Hugging Face cache"):
         load_pretrained("some-org/no-such-model-xyz", "causal-lm")
-    assert time.perf_counter() - t0 < 20  # no network retries
+    assert time.perf_counter() - t0 < 60  # no network retries (which take minutes); loaded machines import slowly
 
 
 # ----------------------------------------------------------------------------------------------- GGUF

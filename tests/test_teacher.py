@@ -117,3 +117,21 @@ def test_cli_teacher_errors(tmp_path, base_dir, sentiment_files):
     r = _cli(["train", base_dir, "--task", "classification", "--train", train, "--distill", "--steps", "1",
               "-o", tmp_path / "out2"])
     assert r.exit_code == 2 and "--teacher DIR" in r.output
+
+
+def test_lora_finetune_merges_into_a_plain_classifier(tmp_path, sentiment_files, encoder_tokenizer):
+    pytest.importorskip("peft")
+    train = load_classification(sentiment_files[0])
+    model = tiny_model("bert", task="classification")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    model, result = finetune(model, encoder_tokenizer, train, None,
+                             FinetuneArgs(steps=10, lr=5e-3, lora_rank=2, batch_size=16, progress=False))
+    assert result.trainable_params < result.base_params / 5
+    assert type(model).__name__ == "BertForSequenceClassification"          # adapters merged, PEFT gone
+    state = model.state_dict()
+    assert set(state) == set(base)
+    changed = {k for k in base if not torch.equal(base[k], state[k])}
+    assert any("attention.self.query.weight" in k for k in changed)
+    assert not any("attention.self.key.weight" in k for k in changed)          # LoRA on query / value only
+    out = save_finetuned(model, encoder_tokenizer, tmp_path / "lora", {})
+    assert load_teacher(out, tiny_model("bert", task="classification")) is not None
