@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import pytest
+
+#: ../shared beside the repository (DESIGN.md §5): real data and models, read in place.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def needs_shared(*paths: Path):
+    """Skip a test whose ../shared files are missing — but fail it under CI (CI=true), where shared/ is laid
+    beside the clone, so a missing copy cannot turn into a silently green run."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if not missing:
+        return lambda f: f
+    reason = f"{', '.join(missing)} not present (../shared must sit beside the repository)"
+    if os.environ.get("CI"):
+        def fail(f):
+            def wrapper(*args, **kwargs):
+                pytest.fail(f"CI: {reason}")
+            wrapper.__name__, wrapper.__doc__ = f.__name__, f.__doc__
+            return wrapper
+        return fail
+    return pytest.mark.skip(reason=reason)
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch):
+    """No test reaches a model hub: HF_HUB_OFFLINE=1 for every test (fg-edge's own probe reads it)."""
+    from fg_edge import sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sources.hub_reachable.cache_clear()
+    yield
+    sources.hub_reachable.cache_clear()
 
 POSITIVE = ["good", "great", "fine", "nice", "superb", "lovely"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "ugly"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import needs_shared
 from fg_edge.architectures import ARCHITECTURES, head_layout, layers_of, layers_prefix
 from fg_edge.compiler import (CompilePlan, check_parity, compile_dir, compile_model, format_report, load_compiled,
                               plan_removal, save_compiled)
@@ -494,10 +495,10 @@ STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories26
 
 
 @pytest.mark.slow
+@needs_shared(STORIES)
 def test_stories260k_structured_parity():
-    llama2c = pytest.importorskip("fg_edge.llama2c")
-    if not STORIES.is_file() or not hasattr(llama2c, "load_checkpoint"):
-        pytest.skip("stories260K checkpoint or llama2.c loader not available")
+    from fg_edge import llama2c
+
     model = llama2c.load_checkpoint(STORIES)
     inject_gates(model, GateConfig(granularity="structured", task="causal-lm"))
     _close_fraction_structured(model, 0.4)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import needs_shared
 from fg_edge.data import (ClassificationData, detect_format, lm_blocks, load_classification, load_texts,
                           pad_collate, subsample_indices, tokenize_classification)
 from fg_edge.errors import DataError
@@ -77,7 +78,7 @@ def test_subsampling_is_deterministic(tmp_path):
     assert subsample_indices(5, None, 0) == [0, 1, 2, 3, 4] and subsample_indices(5, 99, 0) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.skipif(not (SST2 / "dev.tsv").is_file(), reason="shared SST-2 data not present")
+@needs_shared(SST2 / "dev.tsv")
 def test_reads_the_shared_sst2_dev_file():
     data = load_classification(SST2 / "dev.tsv")
     assert len(data) == 872 and data.num_labels == 2 and set(data.labels) == {0, 1}
@@ -170,3 +171,14 @@ def test_tokenize_and_pad(encoder_tokenizer):
     assert batch["input_ids"][1, 5] == encoder_tokenizer.pad_token_id
     assert batch["token_type_ids"].tolist()[1] == [0, 0, 0, 1, 1, 0]
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_missing_shared_data_fails_under_ci(monkeypatch, tmp_path):
+    """Tests that need ../shared skip on a developer machine without it, but fail under CI."""
+    missing = tmp_path / "nope.tsv"
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI: .*nope.tsv"):
+        needs_shared(missing)(lambda: None)()
+    monkeypatch.delenv("CI")
+    assert needs_shared(missing).name == "skip"
+    assert needs_shared(tmp_path)(len) is len          # present: the test is left as it is

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_shared
 from fg_edge import llama2c, sources
 from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError, SourceError
 from fg_edge.sources import PACKAGED_MODELS, load_pretrained, resolve_source
@@ -21,8 +22,7 @@ CKPT = STORIES / "stories260K.bin"
 TOK = STORIES / "tok512.bin"
 STORY_START = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.")
 
-needs_stories = pytest.mark.skipif(not (CKPT.is_file() and TOK.is_file()),
-                                   reason=f"{STORIES} not present (shared/ must sit beside the repository)")
+needs_stories = needs_shared(CKPT, TOK)
 
 
 def _installed(name: str) -> bool:
