@@ -131,14 +131,19 @@ def _dev_loss(model, tokenizer, data) -> float:
         return float(model(**batch).loss)
 
 
-def test_short_classification_run_learns_and_reaches_target_sparsity(tmp_path, encoder_tokenizer):
-    # Short sentences and a larger init scale give the frozen random encoder features a linear head can use.
+def _easy_task(tmp_path):
+    """Short sentences and a larger init scale give the frozen random encoder features a linear head can use."""
     rows = dict(min_words=0, max_words=2)
     train_data = load_classification(write_tsv(tmp_path / "train.tsv", sentiment_rows(320, seed=1, **rows)))
     dev_data = load_classification(write_tsv(tmp_path / "dev.tsv", sentiment_rows(64, seed=2, **rows)),
                                    reference=train_data)
     model = tiny_model("bert", task="classification", initializer_range=0.2, hidden_dropout_prob=0.0,
                        attention_probs_dropout_prob=0.0)
+    return train_data, dev_data, model
+
+
+def test_short_classification_run_learns_and_reaches_target_sparsity(tmp_path, encoder_tokenizer):
+    train_data, dev_data, model = _easy_task(tmp_path)
     before = _dev_loss(model, encoder_tokenizer, dev_data)
     cfg = GateConfig(target_sparsity=0.4)
     # fg-edge 0.1's recipe (gate-count penalty, no frozen phase). λ ramp over the first 50 steps lets the head
@@ -187,12 +192,7 @@ def test_default_recipe_lands_on_the_parameter_target(tmp_path, encoder_tokenize
     frozen for the last quarter, and the checkpoint comes from that phase."""
     from fg_edge.sparsity import gate_costs
 
-    rows = dict(min_words=0, max_words=2)
-    train_data = load_classification(write_tsv(tmp_path / "train.tsv", sentiment_rows(320, seed=1, **rows)))
-    dev_data = load_classification(write_tsv(tmp_path / "dev.tsv", sentiment_rows(64, seed=2, **rows)),
-                                   reference=train_data)
-    model = tiny_model("bert", task="classification", initializer_range=0.2, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
+    train_data, dev_data, model = _easy_task(tmp_path)
     before = _dev_loss(model, encoder_tokenizer, dev_data)
     result = train(model, encoder_tokenizer, GateConfig(target_sparsity=target, adapter_rank=2), train_data,
                    dev_data, TrainArgs(steps=120, gate_lr=5e-2, head_lr=2e-2, progress=False))
