@@ -461,7 +461,7 @@ class _Sparsity:
 
     def after_step(self) -> None:
         if self.controller is not None:
-            measured, target = self._last
+            _, target = self._last   # the step's target; the share is read again after the optimiser step
             self.controller.update(self.scale_share(), target, met=self.measured() >= target)
 
     def measured(self) -> float:
