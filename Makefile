@@ -39,7 +39,7 @@ demo: setup
 	$(BIN)/fg-edge run demo_out/compiled "a gripping, funny and moving film"
 
 # The accuracy study (benchmarks/accuracy/study.py): dense, LoRA and FineGates at 20/40/55% of block parameters
-# removed on all-MiniLM-L6-v2 / SST-2; writes benchmarks/results/accuracy/sst2.{json,md,png}. About 1.5 h on 2 cores.
+# removed on all-MiniLM-L6-v2 / SST-2; writes benchmarks/results/accuracy/sst2.{json,md,png}. About 1 h 45 min on 2 cores.
 accuracy: setup
 	$(BIN)/pip install -q -e ".[onnx,dev,bench]"
 	SST2_DIR=$(SST2_DIR) $(BIN)/python benchmarks/accuracy/study.py

@@ -1,6 +1,6 @@
 """The accuracy study (issue: accuracy at sparsity): all-MiniLM-L6-v2 on SST-2, one protocol for every method.
 
-    python benchmarks/accuracy/study.py                  # the whole study (about 1.5 h on 2 cores)
+    python benchmarks/accuracy/study.py                  # the whole study (about 1 h 45 min on 2 cores)
     python benchmarks/accuracy/study.py --quick          # a smoke run: 1 seed, tiny budget (minutes)
 
 Protocol
