@@ -566,7 +566,7 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     try:
         _loop(run, train_loader)
     finally:
-        _set_gate_noise(inner, on=True)
+        _set_gate_noise(inner, gate_config.noise_std)
     wall = time.perf_counter() - start
     chosen = run.best.restore()
     inner.eval()
@@ -599,15 +599,12 @@ def _loop(run: _Run, train_loader) -> None:
     bar.close()
 
 
-def _set_gate_noise(model: nn.Module, on: bool) -> None:
-    """Gate noise off (eval gate values while training) for the frozen-mask phase, and back on."""
+def _set_gate_noise(model: nn.Module, noise_std: float) -> None:
+    """Gate noise off (0: eval gate values while training) for the frozen-mask phase, and back to the gate
+    config's σ (which every gate was built with) afterwards."""
     for g in gated_modules(model).values():
         for gate in g.gates():
-            if on:
-                gate.noise_std = getattr(gate, "_fg_edge_noise_std", gate.noise_std)
-            else:
-                gate._fg_edge_noise_std = gate.noise_std
-                gate.noise_std = 0.0
+            gate.noise_std = float(noise_std)
 
 
 def _freeze_mask(run: _Run) -> None:
@@ -621,7 +618,7 @@ def _freeze_mask(run: _Run) -> None:
         for gate in g.gates():
             gate.logits.requires_grad_(False)
             gate.logits.grad = None
-    _set_gate_noise(inner, on=False)
+    _set_gate_noise(inner, 0.0)
     # The learning rates anneal linearly to 0 over the phase (as dense finetuning's schedule does at its end).
     run.phase_lrs = [group["lr"] for group in run.optimizer.param_groups]
     # Only checkpoints with the final mask are eligible; the tolerance no longer matters.
