@@ -22,8 +22,8 @@ def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: 
     """Close `fraction` of query heads (the same count in every kv group, so they are removable) and of FFN
     channels in every layer; returns what was closed. With `whole_groups_odd_layers`, odd layers instead lose
     one whole kv group (all its query heads), so kv-head counts differ between layers."""
-    from fg_edge.architectures import get_spec, head_layout
-    from fg_edge.inject import gated_modules
+    from fg_edge.arch import get_spec, head_layout
+    from fg_edge.gates.inject import gated_modules
 
     spec = get_spec(model.config.model_type)
     layout = head_layout(model.config, spec)
@@ -72,10 +72,10 @@ def main() -> None:
                     help="odd layers lose one whole kv group instead (layers then differ in kv-head count)")
     args = ap.parse_args()
 
-    from fg_edge.config import GateConfig
-    from fg_edge.inject import inject_gates
+    from fg_edge.formats.gate_config import GateConfig
+    from fg_edge.gates.inject import inject_gates
     from fg_edge.model_dir import save_model_dir
-    from fg_edge.sources import load_pretrained
+    from fg_edge.sources.resolve import load_pretrained
 
     t0 = time.perf_counter()
     model, tokenizer = load_pretrained(args.source, args.task, num_labels=2 if args.task == "classification" else None)

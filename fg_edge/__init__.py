@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 def load(model_dir, attn_implementation: str = "eager"):
     """Load a model_dir (output of `fg-edge train`) as a gated HF model in eval mode."""
-    from .model_dir import load as _load
+    from fg_edge.model_dir import load as _load
 
     return _load(model_dir, attn_implementation=attn_implementation)
 

@@ -70,3 +70,7 @@ class ExportError(FgEdgeError, RuntimeError):
 
 class OutputPathError(FgEdgeError, OSError):
     """The output folder cannot be created or written (names the path and the reason)."""
+
+
+class OutputExistsError(FgEdgeError):
+    """The output folder exists and --overwrite was not given, or it cannot be written under (names the path)."""

@@ -4,7 +4,7 @@
       config.json, model.safetensors     the HF model (base weights, trained biases, task head) — save_pretrained
       tokenizer files                    when a tokenizer was given
       fg_edge_config.json                the GateConfig (format_version, granularity, hyper-parameters, task)
-      fg_edge_gates.safetensors          gate logits and adapters; tensor names in fg_edge.inject
+      fg_edge_gates.safetensors          gate logits and adapters; tensor names in fg_edge.gates.inject
       training.json                      data, steps, metrics, achieved sparsity (free-form metadata)
 """
 
@@ -16,16 +16,15 @@ from pathlib import Path
 from typing import Optional
 
 
-from .config import GateConfig
-from .errors import ConfigError, GateStateError, ModelDirError
-from .inject import gate_state_dict, inject_gates, load_gate_state, unwrapped
-from .io import atomic_output_dir
+from fg_edge.formats.gate_config import GateConfig
+from fg_edge.arch import auto_class
+from fg_edge.errors import ConfigError, GateStateError, ModelDirError
+from fg_edge.formats.names import GATE_CONFIG_FILE, GATES_FILE, TRAINING_FILE  # noqa: F401 (re-exported)
+from fg_edge.gates.inject import gate_state_dict, inject_gates, load_gate_state, unwrapped
+from fg_edge.formats.atomic import atomic_output_dir
 
 log = logging.getLogger(__name__)
 
-GATE_CONFIG_FILE = "fg_edge_config.json"
-GATES_FILE = "fg_edge_gates.safetensors"
-TRAINING_FILE = "training.json"
 
 
 def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, metadata: Optional[dict] = None) -> None:
@@ -51,13 +50,6 @@ def save_model_dir(model, gate_config: GateConfig, path: str | Path, tokenizer=N
     return Path(path)
 
 
-def _auto_class(task: str):
-    import transformers
-
-    return {"classification": transformers.AutoModelForSequenceClassification,
-            "causal-lm": transformers.AutoModelForCausalLM}[task]
-
-
 def load(model_dir: str | Path, attn_implementation: str = "eager"):
     """The gated model of a model_dir, in eval mode (outputs identical to the model at save time)."""
     from safetensors import SafetensorError
@@ -74,7 +66,7 @@ def load(model_dir: str | Path, attn_implementation: str = "eager"):
     except ConfigError as exc:
         raise ModelDirError(str(exc)) from None
     try:
-        model = _auto_class(gate_config.task).from_pretrained(
+        model = auto_class(gate_config.task, f"{model_dir / GATE_CONFIG_FILE}: task").from_pretrained(
             model_dir, use_safetensors=True, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{model_dir}: cannot load the HF model ({exc})") from None

@@ -32,7 +32,7 @@ def needs_shared(*paths: Path):
 @pytest.fixture(autouse=True)
 def hub_offline(monkeypatch):
     """No test reaches a model hub: HF_HUB_OFFLINE=1 for every test (fg-edge's own probe reads it)."""
-    from fg_edge import sources
+    from fg_edge.sources import resolve as sources
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sources.hub_reachable.cache_clear()

@@ -77,7 +77,7 @@ def test_bench_decoder_ttft_and_tokens_per_s(dec_dir):
 def test_bench_cli(cls_dir, tmp_path):
     from click.testing import CliRunner
 
-    from fg_edge.cli_bench import bench_cmd
+    from fg_edge.cli.bench import bench_cmd
 
     out = tmp_path / "b"
     res = CliRunner().invoke(bench_cmd, [str(cls_dir), "--batch", "1", "--seq", "8", "--threads", "1",

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from conftest import sentiment_rows, tiny_tokenizer, write_tsv
 
 from fg_edge.cli import cli
-from fg_edge.config import GateConfig
+from fg_edge.formats.gate_config import GateConfig
 from fg_edge.model_dir import save_model_dir
 from fg_edge.testing import DECODERS
 

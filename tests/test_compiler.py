@@ -16,16 +16,16 @@ import pytest
 import torch
 
 from conftest import needs_shared
-from fg_edge.architectures import ARCHITECTURES, head_layout, layers_of, layers_prefix
+from fg_edge.arch import ARCHITECTURES, head_layout, layers_of, layers_prefix
 from fg_edge.compiler import (CompilePlan, check_parity, compile_dir, compile_model, format_report, load_compiled,
                               plan_removal, save_compiled)
 from fg_edge.compiler import passes
 from fg_edge.compiler.saving import PLAN_FILE, REPORT_FILE, compiled_param_count
 from fg_edge.compiler.surgery import BiasOnly, EmptyAttention, ZeroWidth
-from fg_edge.config import GateConfig
+from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import GateStateError, ParityError
-from fg_edge.inject import gate_state_dict, gated_modules, inject_gates, unwrapped
-from fg_edge.layers import GatedLinear
+from fg_edge.gates.inject import gate_state_dict, gated_modules, inject_gates, unwrapped
+from fg_edge.gates.layer import GatedLinear
 from fg_edge.model_dir import GATES_FILE, save_model_dir
 from fg_edge.testing import DECODERS, TINY_CONFIGS, padded_batch, tiny_model
 
@@ -497,7 +497,7 @@ STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories26
 @pytest.mark.slow
 @needs_shared(STORIES)
 def test_stories260k_structured_parity():
-    from fg_edge import llama2c
+    from fg_edge.sources import llama2c
 
     model = llama2c.load_checkpoint(STORIES)
     inject_gates(model, GateConfig(granularity="structured", task="causal-lm"))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fg_edge.config import FORMAT_VERSION, GateConfig
+from fg_edge.formats.gate_config import FORMAT_VERSION, GateConfig
 from fg_edge.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""fg_edge.data: reading TSV / CSV / JSONL / text files, labels, subsampling, errors, tokenisation."""
+"""fg_edge.data.readers: reading TSV / CSV / JSONL / text files, labels, subsampling, errors, tokenisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import needs_shared
-from fg_edge.data import (ClassificationData, detect_format, lm_blocks, load_classification, load_texts,
+from fg_edge.data.readers import (ClassificationData, detect_format, lm_blocks, load_classification, load_texts,
                           pad_collate, subsample_indices, tokenize_classification)
 from fg_edge.errors import DataError
 

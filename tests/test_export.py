@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from fg_edge.architectures import ARCHITECTURES
+from fg_edge.arch import ARCHITECTURES
 from fg_edge.compiler import compile_model
 from fg_edge.compiler.shapes import layer_shapes
-from fg_edge.config import GateConfig
+from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, ParityError
 from fg_edge.exporters import (check_onnx_parity, convert_to_ort, dense_baseline, export_onnx, make_session,
                                partition_summary, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts)
 from fg_edge.exporters.quantize import calibration_feeds
-from fg_edge.inject import gated_modules, inject_gates
+from fg_edge.gates.inject import gated_modules, inject_gates
 from fg_edge.testing import DECODERS, ENCODERS, TINY_CONFIGS, padded_batch, tiny_model
 
 
@@ -265,7 +265,7 @@ def test_int8_lm_head_excluded_by_default(tmp_path):
 
 @pytest.mark.parametrize("model_type", ["llama", "bert"])
 def test_parity_reference_is_computed_once(tmp_path, model_type):
-    from fg_edge.exporters.parity import ParityReference
+    from fg_edge.exporters.onnx_parity import ParityReference
 
     gated, compiled = _compiled(model_type)
     info = export_onnx(compiled, tmp_path / "model.onnx")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fg_edge.gates import StochasticGate, eval_gate, open_probability, sparsity_term, train_gate
+from fg_edge.gates.math import StochasticGate, eval_gate, open_probability, sparsity_term, train_gate
 
 
 def phi(x: float) -> float:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from fg_edge import load
-from fg_edge.architectures import ARCHITECTURES
-from fg_edge.config import GateConfig
+from fg_edge.arch import ARCHITECTURES
+from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError, UnsupportedArchitectureError
-from fg_edge.inject import (gate_state_dict, gated_modules, inject_gates, load_gate_state, mark_trainable,
+from fg_edge.gates.inject import (gate_state_dict, gated_modules, inject_gates, load_gate_state, mark_trainable,
                             unwrapped)
 from fg_edge.model_dir import save_model_dir
 from fg_edge.testing import DECODERS, TINY_CONFIGS, padded_batch, tiny_model

@@ -1,4 +1,4 @@
-"""`fg-edge inspect` and fg_edge.inspection: gate counts, what the compiler removes, JSON, PNG, bad input."""
+"""`fg-edge inspect` and fg_edge.inspect.report: gate counts, what the compiler removes, JSON, PNG, bad input."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fg_edge.architectures import ARCHITECTURES, layers_of
+from fg_edge.arch import ARCHITECTURES, layers_of
 from fg_edge.cli import cli
-from fg_edge.config import GateConfig
-from fg_edge.gates import open_probability
-from fg_edge.inject import inject_gates, mark_trainable
+from fg_edge.formats.gate_config import GateConfig
+from fg_edge.gates.math import open_probability
+from fg_edge.gates.inject import inject_gates, mark_trainable
 from fg_edge.model_dir import GATES_FILE, save_model_dir
 from fg_edge.testing import tiny_model
 
@@ -221,7 +221,7 @@ def test_target_modules_outside_table(tmp_path):
 
 # -- library ----------------------------------------------------------------------------------------------------
 def test_inspect_model_leaves_model_untouched():
-    from fg_edge.inspection import inspect_model
+    from fg_edge.inspect.report import inspect_model
 
     model = tiny_model("bert")
     cfg = GateConfig(granularity="structured")
@@ -238,7 +238,7 @@ def test_inspect_model_leaves_model_untouched():
 
 def test_training_metadata_variants(tmp_path):
     """Norms count as trainable when training used --train-norms; other training.json layouts: best effort."""
-    from fg_edge.inspection import summarize_training
+    from fg_edge.inspect.report import summarize_training
 
     path = _gated_dir(tmp_path, "llama", "structured", lambda blocks, spec: None,
                       metadata={"steps": 10, "args": {"train_norms": True}})

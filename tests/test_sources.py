@@ -1,4 +1,4 @@
-"""fg_edge.sources / fg_edge.llama2c: every source form, the llama2.c conversion, and clear errors."""
+"""fg_edge.sources.resolve / fg_edge.sources.llama2c: every source form, the llama2.c conversion, and clear errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import needs_shared
-from fg_edge import llama2c, sources
+from fg_edge.sources import llama2c
+from fg_edge.sources import resolve as sources
 from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError, SourceError
-from fg_edge.sources import PACKAGED_MODELS, load_pretrained, resolve_source
+from fg_edge.sources.resolve import PACKAGED_MODELS, load_pretrained, resolve_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 STORIES = SHARED / "models" / "stories260K"

@@ -1,16 +1,16 @@
-"""Parameter-weighted sparsity (fg_edge.sparsity): the training-side count is the compiler's count."""
+"""Parameter-weighted sparsity (fg_edge.train.sparsity): the training-side count is the compiler's count."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fg_edge.architectures import ARCHITECTURES, head_layout, layers_of
+from fg_edge.arch import ARCHITECTURES, head_layout, layers_of
 from fg_edge.compiler import compile_model
-from fg_edge.config import GateConfig
+from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError
-from fg_edge.inject import gated_modules, inject_gates
-from fg_edge.sparsity import (CLOSED_LOGIT, LagrangianController, closed_probability, gate_costs,
+from fg_edge.gates.inject import gated_modules, inject_gates
+from fg_edge.train.sparsity import (CLOSED_LOGIT, LagrangianController, closed_probability, gate_costs,
                               snap_to_target_)
 from fg_edge.testing import DECODERS, tiny_model
 

@@ -9,10 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_tokenizer
-from fg_edge.data import load_classification, pad_collate, tokenize_classification
+from fg_edge.data.readers import load_classification, pad_collate, tokenize_classification
 from fg_edge.errors import ConfigError
-from fg_edge.finetune import FinetuneArgs, finetune, save_finetuned
-from fg_edge.teacher import CachedTeacher, load_teacher
+from fg_edge.train.finetune import FinetuneArgs, finetune, save_finetuned
+from fg_edge.train.teacher import CachedTeacher, load_teacher
 from fg_edge.testing import tiny_model
 
 

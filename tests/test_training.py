@@ -1,4 +1,4 @@
-"""fg_edge.training and `fg-edge train`: short runs on tiny models, the dense teacher, checkpoint choice, the CLI."""
+"""fg_edge.train.loop and `fg-edge train`: short runs on tiny models, the dense teacher, checkpoint choice, the CLI."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from click.testing import CliRunner
 
 from conftest import sentiment_rows, write_tsv
-from fg_edge.config import GateConfig
-from fg_edge.data import load_classification, load_texts, pad_collate, tokenize_classification
+from fg_edge.formats.gate_config import GateConfig
+from fg_edge.data.readers import load_classification, load_texts, pad_collate, tokenize_classification
 from fg_edge.errors import ConfigError
-from fg_edge.inject import expected_sparsity, gated_modules, inject_gates, mark_trainable
+from fg_edge.gates.inject import expected_sparsity, gated_modules, inject_gates, mark_trainable
 from fg_edge.testing import padded_batch, tiny_model
-from fg_edge.training import (BestCheckpoint, DenseTeacher, TrainArgs, distill_kl, param_groups,
+from fg_edge.train.loop import (BestCheckpoint, DenseTeacher, TrainArgs, distill_kl, param_groups,
                               sparsity_lambda_at, train)
 
 
@@ -190,7 +190,7 @@ def test_causal_lm_distillation_runs_and_moves_sparsity(tmp_path, decoder_tokeni
 def test_default_recipe_lands_on_the_parameter_target(tmp_path, encoder_tokenizer, target):
     """Lagrangian control + snap: the share of block parameters removed is the target (to one unit), the mask is
     frozen for the last quarter, and the checkpoint comes from that phase."""
-    from fg_edge.sparsity import gate_costs
+    from fg_edge.train.sparsity import gate_costs
 
     train_data, dev_data, model = _easy_task(tmp_path)
     before = _dev_loss(model, encoder_tokenizer, dev_data)
@@ -213,7 +213,7 @@ def test_default_recipe_lands_on_the_parameter_target(tmp_path, encoder_tokenize
 def test_train_base_adds_the_block_weights_with_their_own_lr():
     model = tiny_model("bert", task="classification")
     cfg = GateConfig()
-    from fg_edge.training import prepare_model
+    from fg_edge.train.loop import prepare_model
 
     prepare_model(model, cfg, TrainArgs(train_base=True))
     groups = {g["name"]: g for g in param_groups(model, TrainArgs(train_base=True, base_lr=3e-5))}
@@ -259,16 +259,16 @@ def _invoke(args):
 
 def test_cli_end_to_end_round_trip(tmp_path, tiny_bert_dir, sentiment_files, monkeypatch):
     import fg_edge
-    import fg_edge.training
+    import fg_edge.train.loop
 
     captured = {}
-    real_train = fg_edge.training.train
+    real_train = fg_edge.train.loop.train
 
     def spy(model, *a, **kw):
         captured["model"] = model
         return real_train(model, *a, **kw)
 
-    monkeypatch.setattr(fg_edge.training, "train", spy)
+    monkeypatch.setattr(fg_edge.train.loop, "train", spy)
     out = tmp_path / "run"
     train_path, dev_path = sentiment_files
     res = _invoke([tiny_bert_dir, "--task", "classification", "--train", train_path, "--dev", dev_path,

@@ -184,8 +184,8 @@ class Study:
 _ACC = """
 import sys, json, torch
 torch.set_num_threads(1)
-from fg_edge.data import load_classification
-from fg_edge.reference_eval import reference_accuracy
+from fg_edge.data.readers import load_classification
+from fg_edge.train.reference_eval import reference_accuracy
 kind, path, test = sys.argv[1:4]
 data = load_classification(test, what="test file")
 if kind == "hf":

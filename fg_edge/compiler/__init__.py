@@ -40,11 +40,11 @@ Loading with plain ``AutoModel*.from_pretrained`` does not work (the shapes diff
 ``fg_edge_layers`` and loads the weights strictly.
 """
 
-from .parity import check_parity
-from .passes import compile_model, fold_gates_, merge_adapters_, prune_ffn_, prune_heads_
-from .plan import CompilePlan, LayerPlan, plan_removal
-from .report import format_report
-from .saving import compile_dir, load_compiled, save_compiled
+from fg_edge.compiler.parity import check_parity
+from fg_edge.compiler.passes import compile_model, fold_gates_, merge_adapters_, prune_ffn_, prune_heads_
+from fg_edge.compiler.plan import CompilePlan, LayerPlan, plan_removal
+from fg_edge.compiler.report import format_report
+from fg_edge.compiler.saving import compile_dir, load_compiled, save_compiled
 
 __all__ = [
     "CompilePlan", "LayerPlan", "check_parity", "compile_dir", "compile_model", "fold_gates_", "format_report",

@@ -14,8 +14,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ParityError
-from ..testing import padded_batch
+from fg_edge.errors import ParityError
+from fg_edge.testing import padded_batch
 
 log = logging.getLogger(__name__)
 

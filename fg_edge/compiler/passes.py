@@ -16,11 +16,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..architectures import ArchSpec, get_spec, head_layout, layers_of
-from ..errors import GateStateError
-from ..inject import gate_state_dict, gated_modules
-from .plan import CompilePlan, plan_removal
-from .surgery import is_conv1d, replace_module, resize_attention_, resize_ffn_
+from fg_edge.arch import ArchSpec, get_spec, head_layout, layers_of
+from fg_edge.errors import GateStateError
+from fg_edge.gates.inject import gate_state_dict, gated_modules
+from fg_edge.compiler.plan import CompilePlan, plan_removal
+from fg_edge.compiler.surgery import is_conv1d, replace_module, resize_attention_, resize_ffn_
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def _check_finite(name: str, tensor: Optional[torch.Tensor]) -> None:
 
 
 def validate_gate_values(model: nn.Module) -> None:
-    """Refuse NaN / inf gate logits or adapters, naming the gate tensor (fg_edge.inject naming)."""
+    """Refuse NaN / inf gate logits or adapters, naming the gate tensor (fg_edge.gates.inject naming)."""
     for name, tensor in gate_state_dict(model).items():
         if not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
@@ -122,8 +122,8 @@ def compile_model(gated_model: nn.Module, *, tol: float = 1e-5, decoder_steps: i
     inplace: compile `gated_model` itself (no copy: half the memory); the gated model is consumed (its outputs
     for the parity check are computed first), and is unusable if this raises.
     """
-    from .parity import check_parity_against, gated_reference
-    from .report import build_report, gate_zero_counts, measure_blocks
+    from fg_edge.compiler.parity import check_parity_against, gated_reference
+    from fg_edge.compiler.report import build_report, gate_zero_counts, measure_blocks
 
     spec = get_spec(getattr(gated_model.config, "model_type", None))
     validate_gate_values(gated_model)

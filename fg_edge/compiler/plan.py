@@ -26,9 +26,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..architectures import ArchSpec, HeadLayout, get_spec, head_layout, layers_of
-from ..errors import CompileError
-from ..layers import GatedLinear, in_out_features
+from fg_edge.arch import ArchSpec, HeadLayout, get_spec, head_layout, layers_of
+from fg_edge.errors import CompileError
+from fg_edge.gates.layer import GatedLinear, in_out_features
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..architectures import ArchSpec, head_layout, layers_of, layers_prefix
-from ..layers import GatedLinear
-from .plan import CompilePlan, column_scale, row_scale
-from .shapes import model_task
-from .surgery import attention_keep, ffn_keep, is_conv1d
+from fg_edge.arch import ArchSpec, head_layout, layers_of, layers_prefix, model_task
+from fg_edge.gates.layer import GatedLinear
+from fg_edge.compiler.plan import CompilePlan, column_scale, row_scale
+from fg_edge.compiler.surgery import attention_keep, ffn_keep, is_conv1d
 
 REPORT_FORMAT_VERSION = 1
 REFERENCE_SHAPE = {"batch": 1, "seq_len": 128}

@@ -8,18 +8,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architectures import get_spec
-from ..errors import CompileError, ModelDirError
-from ..io import atomic_output_dir, check_output_dir
-from .plan import CompilePlan
-from .shapes import LAYERS_KEY, apply_layer_shapes_, layer_shapes, model_task
+from fg_edge.arch import auto_class, get_spec, model_task
+from fg_edge.errors import CompileError, ModelDirError
+from fg_edge.formats.names import LAYERS_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY, WEIGHTS_FILE
+from fg_edge.formats.atomic import atomic_output_dir, check_output_dir
+from fg_edge.compiler.plan import CompilePlan
+from fg_edge.compiler.shapes import apply_layer_shapes_, layer_shapes
 
 log = logging.getLogger(__name__)
 
 COMPILED_FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-PLAN_FILE = "compile_plan.json"
-REPORT_FILE = "compile_report.json"
 
 
 def _write_json(path: Path, data) -> None:
@@ -33,7 +31,7 @@ def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: st
     config = model.config
     config.fg_edge_layers = layer_shapes(plan, spec)
     config.fg_edge_plan = plan.to_dict()
-    config.fg_edge_task = model_task(model)
+    setattr(config, TASK_KEY, model_task(model))
     config.fg_edge_compiled_format_version = COMPILED_FORMAT_VERSION
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -46,16 +44,6 @@ def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: st
         _write_json(tmp / REPORT_FILE, report)
     log.info("wrote compiled model %s", out_dir)
     return Path(out_dir)
-
-
-def _auto_class(task: str):
-    import transformers
-
-    classes = {"classification": transformers.AutoModelForSequenceClassification,
-               "causal-lm": transformers.AutoModelForCausalLM}
-    if task not in classes:
-        raise ModelDirError(f"config.json: fg_edge_task {task!r} is not one of {', '.join(classes)}")
-    return classes[task]
 
 
 def _load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -88,7 +76,7 @@ def load_compiled(path: str | Path) -> nn.Module:
     if not isinstance(shapes, list):
         raise ModelDirError(f"{path / 'config.json'}: no {LAYERS_KEY} shape record; not a compiled folder")
     spec = get_spec(config.model_type)
-    model = _auto_class(getattr(config, "fg_edge_task", None)).from_config(config, attn_implementation="eager")
+    model = auto_class(getattr(config, TASK_KEY, None), f"{path / 'config.json'}: {TASK_KEY}").from_config(config, attn_implementation="eager")
     try:
         apply_layer_shapes_(model, shapes, spec)
     except CompileError as exc:
@@ -115,8 +103,8 @@ def read_plan(path: str | Path) -> CompilePlan:
 def compile_dir(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, tol: float = 1e-5,
                 decoder_steps: int = 32) -> tuple[Path, dict]:
     """model_dir (`fg-edge train`) -> compiled folder; nothing is written unless every check passes."""
-    from ..model_dir import load, load_tokenizer
-    from .passes import compile_model
+    from fg_edge.model_dir import load, load_tokenizer
+    from fg_edge.compiler.passes import compile_model
 
     check_output_dir(out_dir, overwrite)
     gated = load(model_dir)

@@ -15,30 +15,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..architectures import ArchSpec, head_layout, layers_of
-from ..errors import CompileError
-from .plan import CompilePlan
-from .surgery import CACHE_PLACEHOLDER, resize_attention_, resize_ffn_
+from fg_edge.arch import ArchSpec, head_layout, layers_of
+from fg_edge.errors import CompileError
+from fg_edge.formats.names import LAYERS_KEY
+from fg_edge.compiler.plan import CompilePlan
+from fg_edge.compiler.surgery import CACHE_PLACEHOLDER, resize_attention_, resize_ffn_
 
-LAYERS_KEY = "fg_edge_layers"
 _REQUIRED = ("num_heads", "num_kv_heads", "head_dim", "ffn_size")
-
-
-def model_task(model: nn.Module) -> str:
-    """'classification' or 'causal-lm' from a gated model's GateConfig or the HF head class."""
-    cfg = getattr(model, "fg_edge_config", None)
-    if cfg is not None:
-        return cfg.task
-    task = getattr(model.config, "fg_edge_task", None)
-    if task:
-        return task
-    name = type(model).__name__
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "causal-lm"
-    if name.endswith("ForSequenceClassification"):
-        return "classification"
-    raise CompileError(f"cannot tell the task of a {name}: the compiler handles *ForSequenceClassification "
-                       f"('classification') and *ForCausalLM / *LMHeadModel ('causal-lm') models")
 
 
 def layer_shapes(plan: CompilePlan, spec: ArchSpec) -> list[dict]:

@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..architectures import ArchSpec, HeadLayout
-from ..errors import CompileError
-from ..layers import in_out_features
+from fg_edge.arch import ArchSpec, HeadLayout
+from fg_edge.errors import CompileError
+from fg_edge.gates.layer import in_out_features, replace_module  # noqa: F401 (re-exported)
 
 #: (kv heads, head dim) of the placeholder that an attention without heads writes into a KV cache per token.
 #: A (B, 0, S, head_dim) tensor would be the honest shape, but transformers' DynamicLayer.get_seq_length
@@ -61,12 +61,6 @@ def select_in_(layer: nn.Module, idx: torch.Tensor) -> nn.Module:
     else:
         raise CompileError(f"cannot select inputs of a {type(layer).__name__}")
     return layer
-
-
-def replace_module(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = path.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-    return new
 
 
 def head_channels(heads: Sequence[int], head_dim: int) -> torch.Tensor:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 _EXPORTS = {
     "export_onnx": "onnx_export", "ExportInfo": "onnx_export", "validate_opset": "onnx_export",
-    "kv_layout": "onnx_export", "model_kind": "onnx_export", "MIN_OPSET": "onnx_export", "MAX_OPSET": "onnx_export",
+    "kv_layout": "onnx_export", "MIN_OPSET": "onnx_export", "MAX_OPSET": "onnx_export",
     "DEFAULT_OPSET": "onnx_export",
-    "check_onnx_parity": "parity", "make_session": "parity",
+    "check_onnx_parity": "onnx_parity", "make_session": "onnx_parity",
     "dense_baseline": "baseline",
     "quantize_int8_dynamic": "quantize", "quantize_qdq_static": "quantize", "quantized_op_counts": "quantize",
     "QUANTIZE_MODES": "quantize",

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def _fold_locally_(model: nn.Module) -> None:
-    from ..inject import gated_modules
-    from ..layers import GatedLinear
+    from fg_edge.gates.inject import gated_modules
+    from fg_edge.gates.layer import GatedLinear
 
     for name, g in gated_modules(model).items():
         assert isinstance(g, GatedLinear)
@@ -37,7 +37,7 @@ def dense_baseline(gated_model: nn.Module, *, inplace: bool = False) -> nn.Modul
     inplace: fold `gated_model` itself (no copy, half the memory); the gated model is consumed."""
     model = (gated_model if inplace else copy.deepcopy(gated_model)).eval()
     try:
-        from ..compiler.passes import fold_gates_, merge_adapters_
+        from fg_edge.compiler.passes import fold_gates_, merge_adapters_
     except ImportError:
         log.debug("fg_edge.compiler fold passes not available; folding with GatedLinear.folded()")
         _fold_locally_(model)

@@ -14,8 +14,8 @@ import logging
 import subprocess
 import sys
 
-from .. import errors
-from ..errors import ExportError
+from fg_edge import errors
+from fg_edge.errors import ExportError
 
 _RESULT, _ERROR = "FG_EDGE_RESULT ", "FG_EDGE_ERROR "
 

@@ -28,7 +28,9 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ExportError
+from fg_edge.arch import model_kind
+from fg_edge.errors import ConfigError, ExportError
+from fg_edge.formats.names import KINDS
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ MIN_OPSET, MAX_OPSET = 14, 20
 DEFAULT_OPSET = 17
 #: models with more parameter bytes than this are written with external data (protobuf caps a file at 2 GB)
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
-KINDS = ("classification", "embedding", "causal-lm")
 
 # dummy shapes used for tracing: all different and > 1 so no dimension is specialised into a constant
 _TRACE_BATCH, _TRACE_SEQ, _TRACE_PAST = 2, 3, 4
@@ -48,16 +49,6 @@ def validate_opset(opset: int) -> int:
         raise ConfigError(f"--opset {opset!r} is not supported: fg-edge exports ONNX opsets {MIN_OPSET}–{MAX_OPSET} "
                           f"(torch {torch.__version__} TorchScript exporter); default {DEFAULT_OPSET}")
     return opset
-
-
-def model_kind(model: nn.Module) -> str:
-    """'causal-lm' (LM head, KV cache), 'classification' (a task head giving logits) or 'embedding'."""
-    name = type(model).__name__
-    if "CausalLM" in name or "LMHead" in name:
-        return "causal-lm"
-    if model.base_model is model:
-        return "embedding"
-    return "classification"
 
 
 def uses_token_type_ids(model: nn.Module) -> bool:
@@ -295,7 +286,7 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
         wrapper = EncoderWrapper(model, outputs[0], "token_type_ids" in names)
     # torch.onnx.export puts the wrapper's training flag back onto every child: eval() the wrapper itself
     wrapper.eval()
-    from .patches import export_patches
+    from fg_edge.exporters.patches import export_patches
 
     try:
         with export_patches(), torch.no_grad(), warnings.catch_warnings():

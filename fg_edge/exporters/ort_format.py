@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ExportError
+from fg_edge.errors import ExportError
 
 log = logging.getLogger(__name__)
 

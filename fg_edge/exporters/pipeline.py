@@ -29,15 +29,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ConfigError, FgEdgeError, ModelDirError, OutputPathError
-from . import onnx_export as _ox
-from .onnx_export import DEFAULT_OPSET, validate_opset
-from .parity import DEFAULT_STEPS, DEFAULT_TOL, check_onnx_parity
-from .quantize import QUANTIZE_MODES
+from fg_edge.arch import model_kind
+from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError, OutputPathError
+from fg_edge.formats.names import REPORT_FILE
+from fg_edge.exporters import onnx_export as _ox
+from fg_edge.exporters.onnx_export import DEFAULT_OPSET, validate_opset
+from fg_edge.exporters.onnx_parity import DEFAULT_STEPS, DEFAULT_TOL, check_onnx_parity
+from fg_edge.exporters.quantize import QUANTIZE_MODES
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "compile_report.json"
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _unmap_weights(model, model_dir: Path) -> int:
 
 
 def _load_gated(model_dir: Path):
-    from ..model_dir import load
+    from fg_edge.model_dir import load
 
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
@@ -231,7 +232,7 @@ def _load_gated(model_dir: Path):
 
 
 def _load_tokenizer(model_dir: Path):
-    from ..model_dir import load_tokenizer
+    from fg_edge.model_dir import load_tokenizer
 
     try:
         return load_tokenizer(model_dir)
@@ -241,8 +242,8 @@ def _load_tokenizer(model_dir: Path):
 
 
 def _calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
-    from ..model_dir import read_training_metadata
-    from .quantize import calibration_texts_from_training, read_calibration_texts
+    from fg_edge.model_dir import read_training_metadata
+    from fg_edge.exporters.quantize import calibration_texts_from_training, read_calibration_texts
 
     if options.calibration:
         return read_calibration_texts(options.calibration), str(options.calibration)
@@ -261,7 +262,7 @@ def _calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[s
 def _eval_accuracy(onnx_path: Path, data, tokenizer, info, max_length: int = 128) -> float:
     import numpy as np
 
-    from .parity import make_session
+    from fg_edge.exporters.onnx_parity import make_session
 
     session = make_session(onnx_path)
     correct = 0
@@ -302,8 +303,8 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
                       options: Optional[CompileOptions] = None, overwrite: bool = False,
                       progress: bool = False) -> dict:
     """Compile, export and check a model_dir; returns the compile report (also written to the output)."""
-    from .. import __version__
-    from ..io import atomic_output_dir, check_output_dir
+    from fg_edge import __version__
+    from fg_edge.formats.atomic import atomic_output_dir, check_output_dir
 
     options = (options or CompileOptions()).validate()
     model_dir = Path(model_dir)
@@ -333,15 +334,15 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
             eval_data = _load_eval_data(options, gated, tokenizer, model_dir)
         prog.done()
 
-        from ..compiler import compile_model, save_compiled
+        from fg_edge.compiler import compile_model, save_compiled
 
-        from .parity import ParityReference, torch_threads
+        from fg_edge.exporters.onnx_parity import ParityReference, torch_threads
 
         # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so
         # the torch trajectory does not depend on the graph under test) and reused for model / baseline /
         # quantized; computed before the compile, which then works on the gated model itself (no second copy)
         prog.stage("reference")
-        kind = _ox.model_kind(gated)
+        kind = model_kind(gated)
         reference = ParityReference(gated, kind=kind, steps=options.decoder_steps).compute()
         reference.release_model()
         prog.done()
@@ -381,7 +382,7 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
 
 
 def _load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
-    from ..data import load_classification
+    from fg_edge.data.readers import load_classification
 
     task = getattr(getattr(gated, "fg_edge_config", None), "task", None)
     if task != "classification":
@@ -414,7 +415,7 @@ def _export(model_holder: dict, key: str, path: Path, options: CompileOptions, k
 def export_baseline(model_dir: str, path: str, opset: int, kind: str, external_data: bool) -> int:
     """The baseline stage's work (run in a child process by the pipeline): load the gated model, fold its
     gates, export it to `path`; returns its parameter count."""
-    from .baseline import dense_baseline
+    from fg_edge.exporters.baseline import dense_baseline
 
     models = {"dense": dense_baseline(_load_gated(Path(model_dir)), inplace=True)}
     params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
@@ -437,8 +438,8 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
     prog.done()
 
     report = dict(creport)
-    if _ox.model_kind(models["compiled"]) != kind:
-        raise FgEdgeError(f"the compiled model exports as {_ox.model_kind(models['compiled'])!r}, the gated model "
+    if model_kind(models["compiled"]) != kind:
+        raise FgEdgeError(f"the compiled model exports as {model_kind(models['compiled'])!r}, the gated model "
                           f"as {kind!r}")
 
     prog.stage("export")
@@ -457,7 +458,7 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
     prog.done()
     graphs = ["model.onnx"]
     if options.baseline:
-        from .isolated import run_isolated
+        from fg_edge.exporters.isolated import run_isolated
 
         prog.stage("baseline")
         # in a child process (this one keeps its heap; the child peaks on its own): reloaded from the model_dir,
@@ -491,7 +492,7 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
             _ox.pack_onnx(tmp / g)
 
     if options.ort_format:
-        from .ort_format import convert_to_ort, partition_summary
+        from fg_edge.exporters.ort_format import convert_to_ort, partition_summary
 
         prog.stage("ort-format")
         ort_info = convert_to_ort([tmp / g for g in graphs + quant_graphs], tmp)
@@ -507,7 +508,7 @@ def _write_all(tmp: Path, models: dict, plan, creport: dict, tokenizer, options:
 
 def _quantize(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
               calib, eval_data) -> dict:
-    from .quantize import calibration_feeds, quantize_int8_dynamic_isolated, quantize_qdq_static, quantized_op_counts
+    from fg_edge.exporters.quantize import calibration_feeds, quantize_int8_dynamic_isolated, quantize_qdq_static, quantized_op_counts
 
     result: dict = {"files": {}}
     feeds = None

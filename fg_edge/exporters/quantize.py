@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, ExportError
+from fg_edge.errors import ConfigError, DataError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if pre_process is None:
@@ -180,8 +180,8 @@ def _quiet_ort_quantization():
 
 # -- static QDQ ----------------------------------------------------------------------------------------------
 def read_calibration_texts(path: str | Path, limit: int = CALIBRATION_SENTENCES) -> list[str]:
-    """Up to `limit` texts from a file fg_edge.data can read (TSV/CSV/JSONL with a `text` column, or plain text)."""
-    from ..data import load_texts
+    """Up to `limit` texts from a file fg_edge.data.readers can read (TSV/CSV/JSONL with a `text` column, or plain text)."""
+    from fg_edge.data.readers import load_texts
 
     texts = load_texts(path, what="calibration file").texts
     return [t for t in texts if t.strip()][:limit]
@@ -239,7 +239,7 @@ def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, 
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
 
-    from .onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
 
     reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -281,7 +281,7 @@ def quantize_int8_dynamic_isolated(src: str | Path, dst: str | Path, **kwargs) -
     """`quantize_int8_dynamic` in a fresh Python process (fg_edge.exporters.isolated): ORT's quantizer holds the
     graph's weights in protobuf (plus their int8 copies), so a compile peaks lower when that happens away from
     the torch process. Returns its settings."""
-    from .isolated import run_isolated
+    from fg_edge.exporters.isolated import run_isolated
 
     return run_isolated("fg_edge.exporters.quantize:quantize_int8_dynamic", f"dynamic int8 quantization of "
                         f"{Path(src).name}", src=str(src), dst=str(dst), **kwargs)

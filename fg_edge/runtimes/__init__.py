@@ -7,6 +7,6 @@ used when present.
 
 from __future__ import annotations
 
-from .providers import PROVIDERS, ProviderSpec, resolve_provider  # noqa: F401
+from fg_edge.runtimes.providers import PROVIDERS, ProviderSpec, resolve_provider  # noqa: F401
 
 __all__ = ["PROVIDERS", "ProviderSpec", "resolve_provider"]

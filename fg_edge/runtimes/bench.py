@@ -59,11 +59,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
-from .compiled_dir import BASELINE_OF, CompiledDir, ModelFile
-from .providers import ResolvedProvider, parse_provider_list, resolve_provider
-from .runner import OnnxModel
-from .session import SessionSettings, create_session
+from fg_edge.errors import ConfigError
+from fg_edge.formats.compiled_dir import BASELINE_OF, CompiledDir, ModelFile
+from fg_edge.runtimes.providers import ResolvedProvider, parse_provider_list, resolve_provider
+from fg_edge.runtimes.runner import OnnxModel
+from fg_edge.runtimes.session import SessionSettings, create_session
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",
     """Benchmark a compiled_dir; returns the bench.json dict (see the module docstring for its schema)."""
     import onnxruntime as ort
 
-    from .generate import generate
+    from fg_edge.runtimes.generate import generate
 
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0 (got {repeats}, {warmup})")

@@ -1,6 +1,6 @@
 """Torch-free evaluation of a compiled_dir's models side by side: accuracy (classifiers) or perplexity (causal LMs).
 
-Data files are read by `fg_edge.data` (stdlib only): TSV (GLUE style, no quoting), CSV, JSONL with a header /
+Data files are read by `fg_edge.data.readers` (stdlib only): TSV (GLUE style, no quoting), CSV, JSONL with a header /
 keys, or plain text for perplexity.
 """
 
@@ -12,9 +12,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import DataError, ModelDirError
-from .compiled_dir import CompiledDir
-from .runner import Runner
+from fg_edge.errors import DataError, ModelDirError
+from fg_edge.formats.compiled_dir import CompiledDir
+from fg_edge.runtimes.runner import Runner
 
 EVAL_VARIANTS = ("baseline", "compiled", "int8", "baseline-int8")
 #: What each row is. "baseline" is the gated model with its gates folded and nothing removed, so its outputs
@@ -91,8 +91,8 @@ def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: s
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
              seed: int = 0, reference: Optional[str] = None) -> dict[str, Any]:
     """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
-    a HF classifier folder scored beside them with PyTorch (fg_edge.reference_eval)."""
-    from ..data import load_classification, load_texts
+    a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval)."""
+    from fg_edge.data.readers import load_classification, load_texts
 
     cdir = CompiledDir(compiled_dir)
     names = [v for v in (variants or EVAL_VARIANTS) if cdir.find(v) is not None]
@@ -120,7 +120,7 @@ def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: s
     if reference is not None:
         if data is None:
             raise ModelDirError("--reference compares classifiers; this compiled_dir is not one")
-        from ..reference_eval import reference_accuracy
+        from fg_edge.train.reference_eval import reference_accuracy
 
         labels = [data.id2label[lab] for lab in data.labels] if data.string_labels else list(data.labels)
         results["reference"] = reference_accuracy(reference, data.texts, labels, data.string_labels,

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
-from ..errors import ProviderError, ProviderUnavailableError
+from fg_edge.errors import ProviderError, ProviderUnavailableError
 
 log = logging.getLogger(__name__)
 

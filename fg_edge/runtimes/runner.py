@@ -20,15 +20,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputMismatchError, ModelDirError
-from .compiled_dir import PAST_RE, PRESENT_RE, CompiledDir, ModelFile
-from .generate import GenerationOutput, generate, left_pad, softmax
-from .providers import ResolvedProvider, resolve_provider
-from .session import SessionSettings, build_feeds, create_session, numpy_dtype
+from fg_edge.errors import InputMismatchError, ModelDirError
+from fg_edge.formats.names import KINDS
+from fg_edge.formats.compiled_dir import PAST_RE, PRESENT_RE, CompiledDir, ModelFile
+from fg_edge.runtimes.generate import GenerationOutput, generate, left_pad, softmax
+from fg_edge.runtimes.providers import ResolvedProvider, resolve_provider
+from fg_edge.runtimes.session import SessionSettings, build_feeds, create_session, numpy_dtype
 
 log = logging.getLogger(__name__)
 
-KINDS = ("classification", "embedding", "causal-lm")
 EMBEDDING_OUTPUTS = ("sentence_embedding", "embeddings", "embedding", "last_hidden_state", "token_embeddings")
 
 

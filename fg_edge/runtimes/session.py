@@ -18,8 +18,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, InputMismatchError, ModelFileError, ProviderUnavailableError
-from .providers import ResolvedProvider, resolve_provider
+from fg_edge.errors import ConfigError, InputMismatchError, ModelFileError, ProviderUnavailableError
+from fg_edge.runtimes.providers import ResolvedProvider, resolve_provider
 
 log = logging.getLogger(__name__)
 

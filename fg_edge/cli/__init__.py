@@ -1,0 +1,70 @@
+"""The `fg-edge` command line.
+
+Each command lives in its own module (`cli_<name>.py`) and imports torch / transformers only inside the
+command body, so `fg-edge --help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from fg_edge import __version__
+
+
+class FgEdgeGroup(click.Group):
+    """Turns fg-edge's own errors into one clear line and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx):
+        from fg_edge.errors import FgEdgeError
+
+        try:
+            return super().invoke(ctx)
+        except FgEdgeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=FgEdgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="fg-edge")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """FineGates for edge deployment: learn gates, compile the sparsity away, ship ONNX.
+
+    \b
+    Typical session:
+      fg-edge train sentence-transformers/all-MiniLM-L6-v2 --task classification \\
+          --train SST-2/train.tsv --dev SST-2/dev.tsv --max-train 4000 --output runs/minilm
+      fg-edge inspect runs/minilm --plot runs/minilm/gates.png
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if verbose == 0:
+        logging.getLogger("fg_edge").setLevel(logging.INFO)
+
+
+def _register() -> None:
+    from fg_edge.cli.bench import bench_cmd
+    from fg_edge.cli.compile import compile_cmd
+    from fg_edge.cli.eval import eval_cmd
+    from fg_edge.cli.finetune import finetune_cmd
+    from fg_edge.cli.inspect import inspect_cmd
+    from fg_edge.cli.run import run_cmd
+    from fg_edge.cli.train import train_cmd
+
+    for name, cmd in (("finetune", finetune_cmd), ("train", train_cmd), ("inspect", inspect_cmd), ("compile", compile_cmd),
+                      ("run", run_cmd), ("bench", bench_cmd), ("eval", eval_cmd)):
+        cli.add_command(cmd, name)
+
+
+_register()
+
+
+def main() -> None:  # console-script entry point
+    cli(prog_name="fg-edge")
+
+
+if __name__ == "__main__":
+    main()

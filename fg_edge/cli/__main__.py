@@ -1,0 +1,3 @@
+from fg_edge.cli import main
+
+main()

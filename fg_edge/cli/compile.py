@@ -1,0 +1,65 @@
+"""`fg-edge compile MODEL_DIR`: fold + prune the gates away, export ONNX, check parity, write a compiled_dir.
+
+Order of work, so bad input fails fast and leaves nothing behind: check options (opset, quantize, files) and the
+output folder → load the gated model_dir → compile (fg_edge.compiler) → export + parity gate (+ baseline,
+int8, ORT format) into a temporary folder that replaces the output only when every stage passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="compiled_dir to write [default: MODEL_DIR_compiled]; must not exist unless --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14–20).")
+@click.option("--quantize", type=click.Choice(["none", "int8", "qdq"]), default="none", show_default=True,
+              help="int8: dynamic int8 MatMuls for CPU (model.int8.onnx, baseline.int8.onnx). qdq: static QDQ "
+                   "with calibration text, for NPU execution providers (model.qdq.onnx, baseline.qdq.onnx).")
+@click.option("--per-channel", is_flag=True, help="Quantize weights per output channel (default: per tensor).")
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="qdq calibration text: one sentence per line, or TSV/CSV/JSONL with a 'text' column "
+                   "[default: a few sentences of the training data recorded in training.json].")
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Classification TSV/CSV/JSONL (text, label): report fp32 vs quantized accuracy.")
+@click.option("--ort-format", is_flag=True,
+              help="Also write .ort files for ORT Mobile, required_operators.config for a minimal ORT build, and "
+                   "ORT's NNAPI / CoreML partition estimate in the report.")
+@click.option("--no-baseline", is_flag=True, help="Skip the dense baseline (baseline.onnx) used by `fg-edge bench`.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store weights in model.onnx.data [default: automatic above 1.5 GB].")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="fp32 parity tolerance (max abs difference vs the gated model).")
+@click.option("--steps", "decoder_steps", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Decoders: cached greedy steps checked by the parity gate.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the stage progress bar.")
+def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset: int, quantize: str,
+                per_channel: bool, calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool,
+                no_baseline: bool, external_data: Optional[bool], tolerance: float, decoder_steps: int,
+                progress: bool) -> None:
+    """Compile MODEL_DIR (from `fg-edge train`) into ONNX models that compute exactly what the gated model does.
+
+    \b
+    Writes model.onnx (compiled), baseline.onnx (dense, same export settings), optional int8 / QDQ / .ort
+    files, config.json with the per-layer shape record, tokenizer files and compile_report.json. Refuses to
+    write anything when ONNX Runtime disagrees with the gated model beyond --tolerance.
+    """
+    from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir, default_output, format_summary
+
+    options = CompileOptions(opset=opset, quantize=quantize, per_channel=per_channel,
+                             calibration=str(calibration) if calibration else None, ort_format=ort_format,
+                             baseline=not no_baseline, external_data=external_data, tol=tolerance,
+                             decoder_steps=decoder_steps, eval_data=str(eval_data) if eval_data else None)
+    out = output or default_output(model_dir)
+    report = compile_model_dir(model_dir, out, options=options, overwrite=overwrite, progress=progress)
+    click.echo(format_summary(report))
+    click.echo(f"wrote {out}")

@@ -1,0 +1,55 @@
+"""`fg-edge eval`: accuracy or perplexity of a compiled_dir's models side by side (torch-free)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.argument("compiled_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+              help="Classification: TSV (GLUE style, no quoting) / CSV / JSONL with a header. Causal LM: plain text "
+                   "(or a text column of TSV / CSV / JSONL).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--max-rows", type=click.IntRange(1), default=None,
+              help="Use at most this many rows (a seeded subsample) / documents.")
+@click.option("--models", default=None, metavar="LIST",
+              help="Comma-separated variants (default: every one present of baseline, compiled, int8, baseline-int8).")
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider (see `fg-edge run --help`).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads.")
+@click.option("--window", type=click.IntRange(2), default=None,
+              help="Causal LM: tokens per perplexity window (default min(max positions, 256)).")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--reference", type=click.Path(file_okay=False), default=None,
+              help="Also score this HF classifier folder (PyTorch; e.g. the dense finetuned teacher) on the same "
+                   "rows, to show what removal cost. Needs the training install (torch).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Also write the results as JSON ('-' prints only the JSON).")
+def eval_cmd(compiled_dir, data_path, text_column, label_column, max_rows, models, provider, threads, window,
+             batch_size, reference, json_path):
+    """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
+
+    \b
+    Classifiers: accuracy. Causal LMs: perplexity over the text (non-overlapping windows).
+    "baseline" is the gated model with nothing removed: it equals "compiled" by construction. To see what
+    removal cost, score the dense model it was distilled from beside it with --reference.
+    Example:
+      fg-edge eval runs/minilm-compiled --data ../shared/data/SST-2/dev.tsv --reference runs/teacher
+    """
+    import json
+    from pathlib import Path
+
+    from fg_edge.runtimes.evaluate import evaluate, format_eval
+
+    variants = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    report = evaluate(compiled_dir, data_path, text_column=text_column, label_column=label_column,
+                      max_rows=max_rows, variants=variants, provider=provider, threads=threads, window=window,
+                      batch_size=batch_size, reference=reference)
+    if json_path == "-":
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_eval(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}", err=True)

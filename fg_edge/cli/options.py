@@ -1,0 +1,59 @@
+"""Options and small helpers every `fg-edge` command shares, so a flag means the same thing everywhere.
+
+- ``--json FILE|-``: also write the result as JSON to FILE; ``-`` prints only the JSON on stdout.
+- ``--progress/--no-progress``: progress bars; by default on only when stderr is a terminal (and not under ``-q``).
+- ``--overwrite``: replace an existing output folder (outputs are written to a temp folder, then renamed).
+- ``--ep-library NAME=PATH``: register a plugin execution-provider library first (runtime commands).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+
+def json_option(what: str = "the result") -> Callable:
+    return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                        metavar="FILE|-", help=f"Also write {what} as JSON to FILE ('-': print only the JSON).")
+
+
+def progress_option(f: Callable) -> Callable:
+    return click.option("--progress/--no-progress", default=None,
+                        help="Show progress bars [default: on when stderr is a terminal].")(f)
+
+
+def overwrite_option(f: Callable) -> Callable:
+    return click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")(f)
+
+
+def ep_library_option(f: Callable) -> Callable:
+    return click.option("--ep-library", "ep_libraries", multiple=True, metavar="NAME=PATH",
+                        help="Register a plugin execution-provider library with onnxruntime first "
+                             "(onnxruntime.register_execution_provider_library); repeatable.")(f)
+
+
+def show_progress(flag: Optional[bool]) -> bool:
+    """The effective progress setting: the user's flag, else on only for a terminal and when not quiet."""
+    if flag is not None:
+        return flag
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("quiet"))
+    return not quiet and sys.stderr.isatty()
+
+
+def emit_json(data: Any, json_path: Optional[str]) -> bool:
+    """Write `data` for ``--json``: '-' prints it on stdout (returns True: print nothing else), a path writes the
+    file (returns False). None does nothing."""
+    if json_path is None:
+        return False
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    if json_path == "-":
+        click.echo(text)
+        return True
+    Path(json_path).write_text(text + "\n")
+    click.echo(f"wrote {json_path}", err=True)
+    return False

@@ -1,0 +1,486 @@
+"""Training / evaluation data: read local TSV / CSV / JSONL / text files (or a `hf:` dataset), check them, and
+turn them into tensors.
+
+Two kinds of data:
+
+* `ClassificationData` — text (and optionally a second text for sentence pairs) + an integer label per row.
+  Labels may be integers (used as class ids) or strings (sorted unique strings → ids 0..n−1; the mapping is kept
+  as ``id2label`` so it can be stored in the model config).
+* `TextData` — documents for causal-LM training; `lm_blocks` tokenises them, joins them with EOS and cuts the
+  token stream into blocks of ``max_length`` tokens.
+
+Every problem with a file raises `fg_edge.errors.DataError` with one sentence that names the file (and line)
+and says what to do. Reading never needs a tokenizer, so the CLI can validate data before loading a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from fg_edge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("tsv", "csv", "jsonl", "text")
+_EXTENSIONS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".json": "jsonl", ".txt": "text", ".text": "text", ".md": "text"}
+HF_PREFIX = "hf:"
+
+# SST-2-like files carry long unquoted sentences; lift csv's 128 KiB field limit.
+csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
+
+
+# -- data containers -----------------------------------------------------------------------------------------
+@dataclass
+class ClassificationData:
+    """Rows of a classification data set (after optional subsampling)."""
+
+    source: str
+    texts: list[str]
+    labels: list[int]
+    num_labels: int
+    text_pairs: Optional[list[str]] = None
+    #: id → label name: the original strings when the labels were strings (or a dataset's class names)
+    id2label: Optional[dict[int, str]] = None
+    #: True when the file's labels were strings mapped to ids (dev files are then mapped by name)
+    string_labels: bool = False
+    #: rows in the file before `max_rows` subsampling
+    total_rows: int = 0
+    format: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def label2id(self) -> Optional[dict[str, int]]:
+        return None if self.id2label is None else {v: k for k, v in self.id2label.items()}
+
+    def label_config(self) -> dict:
+        """id2label / label2id for the HF model config (generic LABEL_i names for plain integer labels)."""
+        names = self.id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        return {"id2label": dict(names), "label2id": {v: k for k, v in names.items()}}
+
+    def summary(self) -> dict:
+        return {"path": self.source, "format": self.format, "rows_in_file": self.total_rows,
+                "rows_used": len(self), "num_labels": self.num_labels}
+
+
+@dataclass
+class TextData:
+    """Documents for causal-LM training (one per paragraph of a text file or per JSONL row)."""
+
+    source: str
+    texts: list[str]
+    total_rows: int = 0
+    format: str = ""
+    #: keep at most this many token blocks (sampled with `seed`) when the text is chunked (`lm_blocks`)
+    max_blocks: Optional[int] = None
+    seed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def summary(self) -> dict:
+        return {"path": self.source, "format": self.format, "documents": self.total_rows,
+                "max_blocks": self.max_blocks}
+
+
+# -- reading rows --------------------------------------------------------------------------------------------
+def detect_format(path: str | Path, fmt: Optional[str] = None) -> str:
+    """'tsv' / 'csv' / 'jsonl' / 'text' from `fmt` (when given and not 'auto') or the file extension."""
+    if fmt not in (None, "auto"):
+        if fmt not in FORMATS:
+            raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(str(path)).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; "
+                        f"name it .tsv/.csv/.jsonl/.txt or pass --format {'/'.join(FORMATS)}")
+    return _EXTENSIONS[suffix]
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist; pass the path of an existing data file")
+    if not path.is_file():
+        raise DataError(f"{what} {path} is not a file; pass the path of a TSV/CSV/JSONL/text file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{what} {path} is empty; it needs a header line and at least one data row")
+
+
+def _read_lines(path: Path, what: str) -> Iterator[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            yield from fh
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        f"re-encode it as UTF-8") from None
+
+
+def _delimited_rows(path: Path, fmt: str, what: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """Header + (line number, row dict) of a TSV (no quoting, as GLUE ships it) or CSV (standard quoting)."""
+    if fmt == "tsv":
+        reader = csv.reader(_read_lines(path, what), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(_read_lines(path, what))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{what} {path} is empty; it needs a header line and at least one data row") from None
+    except csv.Error as exc:
+        raise DataError(f"{what} {path}: line 1 is not valid {fmt.upper()} ({exc})") from None
+    header = [h.strip() for h in header]
+    if not any(header):
+        raise DataError(f"{what} {path}: the first line must be a header naming the columns (e.g. "
+                        f"text{'<TAB>' if fmt == 'tsv' else ','}label)")
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{what} {path}: line {reader.line_num} is not valid {fmt.upper()} ({exc})") from None
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue  # blank line
+            if len(values) != len(header):
+                sep = "tabs" if fmt == "tsv" else "commas"
+                raise DataError(f"{what} {path}: line {reader.line_num} has {len(values)} field(s) but the header "
+                                f"has {len(header)} ({', '.join(header)}); fix that row (stray {sep}?)")
+            yield reader.line_num, dict(zip(header, values))
+
+    return header, rows()
+
+
+def _jsonl_rows(path: Path, what: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    def parsed() -> Iterator[tuple[int, dict]]:
+        for lineno, line in enumerate(_read_lines(path, what), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{what} {path}: line {lineno} is not valid JSON ({exc.msg}); "
+                                f"each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{what} {path}: line {lineno} is a JSON {type(row).__name__}, not an object; "
+                                f"each line must be one JSON object like {{\"text\": ..., \"label\": ...}}")
+            yield lineno, row
+
+    it = parsed()
+    try:
+        first = next(it)
+    except StopIteration:
+        raise DataError(f"{what} {path} holds no JSON rows; it needs at least one line") from None
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        yield first
+        yield from it
+
+    return list(first[1]), rows()
+
+
+def _hf_rows(spec: str, what: str, default_split: str) -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
+    """Rows of `hf:NAME[@SPLIT]` via `datasets` (optional dependency). Returns (columns, rows, label names)."""
+    name = spec[len(HF_PREFIX):]
+    name, _, split = name.partition("@")
+    split = split or default_split
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{what} {spec} needs the `datasets` package (pip install datasets) and network access; "
+                        f"or save the split as a TSV/CSV/JSONL file and pass its path") from None
+    attempts = [(name,)]
+    if name.count("/") == 1:  # 'glue/sst2' is dataset 'glue', config 'sst2'
+        attempts.append(tuple(name.split("/")))
+    errors = []
+    for args in attempts:
+        try:
+            ds = datasets.load_dataset(*args, split=split)
+            break
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, config, split)
+            errors.append(f"{'/'.join(args)}: {type(exc).__name__}: {exc}")
+    else:
+        raise DataError(f"{what} {spec}: cannot load split {split!r} ({'; '.join(errors)[:400]}); check the name, "
+                        f"the split (hf:NAME@SPLIT) and network access, or pass a local file")
+    label_names = {}
+    for col, feature in ds.features.items():
+        names = getattr(feature, "names", None)
+        if names:
+            label_names[col] = list(names)
+    return list(ds.column_names), ((i + 1, dict(row)) for i, row in enumerate(ds)), label_names
+
+
+def read_rows(path: str | Path, fmt: Optional[str] = None, what: str = "data file",
+              default_split: str = "train") -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
+    """(column names, iterator of (line number, row dict), {column: class names}) of a table-like source."""
+    if str(path).startswith(HF_PREFIX):
+        return _hf_rows(str(path), what, default_split)
+    path = Path(path)
+    fmt = detect_format(path, fmt)
+    _check_file(path, what)
+    if fmt in ("tsv", "csv"):
+        header, rows = _delimited_rows(path, fmt, what)
+    elif fmt == "jsonl":
+        header, rows = _jsonl_rows(path, what)
+    else:
+        raise DataError(f"{what} {path}: a plain text file has no columns; classification needs a TSV/CSV/JSONL "
+                        f"file with a text and a label column")
+    return header, rows, {}
+
+
+def _require_columns(columns: Sequence[str], wanted: dict[str, Optional[str]], source: str, what: str) -> None:
+    for option, col in wanted.items():
+        if col is not None and col not in columns:
+            raise DataError(f"{what} {source} has no column {col!r} (columns found: {', '.join(map(str, columns))}); "
+                            f"pass {option} with one of them")
+
+
+def _cell(row: dict, col: str, lineno: int, source: str, what: str) -> Any:
+    if col not in row:
+        raise DataError(f"{what} {source}: line {lineno} has no {col!r} field; every row needs it")
+    return row[col]
+
+
+# -- labels --------------------------------------------------------------------------------------------------
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _as_int(value: Any) -> Optional[int]:
+    """The integer a label stands for, or None when it is not int-like ('1', 1, 1.0 are; 'pos', 1.5 are not)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INT_RE.match(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _label_mapping(raw: list[tuple[int, Any]], source: str,
+                   what: str) -> tuple[list[int], int, Optional[dict[int, str]]]:
+    """(ids, num_labels, id2label) from (line number, raw label) pairs, as documented in the module docstring."""
+    ints = [(ln, _as_int(v), v) for ln, v in raw]
+    int_like = [t for t in ints if t[1] is not None]
+    if int_like and len(int_like) < len(ints):
+        bad = next(t for t in ints if t[1] is None)
+        good = int_like[0]
+        raise DataError(f"{what} {source}: label {bad[2]!r} on line {bad[0]} is not an integer while other labels "
+                        f"are (e.g. {good[2]!r} on line {good[0]}); use one kind of label throughout")
+    if int_like and all(t[1] >= 0 for t in ints):
+        ids = [t[1] for t in ints]
+        num_labels = max(ids) + 1
+        distinct = len(set(ids))
+        id2label = None
+    else:
+        # strings (or integers with negatives, e.g. -1/1): sorted unique values → 0..n−1
+        if int_like:
+            names = sorted({t[1] for t in ints})
+            keys = [t[1] for t in ints]
+            id2label = {i: str(n) for i, n in enumerate(names)}
+            index = {n: i for i, n in enumerate(names)}
+        else:
+            keys = [str(v).strip() for _, v in raw]
+            names = sorted(set(keys))
+            id2label = dict(enumerate(names))
+            index = {n: i for i, n in enumerate(names)}
+        ids = [index[k] for k in keys]
+        num_labels = distinct = len(names)
+    if distinct < 2:
+        only = raw[0][1] if raw else None
+        raise DataError(f"{what} {source}: every row has the same label ({only!r}); classification needs at least "
+                        f"2 classes")
+    return ids, num_labels, id2label
+
+
+def _apply_mapping(raw: list[tuple[int, Any]], reference: "ClassificationData", source: str,
+                   what: str) -> list[int]:
+    """Map dev labels with the training set's mapping (ids / names must exist there)."""
+    ids = []
+    label2id = reference.label2id if reference.string_labels else None
+    for lineno, value in raw:
+        if label2id is None:
+            i = _as_int(value)
+            if i is None or not 0 <= i < reference.num_labels:
+                raise DataError(f"{what} {source}: label {value!r} on line {lineno} is not one of the training "
+                                f"labels 0..{reference.num_labels - 1}")
+        else:
+            key = str(value).strip()
+            if key not in label2id and _as_int(value) is not None:
+                key = str(_as_int(value))
+            if key not in label2id:
+                raise DataError(f"{what} {source}: label {value!r} on line {lineno} does not occur in the training "
+                                f"data (training labels: {', '.join(sorted(label2id))})")
+            i = label2id[key]
+        ids.append(i)
+    return ids
+
+
+# -- public loaders ------------------------------------------------------------------------------------------
+def subsample_indices(n: int, max_rows: Optional[int], seed: int) -> list[int]:
+    """Deterministic subsample of range(n) (file order kept); all of it when max_rows is None or >= n."""
+    if max_rows is None or max_rows >= n:
+        return list(range(n))
+    if max_rows < 1:
+        raise DataError(f"max rows must be >= 1; got {max_rows}")
+    return sorted(random.Random(seed).sample(range(n), max_rows))
+
+
+def load_classification(path: str | Path, *, text_column: str = "text", label_column: str = "label",
+                        text_pair_column: Optional[str] = None, fmt: Optional[str] = None,
+                        max_rows: Optional[int] = None, seed: int = 0, what: Optional[str] = None,
+                        reference: Optional[ClassificationData] = None) -> ClassificationData:
+    """Read a classification file. `reference` (the training data) fixes the label mapping for a dev file.
+    `what` names the file in error messages (default 'training file' / 'dev file')."""
+    source = str(path)
+    what = what or ("training file" if reference is None else "dev file")
+    columns, rows, label_names = read_rows(path, fmt, what,
+                                           default_split="train" if reference is None else "validation")
+    wanted = {"--text-column": text_column, "--label-column": label_column, "--text-pair-column": text_pair_column}
+    _require_columns(columns, wanted, source, what)
+    texts, pairs, raw = [], [], []
+    for lineno, row in rows:
+        text = _cell(row, text_column, lineno, source, what)
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise DataError(f"{what} {source}: line {lineno} has an empty {text_column!r}; remove the row or fill it")
+        texts.append(str(text))
+        if text_pair_column is not None:
+            pairs.append(str(_cell(row, text_pair_column, lineno, source, what)))
+        label = _cell(row, label_column, lineno, source, what)
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{what} {source}: line {lineno} has an empty {label_column!r}; every row needs a label")
+        raw.append((lineno, label))
+    if not texts:
+        raise DataError(f"{what} {source} has a header but no data rows; add rows or pick another file")
+    if reference is None:
+        ids, num_labels, id2label = _label_mapping(raw, source, what)
+        string_labels = id2label is not None
+        class_names = label_names.get(label_column)  # a `datasets` ClassLabel: integer ids with names
+        if not string_labels and class_names and len(class_names) >= num_labels:
+            id2label, num_labels = dict(enumerate(class_names)), len(class_names)
+    else:
+        ids = _apply_mapping(raw, reference, source, what)
+        num_labels, id2label, string_labels = reference.num_labels, reference.id2label, reference.string_labels
+    keep = subsample_indices(len(texts), max_rows, seed)
+    data = ClassificationData(
+        source=source, texts=[texts[i] for i in keep], labels=[ids[i] for i in keep], num_labels=num_labels,
+        text_pairs=[pairs[i] for i in keep] if text_pair_column is not None else None, id2label=id2label,
+        string_labels=string_labels, total_rows=len(texts),
+        format="hf" if source.startswith(HF_PREFIX) else detect_format(path, fmt))
+    log.info("%s: %d rows (%d used), %d classes", source, len(texts), len(data), num_labels)
+    return data
+
+
+def load_texts(path: str | Path, *, text_column: str = "text", fmt: Optional[str] = None,
+               max_blocks: Optional[int] = None, seed: int = 0, what: str = "training file",
+               default_split: str = "train") -> TextData:
+    """Documents for causal-LM training: paragraphs (blank-line separated) of a text file, or a column of rows.
+
+    `max_blocks` limits the number of token blocks used once the text is chunked (see `lm_blocks`);
+    `default_split` is the split of an `hf:` dataset named without '@SPLIT'."""
+    source = str(path)
+    if not source.startswith(HF_PREFIX) and detect_format(path, fmt) == "text":
+        path = Path(path)
+        _check_file(path, what)
+        content = "".join(_read_lines(path, what))
+        docs = [d.strip() for d in re.split(r"\n\s*\n", content) if d.strip()]
+        fmt_name = "text"
+    else:
+        columns, rows, _ = read_rows(path, fmt, what, default_split=default_split)
+        _require_columns(columns, {"--text-column": text_column}, source, what)
+        docs = []
+        for lineno, row in rows:
+            value = _cell(row, text_column, lineno, source, what)
+            if value is not None and str(value).strip():
+                docs.append(str(value))
+        fmt_name = "hf" if source.startswith(HF_PREFIX) else detect_format(path, fmt)
+    if not docs:
+        raise DataError(f"{what} {source} holds no text; it needs at least one non-empty line")
+    log.info("%s: %d documents", source, len(docs))
+    return TextData(source=source, texts=docs, total_rows=len(docs), format=fmt_name, max_blocks=max_blocks,
+                    seed=seed)
+
+
+# -- tokenisation --------------------------------------------------------------------------------------------
+def ensure_pad_token(tokenizer) -> None:
+    """Decoder tokenizers often lack a pad token; reuse EOS (or UNK) so batches can be padded."""
+    if tokenizer.pad_token_id is None:
+        for candidate in (tokenizer.eos_token, tokenizer.unk_token):
+            if candidate is not None:
+                tokenizer.pad_token = candidate
+                return
+        raise DataError("the tokenizer has no pad, eos or unk token to pad batches with")
+
+
+def tokenize_classification(data: ClassificationData, tokenizer, max_length: int) -> list[dict]:
+    """One dict per row: input_ids, attention_mask (token_type_ids when the tokenizer makes them), label."""
+    ensure_pad_token(tokenizer)
+    enc = tokenizer(data.texts, data.text_pairs, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{**{k: enc[k][i] for k in keys}, "labels": data.labels[i]} for i in range(len(data))]
+
+
+def pad_collate(tokenizer):
+    """A collate function padding a list of tokenised rows to the longest (tokenizer's padding side)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+
+    def collate(rows: list[dict]) -> dict:
+        n = max(len(r["input_ids"]) for r in rows)
+        out: dict[str, Any] = {}
+        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+            if key not in rows[0]:
+                continue
+            padded = []
+            for r in rows:
+                pad = [fill] * (n - len(r[key]))
+                padded.append(pad + list(r[key]) if left else list(r[key]) + pad)
+            out[key] = torch.tensor(padded, dtype=torch.long)
+        out["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        if "index" in rows[0]:  # row position in its data set (cached teacher logits are looked up by it)
+            out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        return out
+
+    return collate
+
+
+def lm_blocks(data: TextData, tokenizer, block_size: int):
+    """(N, block_size) LongTensor: documents tokenised, joined with EOS, cut into full blocks (remainder dropped;
+    a stream shorter than one block gives one shorter block). `data.max_blocks` subsamples blocks with
+    `data.seed` (deterministic)."""
+    import torch
+
+    enc = tokenizer(data.texts, add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in enc:
+        stream.extend(ids)
+        if eos is not None and (not ids or ids[-1] != eos):
+            stream.append(eos)
+    if len(stream) < 2:
+        raise DataError(f"{data.source} tokenises to {len(stream)} token(s); causal-LM training needs at least 2")
+    if len(stream) < block_size:
+        blocks = torch.tensor([stream], dtype=torch.long)
+    else:
+        n = len(stream) // block_size
+        blocks = torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
+    keep = subsample_indices(blocks.shape[0], data.max_blocks, data.seed)
+    return blocks[keep]
+
+
+__all__ = ["ClassificationData", "TextData", "FORMATS", "detect_format", "read_rows", "load_classification",
+           "load_texts", "subsample_indices", "ensure_pad_token", "tokenize_classification", "pad_collate",
+           "lm_blocks"]

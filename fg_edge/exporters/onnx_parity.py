@@ -1,0 +1,293 @@
+"""The parity gate: an exported graph run by ONNX Runtime (CPU) against the *gated* torch model.
+
+* encoders / classifiers: batch of 3 sequences of different lengths, right-padded; outputs compared on the
+  real (non-pad) positions.
+* causal LMs: batch of 3 left-padded prompts, prefill (past length 0) then `steps` cached greedy steps with
+  the graph's own per-layer present tensors fed back. Both sides are fed torch's greedy token each step, so the
+  logits stay comparable; the graph's greedy token must equal torch's at every step (an exact tie — a torch
+  margin between the two tokens within the tolerance — is counted, not failed).
+
+`check_onnx_parity(..., raise_on_fail=True)` raises fg_edge.errors.ParityError (with the numbers) when the
+max abs difference exceeds `tol` or a greedy token differs; int8 graphs are measured with raise_on_fail=False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fg_edge.compiler.parity import scaled_tolerance
+from fg_edge.errors import ParityError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOL = 1e-4
+DEFAULT_STEPS = 32
+ENCODER_LENGTHS = (11, 6, 3)
+DECODER_LENGTHS = (7, 4, 2)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run torch with `n` intra-op threads: torch's OpenMP pool and ORT's pool alternate in the parity loop
+    and, with both spinning on few cores, a tiny forward can take 100x longer."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def make_session(path: str | Path, threads: Optional[int] = None, optimization: str = "all",
+                 low_memory: bool = False):
+    """A CPU session. `low_memory` (parity checks): no CPU memory arena and no memory-pattern pre-allocation,
+    so a large graph's session holds its weights and little else; the numbers computed are the same."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if low_memory:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+    # no busy-waiting ORT threads: the parity loop alternates ORT and torch, spinning threads starve torch
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.graph_optimization_level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _input_names(session) -> list[str]:
+    return [i.name for i in session.get_inputs()]
+
+
+def _kv_shapes(session) -> list[tuple[int, int]]:
+    """(kv_heads, head_dim) per layer from the graph's declared past inputs."""
+    shapes = []
+    for inp in session.get_inputs():
+        if inp.name.startswith("past_key_values.") and inp.name.endswith(".key"):
+            shapes.append((int(inp.shape[1]), int(inp.shape[3])))
+    return shapes
+
+
+class ParityReference:
+    """The gated torch model's side of the parity gate, computed once and reused for every graph checked against
+    it (model.onnx, baseline.onnx, their int8 / QDQ versions): ORT is fed torch's own greedy tokens, so the torch
+    trajectory does not depend on the graph under test.
+
+    * encoders: the padded batch and the reference output (per token_type_ids variant, as the graph asks);
+    * causal LMs: the left-padded prompts, the prefill logits, and per cached greedy step the fed token, attention
+      mask, position ids and torch's last-position logits.
+
+    Build it with `ParityReference(gated_model, kind=..., steps=..., seed=...)`; the torch forwards run on first
+    use (or `.compute()`), after which the model may be freed (`.release_model()`).
+    """
+
+    def __init__(self, model: nn.Module, *, kind: str, steps: int = DEFAULT_STEPS, seed: int = 0):
+        self.model, self.kind, self.steps, self.seed = model, kind, steps, seed
+        self.vocab = int(getattr(model.config, "vocab_size", 100) or 100)
+        self._encoder: dict[bool, dict] = {}
+        self._decoder: Optional[dict] = None
+
+    def release_model(self) -> None:
+        """Drop the reference to the torch model (its outputs stay); later checks must not need new forwards."""
+        self.model = None
+
+    def compute(self, token_type_ids: Optional[bool] = None) -> "ParityReference":
+        if self.kind == "causal-lm":
+            self.decoder()
+        else:
+            from fg_edge.exporters.onnx_export import uses_token_type_ids
+
+            self.encoder(uses_token_type_ids(self.model) if token_type_ids is None else token_type_ids)
+        return self
+
+    def _run(self, fn, *args):
+        if self.model is None:
+            raise RuntimeError("ParityReference: the torch model was released before this reference was computed")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch_threads(1), torch.no_grad():
+                return fn(*args)
+        finally:
+            self.model.train(was_training)
+
+    def encoder(self, token_type_ids: bool) -> dict:
+        if token_type_ids not in self._encoder:
+            self._encoder[token_type_ids] = self._run(self._encoder_reference, token_type_ids)
+        return self._encoder[token_type_ids]
+
+    def decoder(self) -> dict:
+        if self._decoder is None:
+            self._decoder = self._run(self._decoder_reference)
+        return self._decoder
+
+    def _encoder_reference(self, token_type_ids: bool) -> dict:
+        from fg_edge.testing import padded_batch
+
+        ids, mask = padded_batch(self.vocab, lengths=ENCODER_LENGTHS, seed=self.seed)
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        kwargs = dict(input_ids=ids, attention_mask=mask)
+        if token_type_ids:
+            tt = torch.zeros_like(ids)
+            tt[:, ids.shape[1] // 2:] = 1
+            tt *= mask
+            feeds["token_type_ids"] = tt.numpy()
+            kwargs["token_type_ids"] = tt
+        out = self.model(**kwargs, return_dict=True)
+        outputs = {name: getattr(out, name).float().numpy().copy()
+                   for name in ("logits", "last_hidden_state") if getattr(out, name, None) is not None}
+        return {"feeds": feeds, "mask": mask.numpy(), "outputs": outputs}
+
+    def _decoder_reference(self) -> dict:
+        from fg_edge.testing import padded_batch
+
+        model, steps = self.model, self.steps
+        ids, mask = padded_batch(self.vocab, lengths=DECODER_LENGTHS, seed=self.seed, left=True)
+        batch = ids.shape[0]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
+        prefill = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy(),
+                   "logits": ref.logits.float().numpy().copy()}
+        cache = ref.past_key_values
+        t_logits = ref.logits[:, -1].float()
+        del ref
+        step_logits, step_feeds = [t_logits.numpy().copy()], []
+        for _ in range(steps):
+            tok = t_logits.argmax(-1)
+            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
+            pos = mask.sum(-1, keepdim=True) - 1
+            r = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                      use_cache=True, return_dict=True)
+            cache = r.past_key_values
+            step_feeds.append({"input_ids": tok[:, None].numpy(), "attention_mask": mask.numpy(),
+                               "position_ids": pos.numpy()})
+            t_logits = r.logits[:, -1].float()
+            step_logits.append(t_logits.numpy().copy())
+        del cache
+        return {"batch": batch, "prefill": prefill, "step_feeds": step_feeds, "step_logits": step_logits}
+
+
+def _encoder_parity(reference: ParityReference, session) -> tuple[float, dict]:
+    names = _input_names(session)
+    ref_data = reference.encoder("token_type_ids" in names)
+    feeds = {k: v for k, v in ref_data["feeds"].items() if k in names}
+    mask = ref_data["mask"]
+    out_name = session.get_outputs()[0].name
+    got = session.run([out_name], feeds)[0]
+    ref = ref_data["outputs"][out_name]
+    diff = np.abs(got.astype(np.float32) - ref)
+    scale = np.abs(ref)
+    if diff.ndim == 3:  # per-token outputs: only real positions count
+        diff = diff * mask[..., None]
+        scale = scale * mask[..., None]
+    detail = {"batch": len(ENCODER_LENGTHS), "lengths": list(ENCODER_LENGTHS), "output": out_name,
+              "reference_max_abs": float(scale.max())}
+    if out_name == "logits" and ref.ndim == 2:
+        detail["argmax_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
+    return float(diff.max()), detail
+
+
+def _decoder_parity(reference: ParityReference, session, steps: int, tol: float) -> tuple[float, dict]:
+    ref_data = reference.decoder()
+    if steps > len(ref_data["step_feeds"]):
+        raise ValueError(f"the parity reference holds {len(ref_data['step_feeds'])} cached steps, {steps} asked")
+    kv_shapes = _kv_shapes(session)
+    pre, batch = ref_data["prefill"], ref_data["batch"]
+    feeds = {k: pre[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    for i, (kv, hd) in enumerate(kv_shapes):
+        feeds[f"past_key_values.{i}.key"] = np.zeros((batch, kv, 0, hd), np.float32)
+        feeds[f"past_key_values.{i}.value"] = np.zeros((batch, kv, 0, hd), np.float32)
+    outs = session.run(None, feeds)
+    valid = pre["attention_mask"][..., None]
+    max_diff = float((np.abs(outs[0] - pre["logits"]) * valid).max())
+    ref_max = float((np.abs(pre["logits"]) * valid).max())
+    o_logits = outs[0][:, -1]
+    mismatches, ties, first_mismatch, agree = 0, 0, None, 0
+    for step in range(steps + 1):
+        t_logits = ref_data["step_logits"][step]
+        if step:
+            max_diff = max(max_diff, float(np.abs(o_logits - t_logits).max()))
+            ref_max = max(ref_max, float(np.abs(t_logits).max()))
+        tok, o_tok = t_logits.argmax(-1), o_logits.argmax(-1)
+        for b in range(batch):
+            if int(tok[b]) == int(o_tok[b]):
+                agree += 1
+                continue
+            margin = float(t_logits[b, tok[b]] - t_logits[b, o_tok[b]])
+            if margin <= scaled_tolerance(tol, float(np.abs(t_logits).max())):
+                ties += 1
+            else:
+                mismatches += 1
+                if first_mismatch is None:
+                    first_mismatch = dict(step=step, row=b, torch_token=int(tok[b]), onnx_token=int(o_tok[b]),
+                                          torch_margin=margin)
+        if step == steps:
+            break
+        feeds = dict(ref_data["step_feeds"][step])
+        for i in range(len(kv_shapes)):
+            feeds[f"past_key_values.{i}.key"] = outs[1 + 2 * i]
+            feeds[f"past_key_values.{i}.value"] = outs[2 + 2 * i]
+        outs = session.run(None, feeds)
+        o_logits = outs[0][:, -1]
+    total = batch * (steps + 1)
+    detail = {"batch": batch, "prompt_lengths": list(DECODER_LENGTHS), "padding": "left", "steps": steps,
+              "kv_shapes": [list(s) for s in kv_shapes], "greedy_tokens": total,
+              "token_agreement": agree / total, "token_mismatches": mismatches, "token_ties": ties,
+              "first_mismatch": first_mismatch, "reference_max_abs": ref_max}
+    return max_diff, detail
+
+
+def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *, kind: str,
+                      tol: float = DEFAULT_TOL, steps: int = DEFAULT_STEPS, what: Optional[str] = None,
+                      raise_on_fail: bool = True, seed: int = 0,
+                      reference: Optional[ParityReference] = None) -> dict:
+    """Compare `onnx_path` (ORT CPU) with the gated torch model; returns the figures (and raises on failure).
+
+    `reference`: a ParityReference of the gated model to reuse (its torch outputs are computed once for all the
+    graphs checked against it); `gated_model` may then be None. Without one, a fresh reference is computed.
+    """
+    what = what or Path(onnx_path).name
+    if reference is None:
+        if gated_model is None:
+            raise ValueError("check_onnx_parity needs the gated model or a ParityReference")
+        reference = ParityReference(gated_model, kind=kind, steps=steps, seed=seed)
+    elif reference.kind != kind or (kind == "causal-lm" and reference.steps < steps) or reference.seed != seed:
+        raise ValueError(f"the parity reference ({reference.kind}, {reference.steps} steps, seed {reference.seed}) "
+                         f"does not match this check ({kind}, {steps} steps, seed {seed})")
+    session = make_session(onnx_path, threads=1, low_memory=True)
+    try:
+        if kind == "causal-lm":
+            max_diff, detail = _decoder_parity(reference, session, steps, tol)
+        else:
+            max_diff, detail = _encoder_parity(reference, session)
+    finally:
+        del session
+    base_tol, tol = tol, scaled_tolerance(tol, detail["reference_max_abs"])
+    passed = max_diff <= tol and not detail.get("token_mismatches")
+    result = {"file": what, "reference": "gated torch model (fg_edge.load)", "runtime": "onnxruntime CPU",
+              "max_abs_diff": max_diff, "tolerance": base_tol, "effective_tolerance": tol,
+              "tolerance_rule": "max abs diff <= tolerance * max(1, max|gated output|)", "passed": passed, **detail}
+    log.info("parity %s: max abs diff %.3e (tol %.1e)%s", what, max_diff, tol,
+             "" if kind != "causal-lm" else f", greedy tokens agree {detail['token_agreement']:.1%}")
+    if raise_on_fail and not passed:
+        extra = ""
+        if detail.get("first_mismatch"):
+            m = detail["first_mismatch"]
+            extra = (f"{detail['token_mismatches']} greedy token(s) differ, first at step {m['step']} row {m['row']}: "
+                     f"torch {m['torch_token']} vs onnx {m['onnx_token']}; ")
+        raise ParityError(f"{what} vs the gated model", max_diff, tol,
+                          detail=f"{extra}batch {detail['batch']} with padding"
+                                 + (f", {steps} cached steps" if kind == "causal-lm" else ""))
+    return result
