@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -35,6 +36,7 @@ def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, m
         model.save_pretrained(out, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    gate_config = dataclasses.replace(gate_config, model_type=getattr(model.config, "model_type", None))
     gate_config.save(out / GATE_CONFIG_FILE)
     save_file(gate_state_dict(model), str(out / GATES_FILE), metadata={"format": "fg-edge-gates",
                                                                       "format_version": str(gate_config.format_version)})

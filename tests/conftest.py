@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-#: ../shared beside the repository (DESIGN.md §5): real data and models, read in place.
+#: ../shared beside the repository (docs/DESIGN.md §5): real data and models, read in place.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 

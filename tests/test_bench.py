@@ -1,6 +1,6 @@
 """`fg-edge bench` (fg_edge.runtimes.bench): output files and schema, decoders, missing baseline, bad options.
 
-Timings are never asserted (DESIGN §4: benchmarks write result files; unit tests check the files).
+Timings are never asserted (docs/DESIGN.md §4: benchmarks write result files; unit tests check the files).
 """
 
 from __future__ import annotations

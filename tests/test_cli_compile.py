@@ -81,7 +81,7 @@ def test_compile_bert_int8_ort(tmp_path, bert_dir):
 
 def test_compile_decoder_default_output(tmp_path):
     model_dir = make_model_dir(tmp_path, "qwen2")
-    res = invoke(model_dir, "--steps", "8")
+    res = invoke(model_dir, "--parity-steps", "8")
     assert res.exit_code == 0, res.output
     out = tmp_path / "qwen2_run_compiled"
     report = json.loads((out / "compile_report.json").read_text())
@@ -96,10 +96,10 @@ def test_compile_decoder_default_output(tmp_path):
     assert load_compiled(out).model.layers[1].self_attn.k_proj.out_features == 8
     # existing output without --overwrite: refused, untouched; with --overwrite: replaced
     before = (out / "model.onnx").stat().st_mtime_ns
-    res = invoke(model_dir, "--steps", "2")
+    res = invoke(model_dir, "--parity-steps", "2")
     assert res.exit_code != 0 and "already exists" in res.output and "--overwrite" in res.output
     assert (out / "model.onnx").stat().st_mtime_ns == before
-    res = invoke(model_dir, "--steps", "2", "--overwrite", "--no-baseline")
+    res = invoke(model_dir, "--parity-steps", "2", "--overwrite", "--no-baseline")
     assert res.exit_code == 0, res.output
     assert not (out / "baseline.onnx").exists() and _no_leftovers(tmp_path)
 

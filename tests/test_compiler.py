@@ -1,5 +1,5 @@
 """The compiler: folded + pruned models equal the gated ones (padded batches, cached greedy generation), the plan
-follows DESIGN §3 (GQA evenness, degenerate layers, q·k-only heads stay), removed parameters are really gone from
+follows docs/DESIGN.md §3 (GQA evenness, degenerate layers, q·k-only heads stay), removed parameters are really gone from
 the saved weights, compiled folders reload in a fresh process, and bad gate state is refused before anything is
 written."""
 

@@ -1,4 +1,4 @@
-"""Gate math against closed-form values (DESIGN §1)."""
+"""Gate math against closed-form values (docs/DESIGN.md §1)."""
 
 import math
 

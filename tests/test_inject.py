@@ -1,5 +1,7 @@
 """Injection on every supported architecture, open gates == base model, state round trip, errors."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,8 +9,8 @@ from fg_edge import load
 from fg_edge.arch import ARCHITECTURES
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError, UnsupportedArchitectureError
-from fg_edge.gates.inject import (gate_state_dict, gated_modules, inject_gates, load_gate_state, mark_trainable,
-                            unwrapped)
+from fg_edge.gates.inject import gate_state_dict, gated_modules, inject_gates, load_gate_state, unwrapped
+from fg_edge.gates.stats import mark_trainable_, numel
 from fg_edge.model_dir import save_model_dir
 from fg_edge.testing import DECODERS, TINY_CONFIGS, padded_batch, tiny_model
 
@@ -81,7 +83,7 @@ def test_training_mode_is_stochastic_and_trainable_counts():
     model = tiny_model("bert")
     cfg = GateConfig(granularity="paper")
     inject_gates(model, cfg)
-    n = mark_trainable(model, cfg)
+    n = numel(mark_trainable_(model, cfg))
     gate_params = sum(g.logits.numel() for m in gated_modules(model).values() for g in m.gates())
     assert gate_params < n < sum(p.numel() for p in model.parameters())
     ids, mask = padded_batch(model.config.vocab_size)
@@ -145,4 +147,5 @@ def test_model_dir_roundtrip(tmp_path, model_type):
     save_model_dir(model, cfg, out, metadata={"steps": 0})
     loaded = load(out)
     assert torch.equal(_logits(loaded, ids, mask), ref)
-    assert loaded.fg_edge_config == cfg
+    # the model_type gated is recorded when the model_dir is written (GateConfig is frozen)
+    assert loaded.fg_edge_config == dataclasses.replace(cfg, model_type=model.config.model_type)

@@ -12,7 +12,8 @@ from fg_edge.arch import ARCHITECTURES, layers_of
 from fg_edge.cli import cli
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.gates.math import open_probability
-from fg_edge.gates.inject import inject_gates, mark_trainable
+from fg_edge.gates.inject import inject_gates
+from fg_edge.gates.stats import mark_trainable_, numel
 from fg_edge.model_dir import GATES_FILE, save_model_dir
 from fg_edge.testing import tiny_model
 
@@ -97,7 +98,7 @@ def test_structured_encoder_counts_table_json_png(tmp_path):
     from fg_edge import load
 
     model = load(path)
-    assert data["trainable_params"] == mark_trainable(model, model.fg_edge_config)
+    assert data["trainable_params"] == numel(mark_trainable_(model, model.fg_edge_config))
     assert data["total_params"] == sum(p.numel() for p in model.parameters())
     gate_params = sum(s["count"] for s in data["gates_by_kind"].values())
     assert data["base_params"] == data["total_params"] - gate_params

@@ -13,10 +13,15 @@ from conftest import sentiment_rows, write_tsv
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.data.readers import load_classification, load_texts, pad_collate, tokenize_classification
 from fg_edge.errors import ConfigError
-from fg_edge.gates.inject import expected_sparsity, gated_modules, inject_gates, mark_trainable
+from fg_edge.gates.inject import gated_modules, inject_gates
+from fg_edge.gates.stats import expected_sparsity, mark_trainable_
 from fg_edge.testing import padded_batch, tiny_model
-from fg_edge.train.loop import (BestCheckpoint, DenseTeacher, TrainArgs, distill_kl, param_groups,
-                              sparsity_lambda_at, train)
+from fg_edge.formats.train_args import TrainArgs
+from fg_edge.train.checkpoint import BestCheckpoint
+from fg_edge.train.losses import DenseTeacher, distill_kl
+from fg_edge.train.loop import train
+from fg_edge.train.setup import param_groups
+from fg_edge.train.sparsity import sparsity_lambda_at
 
 
 
@@ -61,7 +66,7 @@ def test_param_groups_split_gates_head_and_rest():
     model = tiny_model("bert", task="classification")
     cfg = GateConfig()
     inject_gates(model, cfg)
-    mark_trainable(model, cfg)
+    mark_trainable_(model, cfg)
     groups = {g["name"]: g for g in param_groups(model, TrainArgs(lr=1e-3, gate_lr=1e-1, head_lr=1e-2))}
     assert {k: g["lr"] for k, g in groups.items()} == {"gates": 1e-1, "head": 1e-2, "rest": 1e-3}
     gate_ids = {id(gate.logits) for g in gated_modules(model).values() for gate in g.gates()}
@@ -97,7 +102,7 @@ def test_dense_teacher_is_exactly_the_base_model():
     cfg = GateConfig(task="causal-lm", adapter_rank=2)
     inject_gates(model, cfg)
     model.eval()  # new GatedLinear modules start in training mode (noisy gates)
-    mark_trainable(model, cfg)
+    mark_trainable_(model, cfg)
     for m in model.modules():
         if isinstance(m, torch.nn.LayerNorm):
             m.weight.requires_grad_(True)
@@ -213,7 +218,7 @@ def test_default_recipe_lands_on_the_parameter_target(tmp_path, encoder_tokenize
 def test_train_base_adds_the_block_weights_with_their_own_lr():
     model = tiny_model("bert", task="classification")
     cfg = GateConfig()
-    from fg_edge.train.loop import prepare_model
+    from fg_edge.train.setup import prepare_model
 
     prepare_model(model, cfg, TrainArgs(train_base=True))
     groups = {g["name"]: g for g in param_groups(model, TrainArgs(train_base=True, base_lr=3e-5))}

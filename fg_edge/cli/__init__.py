@@ -1,7 +1,7 @@
 """The `fg-edge` command line.
 
-Each command lives in its own module (`cli_<name>.py`) and imports torch / transformers only inside the
-command body, so `fg-edge --help` is instant.
+Each command lives in its own module (`fg_edge/cli/<name>.py`) and imports torch / transformers only inside the
+command body, so `fg-edge --help` is instant; options every command shares are in `fg_edge/cli/options.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class FgEdgeGroup(click.Group):
 @click.group(cls=FgEdgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="fg-edge")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """FineGates for edge deployment: learn gates, compile the sparsity away, ship ONNX.
 
     \b
@@ -38,11 +40,14 @@ def cli(verbose: int) -> None:
           --train SST-2/train.tsv --dev SST-2/dev.tsv --max-train 4000 --output runs/minilm
       fg-edge inspect runs/minilm --plot runs/minilm/gates.png
     """
+    if quiet and verbose:
+        raise click.UsageError("give -q/--quiet or -v/--verbose, not both")
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if verbose == 0:
-        logging.getLogger("fg_edge").setLevel(logging.INFO)
+    if verbose == 0:   # the command line's own choice of verbosity: fg-edge's progress notes at INFO
+        logging.getLogger("fg_edge").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _register() -> None:

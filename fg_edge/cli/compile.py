@@ -13,6 +13,8 @@ from typing import Optional
 
 import click
 
+from fg_edge.cli.options import emit_json, json_option, overwrite_option, progress_option, show_progress
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="compiled_dir to write [default: MODEL_DIR_compiled]; must not exist unless --overwrite.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@overwrite_option
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14–20).")
 @click.option("--quantize", type=click.Choice(["none", "int8", "qdq"]), default="none", show_default=True,
               help="int8: dynamic int8 MatMuls for CPU (model.int8.onnx, baseline.int8.onnx). qdq: static QDQ "
@@ -39,27 +41,42 @@ log = logging.getLogger(__name__)
               help="Store weights in model.onnx.data [default: automatic above 1.5 GB].")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="fp32 parity tolerance (max abs difference vs the gated model).")
-@click.option("--steps", "decoder_steps", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--parity-steps", "decoder_steps", type=click.IntRange(min=1), default=32, show_default=True,
               help="Decoders: cached greedy steps checked by the parity gate.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the stage progress bar.")
+@click.option("--steps", "legacy_steps", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Old name of --parity-steps (it clashed with train's --steps, optimiser steps).")
+@progress_option
+@json_option("the compile report")
 def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset: int, quantize: str,
                 per_channel: bool, calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool,
                 no_baseline: bool, external_data: Optional[bool], tolerance: float, decoder_steps: int,
-                progress: bool) -> None:
+                legacy_steps: Optional[int], progress: Optional[bool], json_path: Optional[str]) -> None:
     """Compile MODEL_DIR (from `fg-edge train`) into ONNX models that compute exactly what the gated model does.
 
     \b
     Writes model.onnx (compiled), baseline.onnx (dense, same export settings), optional int8 / QDQ / .ort
     files, config.json with the per-layer shape record, tokenizer files and compile_report.json. Refuses to
     write anything when ONNX Runtime disagrees with the gated model beyond --tolerance.
+
+    \b
+    Examples:
+      fg-edge compile runs/minilm -o runs/minilm-compiled --quantize int8 --ort-format
+      fg-edge compile runs/stories260K --parity-steps 64 --json runs/stories260K-report.json
     """
     from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir, default_output, format_summary
+
+    if legacy_steps is not None:
+        log.warning("--steps is now --parity-steps (train's --steps counts optimiser steps); using %d", legacy_steps)
+        decoder_steps = legacy_steps
 
     options = CompileOptions(opset=opset, quantize=quantize, per_channel=per_channel,
                              calibration=str(calibration) if calibration else None, ort_format=ort_format,
                              baseline=not no_baseline, external_data=external_data, tol=tolerance,
                              decoder_steps=decoder_steps, eval_data=str(eval_data) if eval_data else None)
     out = output or default_output(model_dir)
-    report = compile_model_dir(model_dir, out, options=options, overwrite=overwrite, progress=progress)
+    report = compile_model_dir(model_dir, out, options=options, overwrite=overwrite,
+                               progress=show_progress(progress))
+    if emit_json(report, json_path):
+        return
     click.echo(format_summary(report))
     click.echo(f"wrote {out}")

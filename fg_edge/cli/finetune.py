@@ -9,6 +9,8 @@ from typing import Optional
 
 import click
 
+from fg_edge.cli.options import overwrite_option, progress_option, read_train_dev, show_progress
+
 
 def _help(name: str) -> str:
     from fg_edge.formats.finetune_args import FinetuneArgs
@@ -24,7 +26,7 @@ def _help(name: str) -> str:
 @click.option("--dev", "dev_path", help="Dev data for checkpoint choice (carve it from the training rows).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write (a plain HF sequence-classification model).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@overwrite_option
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text.")
 @click.option("--text-pair-column", default=None, help="Second text column for sentence-pair tasks.")
 @click.option("--label-column", default="label", show_default=True, help="Column holding the label.")
@@ -38,7 +40,7 @@ def _help(name: str) -> str:
 @click.option("--lora-rank", type=click.IntRange(min=0), help=_help("lora_rank"))
 @click.option("--seed", type=click.IntRange(min=0), help=_help("seed"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on].")
+@progress_option
 def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
                  text_column: str, text_pair_column: Optional[str], label_column: str, max_train: Optional[int],
                  max_dev: Optional[int], trust_remote_code: bool, **options) -> None:
@@ -57,9 +59,8 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     from fg_edge.formats.atomic import check_output_dir
     from fg_edge.sources.resolve import load_pretrained, resolve_source
 
-    from fg_edge.cli.train import _read_data
-
     check_output_dir(output, overwrite)
+    options["progress"] = show_progress(options.get("progress"))
     given = {k: v for k, v in options.items() if v is not None}
     if "epochs" in given and "steps" in given:
         raise click.UsageError("give --epochs or --steps, not both")
@@ -68,7 +69,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     resolve_source(model)
-    train_data, dev_data = _read_data("classification", train_path, dev_path, dict(
+    train_data, dev_data = read_train_dev("classification", train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev))
     model_obj, tokenizer = load_pretrained(model, "classification", num_labels=train_data.num_labels,

@@ -57,3 +57,24 @@ def emit_json(data: Any, json_path: Optional[str]) -> bool:
     Path(json_path).write_text(text + "\n")
     click.echo(f"wrote {json_path}", err=True)
     return False
+
+
+def read_train_dev(task: str, train_path: str, dev_path: Optional[str], opts: dict):
+    """The --train / --dev files of `train` and `finetune` as ClassificationData / TextData (dev may be None)."""
+    from fg_edge.data.readers import load_classification, load_texts
+
+    if task == "classification":
+        common = dict(text_column=opts["text_column"], label_column=opts["label_column"],
+                      text_pair_column=opts["text_pair_column"], fmt=opts["data_format"], seed=opts["seed"])
+        train = load_classification(train_path, max_rows=opts["max_train"], what="--train file", **common)
+        dev = None
+        if dev_path is not None:
+            dev = load_classification(dev_path, max_rows=opts["max_dev"], what="--dev file", reference=train, **common)
+        return train, dev
+    common = dict(text_column=opts["text_column"], fmt=opts["data_format"], seed=opts["seed"])
+    train = load_texts(train_path, max_blocks=opts["max_train"], what="--train file", **common)
+    dev = None
+    if dev_path is not None:
+        dev = load_texts(dev_path, max_blocks=opts["max_dev"], what="--dev file", default_split="validation",
+                         **common)
+    return train, dev

@@ -18,6 +18,7 @@ import click
 
 from fg_edge.formats.gate_config import ADAPTER_MODULES, GRANULARITIES
 from fg_edge.formats.names import TASKS
+from fg_edge.cli.options import overwrite_option, progress_option, read_train_dev, show_progress
 from fg_edge.formats.train_args import SPARSITY_CONTROLS, SPARSITY_UNITS
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,6 @@ def _gate_help(name: str) -> str:
 
     f = {f.name: f for f in dataclasses.fields(GateConfig)}[name]
     return f.metadata["help"]
-
-
-def _read_data(task: str, train_path: str, dev_path: Optional[str], opts: dict):
-    from fg_edge.data.readers import load_classification, load_texts
-
-    if task == "classification":
-        common = dict(text_column=opts["text_column"], label_column=opts["label_column"],
-                      text_pair_column=opts["text_pair_column"], fmt=opts["data_format"], seed=opts["seed"])
-        train = load_classification(train_path, max_rows=opts["max_train"], what="--train file", **common)
-        dev = None
-        if dev_path is not None:
-            dev = load_classification(dev_path, max_rows=opts["max_dev"], what="--dev file", reference=train, **common)
-        return train, dev
-    common = dict(text_column=opts["text_column"], fmt=opts["data_format"], seed=opts["seed"])
-    train = load_texts(train_path, max_blocks=opts["max_train"], what="--train file", **common)
-    dev = None
-    if dev_path is not None:
-        dev = load_texts(dev_path, max_blocks=opts["max_dev"], what="--dev file", default_split="validation",
-                         **common)
-    return train, dev
 
 
 def _metadata(model_source: str, task: str, train_data, dev_data, result, args, gate_config, max_train,
@@ -131,7 +112,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--dev", "dev_path", help="Dev data (same format) for periodic evaluation and checkpoint choice.")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="model_dir to write (must not exist unless --overwrite).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output folder.")
+@overwrite_option
 @click.option("--format", "data_format", type=click.Choice(["auto", "tsv", "csv", "jsonl", "text"]), default="auto",
               show_default=True, help="Data file format (auto: from the extension).")
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text.")
@@ -182,7 +163,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))
 @click.option("--base-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("base_lr"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: on].")
+@progress_option
 def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
               data_format: str, text_column: str, text_pair_column: Optional[str], label_column: str,
               granularity: str, target_sparsity: float, sparsity_lambda: float, adapter_rank: int,
@@ -215,9 +196,11 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     from fg_edge.formats.atomic import check_output_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.sources.resolve import load_pretrained, resolve_source
-    from fg_edge.train.loop import TrainArgs, train
+    from fg_edge.formats.train_args import TrainArgs
+    from fg_edge.train.loop import train
 
     check_output_dir(output, overwrite)
+    train_options["progress"] = show_progress(train_options.get("progress"))
     given = {k: v for k, v in train_options.items() if v is not None}
     if "epochs" in given and "steps" in given:
         raise click.UsageError("give --epochs or --steps, not both")
@@ -242,7 +225,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         raise click.UsageError(str(exc)) from None
     resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
 
-    train_data, dev_data = _read_data(task, train_path, dev_path, dict(
+    train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev))
     num_labels = train_data.num_labels if task == "classification" else None

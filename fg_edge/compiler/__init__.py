@@ -5,7 +5,7 @@
     model = load_compiled("out/compiled")                      # no gates, no original model needed
 
 Passes (one function each, see `passes`): plan_removal -> merge_adapters_ -> fold_gates_ -> prune_ffn_ ->
-prune_heads_ -> check_parity. The rules of what may be removed are in `plan` (DESIGN.md §3).
+prune_heads_ -> check_parity. The rules of what may be removed are in `plan` (docs/DESIGN.md §3).
 
 Compiled folder format (format version 1)
 -----------------------------------------

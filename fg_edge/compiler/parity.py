@@ -1,4 +1,4 @@
-"""Parity: the compiled model must compute what the gated model computes (DESIGN.md §3), or nothing is written.
+"""Parity: the compiled model must compute what the gated model computes (docs/DESIGN.md §3), or nothing is written.
 
 Checked on a batch of sequences of different lengths with padding (right padding for encoders, left padding for
 decoders as in generation): logits and last hidden states over the valid (non-pad) positions, and for models

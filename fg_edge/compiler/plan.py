@@ -1,4 +1,4 @@
-"""Pass 1 — plan: which query heads, kv heads and FFN channels each layer loses (DESIGN.md §3).
+"""Pass 1 — plan: which query heads, kv heads and FFN channels each layer loses (docs/DESIGN.md §3).
 
 The plan is read from the *eval* gate values of a gated model (row / column / group gates; exactly 0 means
 closed) and is plain data (`to_dict` / `from_dict`), so it can be saved next to the compiled model and applied

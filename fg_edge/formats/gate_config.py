@@ -19,10 +19,12 @@ GRANULARITIES = ("paper", "structured")
 ADAPTER_MODULES = ("all", "gated")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GateConfig:
+    """Frozen: derive a changed copy with `dataclasses.replace`."""
+
     granularity: str = field(default="structured", metadata={
-        "help": "'paper': a row and a column gate on every targeted linear (DESIGN §1). 'structured': one gate "
+        "help": "'paper': a row and a column gate on every targeted linear (docs/DESIGN.md §1). 'structured': one gate "
                 "per attention head and per FFN channel, which the compiler can always remove."})
     target_sparsity: float = field(default=0.4, metadata={"help": "Fraction of gates the sparsity term pushes closed, in [0, 1)."})
     sparsity_lambda: float = field(default=50.0, metadata={"help": "λ: weight of the sparsity term in the loss."})
@@ -41,7 +43,7 @@ class GateConfig:
     target_modules: Optional[list[str]] = field(default=None, metadata={
         "help": "paper granularity only: module-name suffixes to gate instead of the architecture table's "
                 "(needed for architectures the table does not know)."})
-    model_type: Optional[str] = field(default=None, metadata={"help": "Set on injection: the HF model_type gated."})
+    model_type: Optional[str] = field(default=None, metadata={"help": "The HF model_type gated; written with the model_dir."})
     task: str = field(default="classification", metadata={"help": "'classification' or 'causal-lm'."})
     format_version: int = FORMAT_VERSION
 

@@ -26,7 +26,7 @@ SPARSITY_CONTROLS = ("lagrangian", "penalty")
 # -- arguments -----------------------------------------------------------------------------------------------
 @dataclass
 class TrainArgs:
-    # Learning rates. DESIGN §6: with the paper's lr (1e-3) a gate logit needs > 1,500 Adam steps to travel from
+    # Learning rates. docs/DESIGN.md §6: with the paper's lr (1e-3) a gate logit needs > 1,500 Adam steps to travel from
     # its init (θ≈1) to closed (θ < atanh(−0.5) ≈ −0.55), far beyond a short run. Defaults measured on
     # all-MiniLM-L6-v2 / SST-2 (4,000 rows, 3 epochs = 750 steps, target 0.4):
     #   gate lr 5e-2, no λ ramp, adapters off, norms frozen  → 79.5% dev, 54% of heads/channels closed

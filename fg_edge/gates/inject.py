@@ -69,10 +69,9 @@ def plan_targets(model: nn.Module, config: GateConfig) -> dict[str, dict]:
 
 
 def inject_gates(model: nn.Module, config: GateConfig) -> nn.Module:
-    """Wrap the target linears of `model` in place; returns the model. Sets `config.model_type`."""
+    """Wrap the target linears of `model` in place; returns the model (`config` is not changed)."""
     if gated_modules(model):
         raise ConfigError("model already carries fg-edge gates")
-    config.model_type = getattr(model.config, "model_type", None)
     targets = plan_targets(model, config)
     for name, kwargs in targets.items():
         parent_name, _, child = name.rpartition(".")
@@ -175,30 +174,6 @@ def sparsity_loss(model: nn.Module, config: GateConfig) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-@torch.no_grad()
-def expected_sparsity(model: nn.Module) -> float:
-    """1 − mean P(open), averaged per gated layer as the sparsity term does (so it meets the target there)."""
-    vals = []
-    for g in gated_modules(model).values():
-        ps = [gate.open_probability() for gate in g.gates()]
-        if not ps:
-            continue  # an adapter-only wrapper
-        vals.append(float(torch.stack([1 - p.mean() for p in ps]).mean()))
-    return sum(vals) / len(vals) if vals else 0.0
-
-
-@torch.no_grad()
-def closed_gate_fraction(model: nn.Module) -> float:
-    """Fraction of all gates whose eval value is exactly 0."""
-    closed = total = 0
-    for g in gated_modules(model).values():
-        for gate in g.gates():
-            v = gate.eval_values()
-            closed += int((v == 0).sum())
-            total += v.numel()
-    return closed / total if total else 0.0
-
-
 def task_head_names(model: nn.Module) -> list[str]:
     """Parameters outside the backbone (classifier / score / pooler of a fresh head) that training updates."""
     base = model.base_model
@@ -211,21 +186,3 @@ def task_head_names(model: nn.Module) -> list[str]:
     # Tied output embeddings (causal LM heads) stay frozen: they are the input embedding.
     tied = {id(p) for n, p in base.named_parameters()}
     return [n for n in names if id(model.get_parameter(n)) not in tied or n.startswith(base_prefix + "pooler.")]
-
-
-def mark_trainable(model: nn.Module, config: GateConfig, train_head: bool = True) -> int:
-    """Freeze everything, then unfreeze gates (+ adapters, + gated biases, + task head). Returns #trainable."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for g in gated_modules(model).values():
-        for gate in g.gates():
-            gate.logits.requires_grad_(True)
-        if g.lora_A is not None:
-            g.lora_A.requires_grad_(True)
-            g.lora_B.requires_grad_(True)
-        if config.train_biases and g.base_layer.bias is not None:
-            g.base_layer.bias.requires_grad_(True)
-    if train_head and config.task == "classification":
-        for n in task_head_names(model):
-            model.get_parameter(n).requires_grad_(True)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""The FineGates gate math (DESIGN.md §1), in one place.
+"""The FineGates gate math (docs/DESIGN.md §1), in one place.
 
 Every gate is one trainable logit θ.  μ = tanh(θ) and
 

@@ -5,12 +5,12 @@
     json.dump(report.to_dict(), ...)
     plot_report(report, "gates.png")      # fg_edge.inspect.plot
 
-Three different figures are reported, because they answer different questions (DESIGN §6):
+Three different figures are reported, because they answer different questions (docs/DESIGN.md §6):
 
 * **expected sparsity** — 1 − mean P(open) of a group of gates: what the sparsity term of the loss sees;
 * **closed** — gates whose *eval* value is exactly 0: what folding zeroes;
 * **removed** — attention heads, kv heads and FFN channels the compiler deletes from the exported graph. These
-  come from the compiler's own planner (`fg_edge.compiler.plan_removal`, DESIGN §3), so inspect and compile
+  come from the compiler's own planner (`fg_edge.compiler.plan_removal`, docs/DESIGN.md §3), so inspect and compile
   always agree; closed heads the planner keeps to even out GQA groups are reported as "zeroed, not removed".
 """
 
@@ -28,7 +28,8 @@ from torch import nn
 from fg_edge.arch import ARCHITECTURES, ArchSpec, head_layout, layers_of, layers_prefix
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, FgEdgeError
-from fg_edge.gates.inject import closed_gate_fraction, expected_sparsity, gated_modules, task_head_names
+from fg_edge.gates.inject import gated_modules, task_head_names
+from fg_edge.gates.stats import closed_gate_fraction, expected_sparsity
 from fg_edge.gates.layer import GatedLinear, in_out_features
 
 #: Gate kinds in report order. rows/cols: the paper's row and column gates (any targeted linear); heads: the

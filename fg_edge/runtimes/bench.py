@@ -1,6 +1,6 @@
 """`fg-edge bench`: compiled vs dense baseline (vs int8 variants) on ONNX Runtime, measured in one run.
 
-Method (DESIGN §4): for each provider x threads the sessions of every variant are created (creation time and
+Method (docs/DESIGN.md §4): for each provider x threads the sessions of every variant are created (creation time and
 RSS delta recorded), then for each batch x seq shape every variant is warmed up and the timed runs alternate
 between the variants round-robin (the order rotates every repeat, so no variant always runs first). Latency
 is reported as median / p90 / p99; speed-up = baseline median / variant median, against the dense baseline of the

@@ -1,6 +1,6 @@
 """Sparsity in the units the compiler removes: block parameters, with the compiler's own cost of every gate.
 
-A closed structured gate removes a fixed set of tensor entries from the exported model (DESIGN.md §3):
+A closed structured gate removes a fixed set of tensor entries from the exported model (docs/DESIGN.md §3):
 
 * a **head gate** (one per query head, on the attention output projection) removes the head's o-projection
   columns (hidden × head_dim) and its q rows (head_dim × (in + bias)); its kv head's k and v rows go when the
@@ -40,6 +40,10 @@ from torch import nn
 from fg_edge.arch import get_spec, head_layout, layers_of
 from fg_edge.errors import ConfigError
 from fg_edge.gates.math import StochasticGate, open_probability
+from fg_edge.formats.gate_config import GateConfig
+from fg_edge.formats.train_args import TrainArgs
+from fg_edge.gates.inject import gated_modules, sparsity_loss
+from fg_edge.gates.stats import expected_sparsity
 from fg_edge.gates.layer import GatedLinear, in_out_features
 
 log = logging.getLogger(__name__)
@@ -235,5 +239,72 @@ def snap_to_target_(costs: GateCosts, target: float) -> dict:
     return info
 
 
-__all__ = ["GateCosts", "gate_costs", "closed_probability", "LagrangianController", "snap_to_target_",
+
+
+def sparsity_lambda_at(step: int, gate_config: GateConfig, warmup_steps: int) -> float:
+    """λ at optimiser step `step` (0-based): linear warm-up over `warmup_steps`, then constant."""
+    if warmup_steps <= 0:
+        return gate_config.sparsity_lambda
+    return gate_config.sparsity_lambda * min(1.0, (step + 1) / warmup_steps)
+
+
+class SparsityTerm:
+    """The sparsity term of a run: unit (params / gates), control (Lagrangian / penalty), ramped target."""
+
+    def __init__(self, model: nn.Module, gate_config: GateConfig, args: TrainArgs, total: int):
+        self.model, self.gate_config, self.args = model, gate_config, args
+        self.unit = args.resolved_unit(gate_config.granularity)
+        self.costs = gate_costs(model) if self.unit == "params" else None
+        self.controller = LagrangianController(args.controller_lr) if args.sparsity_control == "lagrangian" else None
+        self.target = gate_config.target_sparsity
+        self.ramp = args.warmup_steps(total)
+
+    def target_at(self, step: int) -> float:
+        """The ramped target (Lagrangian) at 0-based step `step`."""
+        if self.ramp <= 0:
+            return self.target
+        return self.target * min(1.0, (step + 1) / self.ramp)
+
+    def soft_share(self) -> torch.Tensor:
+        """Differentiable share (the surrogate the gradient flows through)."""
+        if self.costs is not None:
+            if self.args.sparsity_pressure == "uniform":
+                return self.costs.soft_gate_share()
+            return self.costs.soft_share()
+        gates = [gate for g in gated_modules(self.model).values() for gate in g.gates()]
+        return torch.cat([closed_probability(gate.mu) for gate in gates]).mean()
+
+    @torch.no_grad()
+    def scale_share(self) -> float:
+        """The share the controller sees (1 − eval gate value, weighted; see fg_edge.train.sparsity)."""
+        if self.costs is not None:
+            return self.costs.scale_share()
+        gates = [gate for g in gated_modules(self.model).values() for gate in g.gates()]
+        return float(torch.cat([1 - gate.eval_values() for gate in gates]).mean())
+
+    def term(self, step: int) -> tuple[torch.Tensor, float]:
+        """(loss term, the controlled error or the penalty value) for this step."""
+        if self.controller is not None:
+            target = self.target_at(step)
+            measured = self.scale_share()
+            self._last = (measured, target)
+            return self.controller.term(self.soft_share(), measured, target), measured - target
+        lam = sparsity_lambda_at(step, self.gate_config, self.ramp)
+        if self.unit == "params":
+            sp = torch.abs(self.soft_share() - self.target)
+        else:
+            sp = sparsity_loss(self.model, self.gate_config)
+        return lam * sp, float(sp.detach())
+
+    def after_step(self) -> None:
+        if self.controller is not None:
+            _, target = self._last   # the step's target; the share is read again after the optimiser step
+            self.controller.update(self.scale_share(), target, met=self.measured() >= target)
+
+    def measured(self) -> float:
+        """The controlled quantity now: share of block parameters removed (params) or expected gate sparsity."""
+        return self.costs.hard_share() if self.costs is not None else expected_sparsity(self.model)
+
+
+__all__ = ["GateCosts", "gate_costs", "closed_probability", "LagrangianController", "snap_to_target_", "SparsityTerm", "sparsity_lambda_at",
            "CLOSED_LOGIT"]
