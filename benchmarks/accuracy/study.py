@@ -185,7 +185,7 @@ _ACC = """
 import sys, json, torch
 torch.set_num_threads(1)
 from fg_edge.data.readers import load_classification
-from fg_edge.train.reference_eval import reference_accuracy
+from fg_edge.train.reference_eval import classifier_accuracy, reference_accuracy
 kind, path, test = sys.argv[1:4]
 data = load_classification(test, what="test file")
 if kind == "hf":
@@ -193,13 +193,8 @@ if kind == "hf":
 else:
     import fg_edge
     from fg_edge.model_dir import load_tokenizer
-    model, tok = fg_edge.load(path), load_tokenizer(path)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(data), 64):
-            enc = tok(data.texts[i:i + 64], truncation=True, max_length=512, padding=True, return_tensors="pt")
-            correct += int((model(**enc).logits.argmax(-1) == torch.tensor(data.labels[i:i + 64])).sum())
-    print(correct / len(data))
+    print(classifier_accuracy(fg_edge.load(path), load_tokenizer(path), data.texts, data.labels, batch_size=64,
+                              max_length=512))
 """
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fg_edge.errors import ConfigError
 from fg_edge.gates.math import StochasticGate
 
 
@@ -52,7 +53,7 @@ class GatedLinear(nn.Module):
         self.group_size = group_size
         if group_size is not None:
             if group_size <= 0 or in_f % group_size:
-                raise ValueError(f"group size {group_size} does not divide in_features {in_f}")
+                raise ConfigError(f"group size {group_size} does not divide in_features {in_f}")
             self.group_gate = StochasticGate(in_f // group_size, **gate)
         else:
             self.group_gate = None

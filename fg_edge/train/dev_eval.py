@@ -26,7 +26,8 @@ def primary_metric(task: str, distilling: bool) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, task: str, accelerator, args: TrainArgs,
              teacher: Optional[Callable] = None) -> dict[str, float]:
-    """Dev figures with eval gates: accuracy + loss (classification); perplexity (+ distill_kl) for causal LM."""
+    """Dev figures with eval gates: accuracy + loss (classification); perplexity (+ distill_kl) for causal LM.
+    `accelerator` gathers the figures of every process (None: one process)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -50,7 +51,7 @@ def evaluate(model: nn.Module, loader, task: str, accelerator, args: TrainArgs,
                     kl = distill_kl(logits, teacher_logits, args.temperature, reduce=False)
                     parts["kl"] = (kl * batch["attention_mask"]).sum(1)
                     parts["kl_tokens"] = batch["attention_mask"].float().sum(1)
-            gathered = accelerator.gather_for_metrics(parts)
+            gathered = accelerator.gather_for_metrics(parts) if accelerator is not None else parts
             for k, v in gathered.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
     finally:

@@ -69,29 +69,17 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, loader) -> float:
-    was = model.training
-    model.eval()
-    correct = count = 0
-    for batch in loader:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        correct += int((model(**inputs).logits.argmax(-1) == batch["labels"]).sum())
-        count += len(batch["labels"])
-    model.train(was)
-    return correct / max(count, 1)
-
-
 def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
              args: Optional[FinetuneArgs] = None) -> tuple[nn.Module, FinetuneResult]:
     """Finetune `model` (see the module docstring); returns (model with the best checkpoint, result).
 
     With LoRA the returned model has the adapters merged (a plain HF model)."""
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from fg_edge.data.readers import pad_collate, tokenize_classification
+    from fg_edge.train.dev_eval import evaluate
+    from fg_edge.train.losses import model_inputs
+    from fg_edge.train.setup import build_loaders
 
     args = args or FinetuneArgs()
     torch.manual_seed(args.seed)
@@ -100,14 +88,7 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
     base_params = sum(p.numel() for p in model.parameters())
     if args.lora_rank:
         model = _add_lora(model, args)
-    collate = pad_collate(tokenizer)
-    rows = tokenize_classification(train_data, tokenizer, args.max_length)
-    loader = DataLoader(rows, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(rows) > args.batch_size)
-    dev_loader = None
-    if dev_data is not None:
-        dev_loader = DataLoader(tokenize_classification(dev_data, tokenizer, args.max_length),
-                                batch_size=args.eval_batch_size, collate_fn=collate)
+    loader, dev_loader = build_loaders("classification", tokenizer, train_data, dev_data, args)
     total = args.steps or max(1, math.ceil(args.epochs * len(loader)))
     optimizer = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
     schedule = get_linear_schedule_with_warmup(optimizer, round(args.warmup_fraction * total), total)
@@ -123,8 +104,7 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
     losses: list[float] = []
     while step < total:
         for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            loss = model(**inputs, labels=batch["labels"]).loss
+            loss = model(**model_inputs(batch), labels=batch["labels"]).loss
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -136,7 +116,7 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
                 record = {"step": step, "train_loss": sum(losses) / len(losses)}
                 losses = []
                 if dev_loader is not None:
-                    record["dev_accuracy"] = _accuracy(model, dev_loader)
+                    record["dev_accuracy"] = evaluate(model, dev_loader, "classification", None, args)["accuracy"]
                     if best is None or record["dev_accuracy"] > best["dev_accuracy"]:
                         best = {"step": step, "dev_accuracy": record["dev_accuracy"],
                                 "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}

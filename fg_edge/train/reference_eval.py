@@ -19,7 +19,6 @@ def reference_accuracy(path: str | Path, texts: Sequence[str], labels: Sequence[
                        max_length: int | None = None) -> dict[str, Any]:
     """Accuracy of the classifier folder `path` on (texts, labels); string labels go through its label2id."""
     try:
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
         raise ConfigError("--reference evaluates a PyTorch model and needs the training install: "
@@ -40,15 +39,25 @@ def reference_accuracy(path: str | Path, texts: Sequence[str], labels: Sequence[
         targets = [ids[lab] for lab in labels]
     else:
         targets = [int(lab) for lab in labels]
+    t0 = time.perf_counter()
+    value = classifier_accuracy(model, tokenizer, texts, targets, text_pairs, batch_size, max_length)
+    return {"metric": "accuracy", "value": value, "rows": len(texts), "seconds": time.perf_counter() - t0,
+            "file": path.name}
+
+
+def classifier_accuracy(model, tokenizer, texts: Sequence[str], targets: Sequence[int],
+                        text_pairs: Sequence[str] | None = None, batch_size: int = 32,
+                        max_length: int | None = None) -> float:
+    """Accuracy of a torch sequence classifier (plain or gated) on raw texts with integer targets."""
+    import torch
+
     limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
-    correct, t0 = 0, time.perf_counter()
+    correct = 0
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start:start + batch_size])
             pairs = list(text_pairs[start:start + batch_size]) if text_pairs else None
             enc = tokenizer(chunk, pairs, truncation=True, max_length=limit, padding=True, return_tensors="pt")
             pred = model(**enc).logits.argmax(-1)
-            correct += int((pred == torch.tensor(targets[start:start + batch_size])).sum())
-    n = len(texts)
-    return {"metric": "accuracy", "value": correct / n if n else float("nan"), "rows": n,
-            "seconds": time.perf_counter() - t0, "file": path.name}
+            correct += int((pred == torch.tensor(list(targets[start:start + batch_size]))).sum())
+    return correct / len(texts) if len(texts) else float("nan")

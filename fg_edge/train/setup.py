@@ -49,7 +49,8 @@ def param_groups(model: nn.Module, args: TrainArgs) -> list[dict]:
 
 
 def build_loaders(task: str, tokenizer, train_data, dev_data, args: TrainArgs):
-    """(train loader, dev loader or None) from ClassificationData / TextData (see fg_edge.data.readers)."""
+    """(train loader, dev loader or None) from ClassificationData / TextData (see fg_edge.data.readers).
+    `args`: TrainArgs or FinetuneArgs (seed, max_length, batch_size, eval_batch_size)."""
     from torch.utils.data import DataLoader
 
     from fg_edge.data.readers import ClassificationData, TextData, lm_blocks, pad_collate, tokenize_classification
