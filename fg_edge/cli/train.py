@@ -48,6 +48,33 @@ def _gate_help(name: str) -> str:
     return f.metadata["help"]
 
 
+def _configs(task: str, teacher_path: Optional[Path], train_options: dict, gate_options: dict):
+    """(GateConfig, TrainArgs) from the command line, or a UsageError naming the options that clash."""
+    from fg_edge.errors import ConfigError
+    from fg_edge.formats.gate_config import GateConfig
+    from fg_edge.formats.train_args import TrainArgs
+
+    given = {k: v for k, v in train_options.items() if v is not None}
+    if "epochs" in given and "steps" in given:
+        raise click.UsageError("give --epochs or --steps, not both")
+    if task == "classification" and given.get("distill") and teacher_path is None:
+        raise click.UsageError("--distill for --task classification needs --teacher DIR (a fine-tuned dense "
+                               "classifier, e.g. from `fg-edge finetune`); the base model has no trained head")
+    if teacher_path is not None and task != "classification":
+        raise click.UsageError("--teacher applies to --task classification; causal LMs distil from the dense base "
+                               "model with --distill")
+    if teacher_path is not None:
+        given["distill"] = True
+    modules = gate_options.pop("target_modules")
+    gate_options["target_modules"] = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
+    if gate_options["adapter_rank"] is None:
+        gate_options["adapter_rank"] = DEFAULT_ADAPTER_RANK[task]
+    try:
+        return GateConfig(**gate_options), TrainArgs(**given)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _metadata(model_source: str, task: str, train_data, dev_data, result, args, gate_config, max_train,
               max_dev, teacher_path=None) -> dict:
     from fg_edge import __version__
@@ -191,38 +218,17 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     plain .txt (paragraphs separated by blank lines), chunked into --max-length token blocks.
     Output: a model_dir (HF model + fg_edge_config.json + fg_edge_gates.safetensors + training.json).
     """
-    from fg_edge.formats.gate_config import GateConfig
-    from fg_edge.errors import ConfigError
     from fg_edge.formats.atomic import check_output_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.sources.resolve import load_pretrained, resolve_source
-    from fg_edge.formats.train_args import TrainArgs
     from fg_edge.train.loop import train
 
     check_output_dir(output, overwrite)
     train_options["progress"] = show_progress(train_options.get("progress"))
-    given = {k: v for k, v in train_options.items() if v is not None}
-    if "epochs" in given and "steps" in given:
-        raise click.UsageError("give --epochs or --steps, not both")
-    if task == "classification" and given.get("distill") and teacher_path is None:
-        raise click.UsageError("--distill for --task classification needs --teacher DIR (a fine-tuned dense "
-                               "classifier, e.g. from `fg-edge finetune`); the base model has no trained head")
-    if teacher_path is not None and task != "classification":
-        raise click.UsageError("--teacher applies to --task classification; causal LMs distil from the dense base "
-                               "model with --distill")
-    if teacher_path is not None:
-        given["distill"] = True
-    modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
-    try:
-        if adapter_rank is None:
-            adapter_rank = DEFAULT_ADAPTER_RANK[task]
-        gate_config = GateConfig(granularity=granularity, target_sparsity=target_sparsity,
-                                 sparsity_lambda=sparsity_lambda, adapter_rank=adapter_rank, scale_gates=scale_gates,
-                                 train_biases=train_biases, target_modules=modules, task=task,
-                                 adapter_modules=adapter_modules)
-        args = TrainArgs(**given)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    gate_config, args = _configs(task, teacher_path, train_options, dict(
+        granularity=granularity, target_sparsity=target_sparsity, sparsity_lambda=sparsity_lambda,
+        adapter_rank=adapter_rank, scale_gates=scale_gates, train_biases=train_biases, task=task,
+        adapter_modules=adapter_modules, target_modules=target_modules))
     resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
 
     train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(

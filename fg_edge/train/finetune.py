@@ -69,6 +69,22 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _record(model: nn.Module, dev_loader, args: FinetuneArgs, step: int, losses: list[float], history: list,
+            best: Optional[dict]) -> Optional[dict]:
+    """Append this evaluation to `history`; return the best checkpoint so far (state kept in memory)."""
+    from fg_edge.train.dev_eval import evaluate
+
+    record = {"step": step, "train_loss": sum(losses) / len(losses)}
+    if dev_loader is not None:
+        record["dev_accuracy"] = evaluate(model, dev_loader, "classification", None, args)["accuracy"]
+        if best is None or record["dev_accuracy"] > best["dev_accuracy"]:
+            best = {"step": step, "dev_accuracy": record["dev_accuracy"],
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    history.append(record)
+    log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
+    return best
+
+
 def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
              args: Optional[FinetuneArgs] = None) -> tuple[nn.Module, FinetuneResult]:
     """Finetune `model` (see the module docstring); returns (model with the best checkpoint, result).
@@ -77,7 +93,6 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from fg_edge.train.dev_eval import evaluate
     from fg_edge.train.losses import model_inputs
     from fg_edge.train.setup import build_loaders
 
@@ -113,15 +128,8 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
             losses.append(float(loss.detach()))
             bar.update(1)
             if step % every == 0 or step == total:
-                record = {"step": step, "train_loss": sum(losses) / len(losses)}
+                best = _record(model, dev_loader, args, step, losses, history, best)
                 losses = []
-                if dev_loader is not None:
-                    record["dev_accuracy"] = evaluate(model, dev_loader, "classification", None, args)["accuracy"]
-                    if best is None or record["dev_accuracy"] > best["dev_accuracy"]:
-                        best = {"step": step, "dev_accuracy": record["dev_accuracy"],
-                                "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                history.append(record)
-                log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step"))
             if step >= total:
                 break
     bar.close()
