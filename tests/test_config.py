@@ -50,3 +50,17 @@ def test_version_1_configs_keep_their_meaning():
     assert GateConfig().adapter_modules == "all" and GateConfig().format_version == FORMAT_VERSION == 2
     with pytest.raises(ConfigError, match="adapter_modules"):
         GateConfig(adapter_modules="everywhere")
+
+
+def test_gate_config_is_frozen_and_injection_leaves_it_alone():
+    import dataclasses
+
+    from fg_edge.gates.inject import inject_gates
+    from fg_edge.testing import tiny_model
+
+    cfg = GateConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.target_sparsity = 0.5
+    inject_gates(tiny_model("bert"), cfg)
+    assert cfg == GateConfig() and cfg.model_type is None
+    assert dataclasses.replace(cfg, target_sparsity=0.5).target_sparsity == 0.5
