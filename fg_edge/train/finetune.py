@@ -91,12 +91,11 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    from fg_edge.data.readers import pad_collate, tokenize_classification
+    from fg_edge.data.tokenize import pad_collate, set_pad_token_id, tokenize_classification
 
     args = args or FinetuneArgs()
     torch.manual_seed(args.seed)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    set_pad_token_id(model, tokenizer)
     base_params = sum(p.numel() for p in model.parameters())
     if args.lora_rank:
         model = _add_lora(model, args)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fg_edge.data.tokenize import set_pad_token_id
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, DataError
 from fg_edge.gates.inject import (closed_gate_fraction, expected_sparsity, gated_modules, inject_gates, mark_trainable,
@@ -360,7 +361,8 @@ def build_loaders(task: str, tokenizer, train_data, dev_data, args: TrainArgs):
     """(train loader, dev loader or None) from ClassificationData / TextData (see fg_edge.data.readers)."""
     from torch.utils.data import DataLoader
 
-    from fg_edge.data.readers import ClassificationData, TextData, lm_blocks, pad_collate, tokenize_classification
+    from fg_edge.data.readers import ClassificationData, TextData
+    from fg_edge.data.tokenize import lm_blocks, pad_collate, tokenize_classification
 
     generator = torch.Generator().manual_seed(args.seed)
     if task == "classification":
@@ -530,8 +532,8 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     set_seed(args.seed)
     accelerator = Accelerator()
     train_loader, dev_loader = build_loaders(task, tokenizer, train_data, dev_data, args)
-    if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    if task == "classification":
+        set_pad_token_id(model, tokenizer)
     prepare_model(model, gate_config, args)
     trainable, base = count_params(model)
     if teacher is None and args.distill and task == "classification":
