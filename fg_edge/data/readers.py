@@ -12,7 +12,8 @@ Two kinds of data:
   with EOS and cuts the token stream into blocks of ``max_length`` tokens.
 
 Rows come from `fg_edge.data.rows` (TSV / CSV / JSONL / `hf:` readers). Every problem with a file raises
-`fg_edge.errors.DataError` with one sentence that names the file (and line) and says what to do. Reading never needs a tokenizer, so the CLI can validate data before loading a model.
+`fg_edge.errors.DataError` with one sentence that names the file (and line) and says what to do. Reading never
+needs a tokenizer, so the CLI can validate data before loading a model.
 """
 
 from __future__ import annotations

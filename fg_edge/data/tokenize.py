@@ -33,8 +33,8 @@ def ensure_pad_token(tokenizer, fallbacks: tuple[str, ...] = ("eos_token", "unk_
             log.info("tokenizer has no pad token: using %s %r (id %d)", attr.split("_")[0], candidate,
                      tokenizer.pad_token_id)
             return
-    names = ", ".join(a.split("_")[0] for a in fallbacks)
-    raise error(f"the tokenizer has no pad token and none of {names} to pad batches with; pass a tokenizer with a "
+    names = " or ".join(a.split("_")[0] for a in fallbacks)
+    raise error(f"the tokenizer has no pad token and no {names} token to pad batches with; pass a tokenizer with a "
                 "pad token")
 
 
