@@ -9,7 +9,7 @@ from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError, UnsupportedArchitectureError
 from fg_edge.gates.inject import (gate_state_dict, gated_modules, inject_gates, load_gate_state, mark_trainable,
                             unwrapped)
-from fg_edge.model_dir import save_model_dir
+from fg_edge.model_dir import read_gate_config, save_model_dir
 from fg_edge.testing import DECODERS, TINY_CONFIGS, padded_batch, tiny_model
 
 
@@ -145,4 +145,4 @@ def test_model_dir_roundtrip(tmp_path, model_type):
     save_model_dir(model, cfg, out, metadata={"steps": 0})
     loaded = load(out)
     assert torch.equal(_logits(loaded, ids, mask), ref)
-    assert loaded.fg_edge_config == cfg
+    assert read_gate_config(out) == cfg

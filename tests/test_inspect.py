@@ -99,9 +99,10 @@ def test_structured_encoder_counts_table_json_png(tmp_path):
 
     # trainable parameters: exactly what mark_trainable would train on this model
     from fg_edge import load
+    from fg_edge.model_dir import read_gate_config
 
     model = load(path)
-    assert data["trainable_params"] == mark_trainable(model, model.fg_edge_config)
+    assert data["trainable_params"] == mark_trainable(model, read_gate_config(path))
     assert data["total_params"] == sum(p.numel() for p in model.parameters())
     gate_params = sum(s["count"] for s in data["gates_by_kind"].values())
     assert data["base_params"] == data["total_params"] - gate_params

@@ -26,13 +26,12 @@ def inspect_model(model: nn.Module, gate_config: Optional[GateConfig] = None, me
                   source: Optional[str] = None) -> InspectionReport:
     """Summarise the gates of a gated model (from `fg_edge.load` or `inject_gates`). Does not modify it.
 
-    `gate_config` defaults to the config `fg_edge.load` attaches to the model; `metadata` is the training.json
-    of a model_dir (see `read_training_metadata`), summarised into `report.training`.
+    `gate_config`: the config the gates were injected with (for a model_dir: `fg_edge.model_dir.read_gate_config`);
+    `metadata` is the training.json of a model_dir (see `read_training_metadata`), summarised into `report.training`.
     """
-    gate_config = gate_config if gate_config is not None else getattr(model, "fg_edge_config", None)
     if gate_config is None:
-        raise ConfigError("inspect_model needs the gate config: pass gate_config=..., or load the model with "
-                          "fg_edge.load(model_dir)")
+        raise ConfigError("inspect_model needs the gate config: pass gate_config=... (for a model_dir: "
+                          "fg_edge.model_dir.read_gate_config(model_dir))")
     gated = gated_modules(model)
     if not gated:
         raise ConfigError("this model carries no fg-edge gates (inject_gates or fg_edge.load first)")
