@@ -75,7 +75,7 @@ def main() -> None:
     from fg_edge.formats.gate_config import GateConfig
     from fg_edge.gates.inject import inject_gates
     from fg_edge.model_dir import save_model_dir
-    from fg_edge.sources.resolve import load_pretrained
+    from fg_edge.sources import load_pretrained
 
     t0 = time.perf_counter()
     model, tokenizer = load_pretrained(args.source, args.task, num_labels=2 if args.task == "classification" else None)

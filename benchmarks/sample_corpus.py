@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from fg_edge.sources.resolve import load_pretrained
+    from fg_edge.sources import load_pretrained
 
     model, tok = load_pretrained(args.source, "causal-lm")
     torch.manual_seed(args.seed)

@@ -159,11 +159,8 @@ def model_kind(model: nn.Module) -> str:
 
 
 def model_task(model: nn.Module) -> str:
-    """'classification' or 'causal-lm': the gate config's task, else config.json's `fg_edge_task`, else the HF head
-    class (``*ForSequenceClassification`` / ``*ForCausalLM`` / ``*LMHeadModel``)."""
-    cfg = getattr(model, "fg_edge_config", None)
-    if cfg is not None:
-        return cfg.task
+    """'classification' or 'causal-lm': config.json's `fg_edge_task`, else the HF head class
+    (``*ForSequenceClassification`` / ``*ForCausalLM`` / ``*LMHeadModel``)."""
     task = getattr(model.config, TASK_KEY, None)
     if task:
         return task

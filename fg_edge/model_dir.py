@@ -6,6 +6,9 @@
       fg_edge_config.json                the GateConfig (format_version, granularity, hyper-parameters, task)
       fg_edge_gates.safetensors          gate logits and adapters; tensor names in fg_edge.gates.inject
       training.json                      data, steps, metrics, achieved sparsity (free-form metadata)
+
+`load` gives the gated model and nothing attached to it; `read_gate_config` gives its GateConfig (callers that need
+the task or the hyper-parameters read it from the folder and pass it on).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from fg_edge.gates.inject import gate_state_dict, inject_gates, load_gate_state,
 from fg_edge.formats.atomic import atomic_output_dir
 
 log = logging.getLogger(__name__)
-
 
 
 def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, metadata: Optional[dict] = None) -> None:
@@ -52,21 +54,33 @@ def save_model_dir(model, gate_config: GateConfig, path: str | Path, tokenizer=N
     return Path(path)
 
 
+def _check_files(model_dir: Path, names: tuple[str, ...]) -> None:
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
+    for name in names:
+        if not (model_dir / name).is_file():
+            raise ModelDirError(f"{model_dir}: missing {name}; is this a folder written by `fg-edge train`?")
+
+
+def read_gate_config(model_dir: str | Path) -> GateConfig:
+    """The GateConfig of a model_dir (ModelDirError when the folder or the file is missing or invalid)."""
+    model_dir = Path(model_dir)
+    _check_files(model_dir, (GATE_CONFIG_FILE,))
+    try:
+        return GateConfig.load(model_dir / GATE_CONFIG_FILE)
+    except ConfigError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
 def load(model_dir: str | Path, attn_implementation: str = "eager"):
-    """The gated model of a model_dir, in eval mode (outputs identical to the model at save time)."""
+    """The gated model of a model_dir, in eval mode (outputs identical to the model at save time). Its gate config
+    is `read_gate_config(model_dir)`; nothing is attached to the model."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
-    for name in ("config.json", GATE_CONFIG_FILE, GATES_FILE):
-        if not (model_dir / name).is_file():
-            raise ModelDirError(f"{model_dir}: missing {name}; is this a folder written by `fg-edge train`?")
-    try:
-        gate_config = GateConfig.load(model_dir / GATE_CONFIG_FILE)
-    except ConfigError as exc:
-        raise ModelDirError(str(exc)) from None
+    _check_files(model_dir, ("config.json", GATE_CONFIG_FILE, GATES_FILE))
+    gate_config = read_gate_config(model_dir)
     try:
         model = auto_class(gate_config.task, f"{model_dir / GATE_CONFIG_FILE}: task").from_pretrained(
             model_dir, use_safetensors=True, attn_implementation=attn_implementation)
@@ -78,11 +92,11 @@ def load(model_dir: str | Path, attn_implementation: str = "eager"):
     except (SafetensorError, OSError) as exc:
         raise GateStateError(f"{model_dir / GATES_FILE}: unreadable safetensors file ({exc})") from None
     load_gate_state(model, state, source=str(model_dir / GATES_FILE))
-    model.fg_edge_config = gate_config
     return model.eval()
 
 
 def load_tokenizer(model_dir: str | Path):
+    """The tokenizer saved in a model_dir, or None when it has none."""
     from transformers import AutoTokenizer
 
     try:
@@ -92,5 +106,6 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def read_training_metadata(model_dir: str | Path) -> dict:
+    """training.json of a model_dir ({} when absent)."""
     path = Path(model_dir) / TRAINING_FILE
     return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,4 +1,4 @@
-"""fg_edge.data.readers: reading TSV / CSV / JSONL / text files, labels, subsampling, errors, tokenisation."""
+"""fg_edge.data (readers, rows, tokenize): TSV / CSV / JSONL / text files, labels, subsampling, errors, tokenisation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import needs_shared
-from fg_edge.data.readers import (ClassificationData, detect_format, lm_blocks, load_classification, load_texts,
-                          pad_collate, subsample_indices, tokenize_classification)
+from fg_edge.data.readers import ClassificationData, detect_format, load_classification, load_texts, subsample_indices
+from fg_edge.data.tokenize import lm_blocks, pad_collate, tokenize_classification
 from fg_edge.errors import DataError
 
 
@@ -32,6 +32,16 @@ def test_tsv_is_read_without_quoting(tmp_path):
     assert data.num_labels == 2 and data.id2label is None and not data.string_labels
     assert data.total_rows == 3 and data.format == "tsv"
     assert data.label_config() == {"id2label": {0: "LABEL_0", 1: "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
+
+
+def test_long_fields_read_without_changing_csv_limit(tmp_path):
+    import csv
+
+    before = csv.field_size_limit()
+    long_text = "w " * 100_000  # 200 KB: over csv's default 128 KiB field limit
+    data = load_classification(write(tmp_path / "long.tsv", f"text\tlabel\n{long_text}\t1\nshort\t0\n"))
+    assert data.texts[0] == long_text and data.labels == [1, 0]
+    assert csv.field_size_limit() == before  # the limit is lifted per parse step, not process-wide
 
 
 def test_csv_with_quotes_and_string_labels_and_pairs(tmp_path):

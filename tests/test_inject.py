@@ -11,7 +11,7 @@ from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError, UnsupportedArchitectureError
 from fg_edge.gates.inject import gate_state_dict, gated_modules, inject_gates, load_gate_state, unwrapped
 from fg_edge.gates.stats import mark_trainable_, numel
-from fg_edge.model_dir import save_model_dir
+from fg_edge.model_dir import read_gate_config, save_model_dir
 from fg_edge.testing import DECODERS, TINY_CONFIGS, padded_batch, tiny_model
 
 
@@ -148,4 +148,4 @@ def test_model_dir_roundtrip(tmp_path, model_type):
     loaded = load(out)
     assert torch.equal(_logits(loaded, ids, mask), ref)
     # the model_type gated is recorded when the model_dir is written (GateConfig is frozen)
-    assert loaded.fg_edge_config == dataclasses.replace(cfg, model_type=model.config.model_type)
+    assert read_gate_config(out) == dataclasses.replace(cfg, model_type=model.config.model_type)

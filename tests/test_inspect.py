@@ -1,4 +1,4 @@
-"""`fg-edge inspect` and fg_edge.inspect.report: gate counts, what the compiler removes, JSON, PNG, bad input."""
+"""`fg-edge inspect` and fg_edge.inspect: gate counts, what the compiler removes, JSON, PNG, bad input."""
 
 from __future__ import annotations
 
@@ -63,8 +63,12 @@ def test_structured_encoder_counts_table_json_png(tmp_path):
     path = _gated_dir(tmp_path, "bert", "structured", _close_bert_structured, metadata=metadata)
     png = tmp_path / "out" / "gates.png"
     report_file = tmp_path / "out" / "inspect.json"
+    import matplotlib
+
+    backend = matplotlib.get_backend()
     result = _run(path, "--plot", png, "--json", report_file)
     assert result.exit_code == 0, result.output
+    assert matplotlib.get_backend() == backend                       # plotting leaves the process backend alone
     out = result.stdout
     assert "bert (classification)" in out and "structured granularity" in out
     assert "2/8 attention heads" in out and "10/96 FFN channels" in out
@@ -96,9 +100,10 @@ def test_structured_encoder_counts_table_json_png(tmp_path):
 
     # trainable parameters: exactly what mark_trainable would train on this model
     from fg_edge import load
+    from fg_edge.model_dir import read_gate_config
 
     model = load(path)
-    assert data["trainable_params"] == numel(mark_trainable_(model, model.fg_edge_config))
+    assert data["trainable_params"] == numel(mark_trainable_(model, read_gate_config(path)))
     assert data["total_params"] == sum(p.numel() for p in model.parameters())
     gate_params = sum(s["count"] for s in data["gates_by_kind"].values())
     assert data["base_params"] == data["total_params"] - gate_params
@@ -222,7 +227,7 @@ def test_target_modules_outside_table(tmp_path):
 
 # -- library ----------------------------------------------------------------------------------------------------
 def test_inspect_model_leaves_model_untouched():
-    from fg_edge.inspect.report import inspect_model
+    from fg_edge.inspect import format_table, inspect_model
 
     model = tiny_model("bert")
     cfg = GateConfig(granularity="structured")
@@ -233,13 +238,13 @@ def test_inspect_model_leaves_model_untouched():
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(torch.equal(state[n], p) for n, p in model.named_parameters())
     assert report.heads_removed == 0 and report.gates_closed == 0
-    assert "layer" in report.format_table()
+    assert "layer" in format_table(report)
     json.dumps(report.to_dict())                                              # JSON-serialisable
 
 
 def test_training_metadata_variants(tmp_path):
     """Norms count as trainable when training used --train-norms; other training.json layouts: best effort."""
-    from fg_edge.inspect.report import summarize_training
+    from fg_edge.inspect import summarize_training
 
     path = _gated_dir(tmp_path, "llama", "structured", lambda blocks, spec: None,
                       metadata={"steps": 10, "args": {"train_norms": True}})

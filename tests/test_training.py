@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from conftest import sentiment_rows, write_tsv
 from fg_edge.formats.gate_config import GateConfig
-from fg_edge.data.readers import load_classification, load_texts, pad_collate, tokenize_classification
+from fg_edge.data.readers import load_classification, load_texts
+from fg_edge.data.tokenize import pad_collate, tokenize_classification
 from fg_edge.errors import ConfigError
 from fg_edge.gates.inject import gated_modules, inject_gates
 from fg_edge.gates.stats import expected_sparsity, mark_trainable_

@@ -57,7 +57,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     from fg_edge.train.finetune import finetune, save_finetuned
     from fg_edge.formats.finetune_args import FinetuneArgs
     from fg_edge.formats.atomic import check_output_dir
-    from fg_edge.sources.resolve import load_pretrained, resolve_source
+    from fg_edge.sources import load_pretrained, resolve_source
 
     check_output_dir(output, overwrite)
     options["progress"] = show_progress(options.get("progress"))
@@ -68,11 +68,11 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
         args = FinetuneArgs(**given)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    resolve_source(model)
+    resolved = resolve_source(model)
     train_data, dev_data = read_train_dev("classification", train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev))
-    model_obj, tokenizer = load_pretrained(model, "classification", num_labels=train_data.num_labels,
+    model_obj, tokenizer = load_pretrained(resolved, "classification", num_labels=train_data.num_labels,
                                            trust_remote_code=trust_remote_code)
     model_obj.config.update(train_data.label_config())
     model_obj, result = finetune(model_obj, tokenizer, train_data, dev_data, args)

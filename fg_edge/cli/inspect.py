@@ -33,19 +33,20 @@ def inspect_cmd(model_dir: str, plot_path: str | None, json_path: str | None, sh
     import json
     from pathlib import Path
 
-    from fg_edge.inspect.report import inspect_model, plot_report
-    from fg_edge.model_dir import load, read_training_metadata
+    from fg_edge.inspect import format_table, inspect_model, plot_report
+    from fg_edge.model_dir import load, read_gate_config, read_training_metadata
 
     model = load(model_dir)                                  # ModelDirError / GateStateError -> one-line message
+    gate_config = read_gate_config(model_dir)
     try:
         metadata = read_training_metadata(model_dir)
     except (OSError, ValueError) as exc:
         click.echo(f"warning: cannot read {Path(model_dir) / 'training.json'} ({exc}); skipping it", err=True)
         metadata = {}
-    report = inspect_model(model, metadata=metadata, source=str(model_dir))
+    report = inspect_model(model, gate_config, metadata=metadata, source=str(model_dir))
 
     if json_path != "-":
-        click.echo(report.format_table(modules=show_modules))
+        click.echo(format_table(report, modules=show_modules))
     if json_path is not None:
         text = json.dumps(report.to_dict(), indent=2) + "\n"
         if json_path == "-":

@@ -2,7 +2,7 @@
 
 Order of work, so that bad input fails fast and leaves nothing behind: check the output folder → build and
 validate the gate config and training arguments → resolve the model source (no weights read) → read and check
-the data files → load the model (fg_edge.sources.resolve.load_pretrained) → train → write the model_dir atomically
+the data files → load the model (fg_edge.sources.load_pretrained) → train → write the model_dir atomically
 (fg_edge.model_dir.save_model_dir).
 """
 
@@ -220,7 +220,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     """
     from fg_edge.formats.atomic import check_output_dir
     from fg_edge.model_dir import save_model_dir
-    from fg_edge.sources.resolve import load_pretrained, resolve_source
+    from fg_edge.sources import load_pretrained, resolve_source
     from fg_edge.train.loop import train
 
     check_output_dir(output, overwrite)
@@ -229,13 +229,13 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         granularity=granularity, target_sparsity=target_sparsity, sparsity_lambda=sparsity_lambda,
         adapter_rank=adapter_rank, scale_gates=scale_gates, train_biases=train_biases, task=task,
         adapter_modules=adapter_modules, target_modules=target_modules))
-    resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
+    resolved = resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
 
     train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev))
     num_labels = train_data.num_labels if task == "classification" else None
-    model_obj, tokenizer = load_pretrained(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    model_obj, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
     if task == "classification":
         model_obj.config.update(train_data.label_config())
     teacher = None

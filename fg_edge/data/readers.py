@@ -1,41 +1,34 @@
-"""Training / evaluation data: read local TSV / CSV / JSONL / text files (or a `hf:` dataset), check them, and
-turn them into tensors.
+"""Training / evaluation data: read local TSV / CSV / JSONL / text files (or a `hf:` dataset) and check them.
+
+Stdlib only (the torch-free runtime reads evaluation data with it); turning the data into token ids and tensors
+is `fg_edge.data.tokenize`.
 
 Two kinds of data:
 
 * `ClassificationData` — text (and optionally a second text for sentence pairs) + an integer label per row.
   Labels may be integers (used as class ids) or strings (sorted unique strings → ids 0..n−1; the mapping is kept
   as ``id2label`` so it can be stored in the model config).
-* `TextData` — documents for causal-LM training; `lm_blocks` tokenises them, joins them with EOS and cuts the
-  token stream into blocks of ``max_length`` tokens.
+* `TextData` — documents for causal-LM training; `fg_edge.data.tokenize.lm_blocks` tokenises them, joins them
+  with EOS and cuts the token stream into blocks of ``max_length`` tokens.
 
-Every problem with a file raises `fg_edge.errors.DataError` with one sentence that names the file (and line)
-and says what to do. Reading never needs a tokenizer, so the CLI can validate data before loading a model.
+Rows come from `fg_edge.data.rows` (TSV / CSV / JSONL / `hf:` readers). Every problem with a file raises
+`fg_edge.errors.DataError` with one sentence that names the file (and line) and says what to do. Reading never
+needs a tokenizer, so the CLI can validate data before loading a model.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from fg_edge.data.rows import FORMATS, HF_PREFIX, check_file, detect_format, read_lines, read_rows  # noqa: F401
 from fg_edge.errors import DataError
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("tsv", "csv", "jsonl", "text")
-_EXTENSIONS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-               ".json": "jsonl", ".txt": "text", ".text": "text", ".md": "text"}
-HF_PREFIX = "hf:"
-
-# SST-2-like files carry long unquoted sentences; lift csv's 128 KiB field limit.
-csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
 
 
 # -- data containers -----------------------------------------------------------------------------------------
@@ -93,151 +86,7 @@ class TextData:
                 "max_blocks": self.max_blocks}
 
 
-# -- reading rows --------------------------------------------------------------------------------------------
-def detect_format(path: str | Path, fmt: Optional[str] = None) -> str:
-    """'tsv' / 'csv' / 'jsonl' / 'text' from `fmt` (when given and not 'auto') or the file extension."""
-    if fmt not in (None, "auto"):
-        if fmt not in FORMATS:
-            raise DataError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
-        return fmt
-    suffix = Path(str(path)).suffix.lower()
-    if suffix not in _EXTENSIONS:
-        raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'!r}; "
-                        f"name it .tsv/.csv/.jsonl/.txt or pass --format {'/'.join(FORMATS)}")
-    return _EXTENSIONS[suffix]
-
-
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist; pass the path of an existing data file")
-    if not path.is_file():
-        raise DataError(f"{what} {path} is not a file; pass the path of a TSV/CSV/JSONL/text file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{what} {path} is empty; it needs a header line and at least one data row")
-
-
-def _read_lines(path: Path, what: str) -> Iterator[str]:
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            yield from fh
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        f"re-encode it as UTF-8") from None
-
-
-def _delimited_rows(path: Path, fmt: str, what: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """Header + (line number, row dict) of a TSV (no quoting, as GLUE ships it) or CSV (standard quoting)."""
-    if fmt == "tsv":
-        reader = csv.reader(_read_lines(path, what), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(_read_lines(path, what))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{what} {path} is empty; it needs a header line and at least one data row") from None
-    except csv.Error as exc:
-        raise DataError(f"{what} {path}: line 1 is not valid {fmt.upper()} ({exc})") from None
-    header = [h.strip() for h in header]
-    if not any(header):
-        raise DataError(f"{what} {path}: the first line must be a header naming the columns (e.g. "
-                        f"text{'<TAB>' if fmt == 'tsv' else ','}label)")
-
-    def rows() -> Iterator[tuple[int, dict]]:
-        while True:
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise DataError(f"{what} {path}: line {reader.line_num} is not valid {fmt.upper()} ({exc})") from None
-            if not values or (len(values) == 1 and not values[0].strip()):
-                continue  # blank line
-            if len(values) != len(header):
-                sep = "tabs" if fmt == "tsv" else "commas"
-                raise DataError(f"{what} {path}: line {reader.line_num} has {len(values)} field(s) but the header "
-                                f"has {len(header)} ({', '.join(header)}); fix that row (stray {sep}?)")
-            yield reader.line_num, dict(zip(header, values))
-
-    return header, rows()
-
-
-def _jsonl_rows(path: Path, what: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    def parsed() -> Iterator[tuple[int, dict]]:
-        for lineno, line in enumerate(_read_lines(path, what), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{what} {path}: line {lineno} is not valid JSON ({exc.msg}); "
-                                f"each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{what} {path}: line {lineno} is a JSON {type(row).__name__}, not an object; "
-                                f"each line must be one JSON object like {{\"text\": ..., \"label\": ...}}")
-            yield lineno, row
-
-    it = parsed()
-    try:
-        first = next(it)
-    except StopIteration:
-        raise DataError(f"{what} {path} holds no JSON rows; it needs at least one line") from None
-
-    def rows() -> Iterator[tuple[int, dict]]:
-        yield first
-        yield from it
-
-    return list(first[1]), rows()
-
-
-def _hf_rows(spec: str, what: str, default_split: str) -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
-    """Rows of `hf:NAME[@SPLIT]` via `datasets` (optional dependency). Returns (columns, rows, label names)."""
-    name = spec[len(HF_PREFIX):]
-    name, _, split = name.partition("@")
-    split = split or default_split
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{what} {spec} needs the `datasets` package (pip install datasets) and network access; "
-                        f"or save the split as a TSV/CSV/JSONL file and pass its path") from None
-    attempts = [(name,)]
-    if name.count("/") == 1:  # 'glue/sst2' is dataset 'glue', config 'sst2'
-        attempts.append(tuple(name.split("/")))
-    errors = []
-    for args in attempts:
-        try:
-            ds = datasets.load_dataset(*args, split=split)
-            break
-        except Exception as exc:  # noqa: BLE001 - datasets raises many types (network, config, split)
-            errors.append(f"{'/'.join(args)}: {type(exc).__name__}: {exc}")
-    else:
-        raise DataError(f"{what} {spec}: cannot load split {split!r} ({'; '.join(errors)[:400]}); check the name, "
-                        f"the split (hf:NAME@SPLIT) and network access, or pass a local file")
-    label_names = {}
-    for col, feature in ds.features.items():
-        names = getattr(feature, "names", None)
-        if names:
-            label_names[col] = list(names)
-    return list(ds.column_names), ((i + 1, dict(row)) for i, row in enumerate(ds)), label_names
-
-
-def read_rows(path: str | Path, fmt: Optional[str] = None, what: str = "data file",
-              default_split: str = "train") -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
-    """(column names, iterator of (line number, row dict), {column: class names}) of a table-like source."""
-    if str(path).startswith(HF_PREFIX):
-        return _hf_rows(str(path), what, default_split)
-    path = Path(path)
-    fmt = detect_format(path, fmt)
-    _check_file(path, what)
-    if fmt in ("tsv", "csv"):
-        header, rows = _delimited_rows(path, fmt, what)
-    elif fmt == "jsonl":
-        header, rows = _jsonl_rows(path, what)
-    else:
-        raise DataError(f"{what} {path}: a plain text file has no columns; classification needs a TSV/CSV/JSONL "
-                        f"file with a text and a label column")
-    return header, rows, {}
-
-
+# -- columns -------------------------------------------------------------------------------------------------
 def _require_columns(columns: Sequence[str], wanted: dict[str, Optional[str]], source: str, what: str) -> None:
     for option, col in wanted.items():
         if col is not None and col not in columns:
@@ -392,8 +241,8 @@ def load_texts(path: str | Path, *, text_column: str = "text", fmt: Optional[str
     source = str(path)
     if not source.startswith(HF_PREFIX) and detect_format(path, fmt) == "text":
         path = Path(path)
-        _check_file(path, what)
-        content = "".join(_read_lines(path, what))
+        check_file(path, what)
+        content = "".join(read_lines(path, what))
         docs = [d.strip() for d in re.split(r"\n\s*\n", content) if d.strip()]
         fmt_name = "text"
     else:
@@ -412,75 +261,6 @@ def load_texts(path: str | Path, *, text_column: str = "text", fmt: Optional[str
                     seed=seed)
 
 
-# -- tokenisation --------------------------------------------------------------------------------------------
-def ensure_pad_token(tokenizer) -> None:
-    """Decoder tokenizers often lack a pad token; reuse EOS (or UNK) so batches can be padded."""
-    if tokenizer.pad_token_id is None:
-        for candidate in (tokenizer.eos_token, tokenizer.unk_token):
-            if candidate is not None:
-                tokenizer.pad_token = candidate
-                return
-        raise DataError("the tokenizer has no pad, eos or unk token to pad batches with")
-
-
-def tokenize_classification(data: ClassificationData, tokenizer, max_length: int) -> list[dict]:
-    """One dict per row: input_ids, attention_mask (token_type_ids when the tokenizer makes them), label."""
-    ensure_pad_token(tokenizer)
-    enc = tokenizer(data.texts, data.text_pairs, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    return [{**{k: enc[k][i] for k in keys}, "labels": data.labels[i]} for i in range(len(data))]
-
-
-def pad_collate(tokenizer):
-    """A collate function padding a list of tokenised rows to the longest (tokenizer's padding side)."""
-    import torch
-
-    pad_id = tokenizer.pad_token_id
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-
-    def collate(rows: list[dict]) -> dict:
-        n = max(len(r["input_ids"]) for r in rows)
-        out: dict[str, Any] = {}
-        for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-            if key not in rows[0]:
-                continue
-            padded = []
-            for r in rows:
-                pad = [fill] * (n - len(r[key]))
-                padded.append(pad + list(r[key]) if left else list(r[key]) + pad)
-            out[key] = torch.tensor(padded, dtype=torch.long)
-        out["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
-        if "index" in rows[0]:  # row position in its data set (cached teacher logits are looked up by it)
-            out["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
-        return out
-
-    return collate
-
-
-def lm_blocks(data: TextData, tokenizer, block_size: int):
-    """(N, block_size) LongTensor: documents tokenised, joined with EOS, cut into full blocks (remainder dropped;
-    a stream shorter than one block gives one shorter block). `data.max_blocks` subsamples blocks with
-    `data.seed` (deterministic)."""
-    import torch
-
-    enc = tokenizer(data.texts, add_special_tokens=True)["input_ids"]
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in enc:
-        stream.extend(ids)
-        if eos is not None and (not ids or ids[-1] != eos):
-            stream.append(eos)
-    if len(stream) < 2:
-        raise DataError(f"{data.source} tokenises to {len(stream)} token(s); causal-LM training needs at least 2")
-    if len(stream) < block_size:
-        blocks = torch.tensor([stream], dtype=torch.long)
-    else:
-        n = len(stream) // block_size
-        blocks = torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
-    keep = subsample_indices(blocks.shape[0], data.max_blocks, data.seed)
-    return blocks[keep]
-
-
 __all__ = ["ClassificationData", "TextData", "FORMATS", "detect_format", "read_rows", "load_classification",
-           "load_texts", "subsample_indices", "ensure_pad_token", "tokenize_classification", "pad_collate",
-           "lm_blocks"]
+           "load_texts", "subsample_indices"]
+

@@ -44,6 +44,4 @@ def dense_baseline(gated_model: nn.Module, *, inplace: bool = False) -> nn.Modul
     else:
         merge_adapters_(model)
         fold_gates_(model)
-    if hasattr(model, "fg_edge_config"):
-        del model.fg_edge_config
     return model

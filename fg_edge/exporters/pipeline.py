@@ -383,8 +383,9 @@ def compile_model_dir(model_dir: str | Path, out: Optional[str | Path] = None, *
 
 def _load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
     from fg_edge.data.readers import load_classification
+    from fg_edge.model_dir import read_gate_config
 
-    task = getattr(getattr(gated, "fg_edge_config", None), "task", None)
+    task = read_gate_config(model_dir).task
     if task != "classification":
         raise ConfigError(f"--eval-data measures classification accuracy; this model_dir's task is {task!r}")
     if tokenizer is None:

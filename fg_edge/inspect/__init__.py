@@ -1,0 +1,25 @@
+"""`fg-edge inspect`: what the gates of a gated model learned, and what the compiler will remove.
+
+    from fg_edge.inspect import format_table, inspect_model, plot_report
+
+Modules: `report` (the `InspectionReport` data + JSON, torch-free), `build` (`inspect_model`: a report from a gated
+model), `render` (`format_table`: text), `plot` (`plot_report`: matplotlib PNG; depends on report, never the other
+way). Imports are lazy so `import fg_edge.inspect` stays cheap.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "inspect_model": "build", "summarize_training": "build",
+    "InspectionReport": "report", "format_table": "render", "plot_report": "plot",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ from typing import Optional
 
 from fg_edge.arch import ARCHITECTURES
 from fg_edge.errors import ConfigError
-from fg_edge.inspect.report import InspectionReport, _pct
+from fg_edge.inspect.render import pct
+from fg_edge.inspect.report import InspectionReport
 
 #: Panels wider than this are pooled into this many bins (one bin = several neighbouring gates).
 PLOT_MAX_WIDTH = {"heads": 128, "channels": 256, "module": 128, "fallback": 64}
@@ -128,15 +129,15 @@ def _rgb(panel: dict, cmap):
 
 
 def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> Path:
-    """Heatmap PNG of the eval gate values: layers down, gates across; closed gates (exactly 0) in red."""
+    """Heatmap PNG of the eval gate values: layers down, gates across; closed gates (exactly 0) in red.
+
+    Draws on a `matplotlib.figure.Figure` with its own Agg canvas: no pyplot, the process-wide backend is untouched.
+    """
     import matplotlib
-    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     panels = _plot_panels(report)
     if not panels:
@@ -154,45 +155,69 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     pooled = False
     marker_kinds: set[str] = set()
     for ax, panel in zip(axes.flat, panels):
-        rgb = _rgb(panel, cmap)
-        height, width = rgb.shape[:2]
-        ax.imshow(rgb, aspect="auto", interpolation="nearest")
-        ax.set_title(panel["title"], fontsize=9)
-        xlabel = panel["xlabel"]
-        if panel["per_bin"] > 1 and panel.get("pooled_label", True):
-            xlabel += f" (pooled, {panel['per_bin']:.3g} per bin)"
-            pooled = True
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(panel["ylabel"], fontsize=8)
-        ylabels = panel["ylabels"]
-        step = max(1, math.ceil(len(ylabels) / 24))
-        ax.set_yticks(range(0, len(ylabels), step))
-        ax.set_yticklabels(ylabels[::step], fontsize=7)
-        ax.tick_params(axis="x", labelsize=7)
-        if width <= 16:
-            ax.set_xticks(range(width))
-        if 1 < width <= 32 and height <= 48:                   # cell borders so single gates stand apart
-            ax.vlines(np.arange(0.5, width - 1), -0.5, height - 0.5, colors="white", linewidth=0.6)
-            ax.hlines(np.arange(0.5, height - 1), -0.5, width - 0.5, colors="white", linewidth=0.6)
-        group = panel.get("group")                             # head boundaries on q/k/v rows and o columns
-        if group and width > 1:
-            step_x = group / panel["per_bin"]
-            if step_x >= 2 and width / step_x <= 64:
-                ax.vlines(np.arange(step_x, width - 1e-9, step_x) - 0.5, -0.5, height - 0.5, colors="#ff9f1c",
-                          linewidth=0.9)
-        markers = panel.get("markers")
-        if markers and panel["per_bin"] == 1 and height * width <= 2500:
-            for key, symbol in (("removed", "x"), ("zeroed", "o")):
-                if markers[key]:
-                    ys, xs = zip(*markers[key])
-                    size = 28 if width <= 32 else 12
-                    ax.scatter(xs, ys, marker=symbol, s=size, linewidths=1.0, color="white",
-                               facecolors="none" if symbol == "o" else None)
-                    marker_kinds.add(key)
+        pooled |= _draw_panel(ax, panel, cmap, marker_kinds)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=axes, shrink=0.8,
                  label="eval gate value (1 = open)")
+    handles = _legend_handles(panels, pooled, marker_kinds)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(_title(report), fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _draw_panel(ax, panel: dict, cmap, marker_kinds: set[str]) -> bool:
+    """One heatmap panel on `ax` (cell borders, head boundaries, removed / zeroed markers); True when pooled.
+    Adds the marker kinds drawn to `marker_kinds`."""
+    import numpy as np
+
+    rgb = _rgb(panel, cmap)
+    height, width = rgb.shape[:2]
+    ax.imshow(rgb, aspect="auto", interpolation="nearest")
+    ax.set_title(panel["title"], fontsize=9)
+    xlabel = panel["xlabel"]
+    pooled = False
+    if panel["per_bin"] > 1 and panel.get("pooled_label", True):
+        xlabel += f" (pooled, {panel['per_bin']:.3g} per bin)"
+        pooled = True
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(panel["ylabel"], fontsize=8)
+    ylabels = panel["ylabels"]
+    step = max(1, math.ceil(len(ylabels) / 24))
+    ax.set_yticks(range(0, len(ylabels), step))
+    ax.set_yticklabels(ylabels[::step], fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    if width <= 16:
+        ax.set_xticks(range(width))
+    if 1 < width <= 32 and height <= 48:                   # cell borders so single gates stand apart
+        ax.vlines(np.arange(0.5, width - 1), -0.5, height - 0.5, colors="white", linewidth=0.6)
+        ax.hlines(np.arange(0.5, height - 1), -0.5, width - 0.5, colors="white", linewidth=0.6)
+    group = panel.get("group")                             # head boundaries on q/k/v rows and o columns
+    if group and width > 1:
+        step_x = group / panel["per_bin"]
+        if step_x >= 2 and width / step_x <= 64:
+            ax.vlines(np.arange(step_x, width - 1e-9, step_x) - 0.5, -0.5, height - 0.5, colors="#ff9f1c",
+                      linewidth=0.9)
+    markers = panel.get("markers")
+    if markers and panel["per_bin"] == 1 and height * width <= 2500:
+        for key, symbol in (("removed", "x"), ("zeroed", "o")):
+            if markers[key]:
+                ys, xs = zip(*markers[key])
+                size = 28 if width <= 32 else 12
+                ax.scatter(xs, ys, marker=symbol, s=size, linewidths=1.0, color="white",
+                           facecolors="none" if symbol == "o" else None)
+                marker_kinds.add(key)
+    return pooled
+
+
+def _legend_handles(panels: list[dict], pooled: bool, marker_kinds: set[str]) -> list:
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     closed_label = "closed gate (eval value exactly 0)"
     if pooled:
         closed_label += "; pooled bins are tinted red by their share of closed gates"
@@ -204,14 +229,13 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     if "zeroed" in marker_kinds:
         handles.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", color="black",
                               label="closed head kept zeroed (even GQA groups)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
+    return handles
+
+
+def _title(report: InspectionReport) -> str:
     title = (f"{report.model_type} - {report.granularity} gates - expected sparsity "
-             f"{_pct(report.expected_sparsity)}, closed {_pct(report.closed_fraction)} of gates")
+             f"{pct(report.expected_sparsity)}, closed {pct(report.closed_fraction)} of gates")
     if report.per_layer:
         title += (f"\ncompiler removes {_removed(report.heads_removed, report)}/{report.heads_total:,} heads and "
                   f"{_removed(report.channels_removed, report)}/{report.channels_total:,} FFN channels")
-    fig.suptitle(title, fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return title

@@ -1,6 +1,6 @@
 """llama2.c checkpoints and tokenizers -> Hugging Face `LlamaForCausalLM` / `PreTrainedTokenizerFast`.
 
-Two jobs, one function each:
+Two jobs, one function each (plus `load_for_task`, the classification variant, and `find_tokenizer`):
 
 - `load_checkpoint(path)`: a llama2.c `.bin` checkpoint (legacy "version 0" file: 7 little-endian int32 header
   then float32 arrays; or the "version 1" fp32 export with the `ak42` magic) -> `LlamaForCausalLM`, float32, eval.
@@ -181,13 +181,42 @@ def load_checkpoint(path: str | Path, attn_implementation: str = "eager"):
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not (header.shared_classifier and k == "lm_head.weight")]
     if missing or unexpected:  # a bug in this converter, not in the file
-        raise RuntimeError(f"llama2.c conversion: missing {missing}, unexpected {unexpected}")
+        raise SourceError(f"{path}: llama2.c conversion bug: missing {missing}, unexpected {unexpected}")
     if header.shared_classifier:
         model.tie_weights()
     return model.to(torch.float32).eval()
 
 
+def load_for_task(path: Path, task: str, num_labels: int | None, attn_implementation: str = "eager"):
+    """(model, header): `LlamaForCausalLM` for 'causal-lm', else `LlamaForSequenceClassification` on the same
+    backbone with a new head of `num_labels` (default 2); float32."""
+    header = read_header(path)
+    causal = load_checkpoint(path, attn_implementation=attn_implementation)
+    if task == "causal-lm":
+        return causal, header
+    from transformers import LlamaForSequenceClassification
+
+    config = llama_config(header, num_labels=int(num_labels) if num_labels is not None else 2)
+    config._attn_implementation = attn_implementation
+    model = LlamaForSequenceClassification(config)
+    model.model.load_state_dict(causal.model.state_dict())
+    return model.to(torch.float32), header
+
+
 # --------------------------------------------------------------------------------------------- tokenizer
+
+
+def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
+    """The tokenizer file next to a checkpoint: tokenizer.bin, tok<vocab_size>.bin, or the only other tok*.bin."""
+    folder = checkpoint.parent
+    for name in ("tokenizer.bin", f"tok{vocab_size}.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    others = sorted(p for p in folder.glob("tok*.bin") if p != checkpoint)
+    if len(others) == 1:
+        return others[0]
+    raise SourceError(f"llama2.c checkpoint {checkpoint}: no tokenizer next to it (looked for tokenizer.bin, "
+                      f"tok{vocab_size}.bin); pass tokenizer=PATH (fg-edge train --tokenizer PATH)")
 
 
 def read_tokenizer(path: str | Path, vocab_size: int | None = None) -> tuple[list[bytes], list[float], int]:

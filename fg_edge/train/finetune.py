@@ -93,13 +93,13 @@ def finetune(model: nn.Module, tokenizer, train_data, dev_data=None,
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
+    from fg_edge.data.tokenize import set_pad_token_id
     from fg_edge.train.losses import model_inputs
     from fg_edge.train.setup import build_loaders
 
     args = args or FinetuneArgs()
     torch.manual_seed(args.seed)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    set_pad_token_id(model, tokenizer)
     base_params = sum(p.numel() for p in model.parameters())
     if args.lora_rank:
         model = _add_lora(model, args)

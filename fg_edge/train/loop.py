@@ -47,6 +47,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from fg_edge.data.tokenize import set_pad_token_id
 from fg_edge.errors import ConfigError
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.formats.train_args import TrainArgs
@@ -127,8 +128,8 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     set_seed(args.seed)
     accelerator = Accelerator()
     train_loader, dev_loader = build_loaders(task, tokenizer, train_data, dev_data, args)
-    if task == "classification" and getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    if task == "classification":
+        set_pad_token_id(model, tokenizer)
     prepare_model(model, gate_config, args)
     trainable, base = count_params(model)
     if teacher is None and args.distill and task == "classification":

@@ -53,7 +53,8 @@ def build_loaders(task: str, tokenizer, train_data, dev_data, args: TrainArgs):
     `args`: TrainArgs or FinetuneArgs (seed, max_length, batch_size, eval_batch_size)."""
     from torch.utils.data import DataLoader
 
-    from fg_edge.data.readers import ClassificationData, TextData, lm_blocks, pad_collate, tokenize_classification
+    from fg_edge.data.readers import ClassificationData, TextData
+    from fg_edge.data.tokenize import lm_blocks, pad_collate, tokenize_classification
 
     generator = torch.Generator().manual_seed(args.seed)
     if task == "classification":
