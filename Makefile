@@ -18,7 +18,7 @@ $(BIN)/fg-edge: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: on the project machines this resolves to a local CPU build.
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q torch
-	$(BIN)/pip install -q -e ".[onnx,dev]"
+	$(BIN)/pip install -q -e ".[train,dev]"
 	touch $@
 
 setup: $(BIN)/fg-edge
@@ -41,7 +41,7 @@ demo: setup
 # The accuracy study (benchmarks/accuracy/study.py): dense, LoRA and FineGates at 20/40/55% of block parameters
 # removed on all-MiniLM-L6-v2 / SST-2; writes benchmarks/results/accuracy/sst2.{json,md,png}. About 1 h 45 min on 2 cores.
 accuracy: setup
-	$(BIN)/pip install -q -e ".[onnx,dev,bench]"
+	$(BIN)/pip install -q -e ".[train,dev,bench]"
 	SST2_DIR=$(SST2_DIR) $(BIN)/python benchmarks/accuracy/study.py
 
 clean:

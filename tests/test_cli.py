@@ -43,3 +43,25 @@ def test_json_dash_prints_only_json(tmp_path):
     assert json.loads(out) == {"a": [2], "b": 1}
     res = CliRunner().invoke(probe, [str(tmp_path / "r.json")])
     assert "table" in res.output and json.loads((tmp_path / "r.json").read_text()) == {"a": [2], "b": 1}
+
+
+def test_env_reports_versions_and_providers():
+    res = CliRunner().invoke(cli, ["env", "--json", "-"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["packages"]["onnxruntime"] and "CPUExecutionProvider" in info["execution_providers"]
+    assert info["training_install"] is True      # the test install is the full one
+    out = CliRunner().invoke(cli, ["--version"]).output
+    assert out.startswith("fg-edge ") and "onnxruntime" in out
+
+
+def test_command_without_the_training_install_names_the_extra(tmp_path):
+    """On the torch-free device install, `compile` ends with one line naming the pip command, no traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.argv = ['fg-edge', 'compile', sys.argv[1]]; "
+            "from fg_edge.cli import main; main()")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert "pip install 'fg-edge[train]'" in res.stderr and "Traceback" not in res.stderr

@@ -11,11 +11,14 @@ import sys
 
 import click
 
-from fg_edge import __version__
+
+#: top-level modules that only the training / compile install (`pip install "fg-edge[train]"`) brings
+TRAIN_MODULES = frozenset({"torch", "transformers", "accelerate", "safetensors", "onnx", "optimum", "matplotlib"})
 
 
 class FgEdgeGroup(click.Group):
-    """Turns fg-edge's own errors into one clear line and exit status 1 (no traceback)."""
+    """Turns fg-edge's own errors into one clear line and exit status 1 (no traceback); so is a command run on the
+    torch-free device install that needs the training install."""
 
     def invoke(self, ctx):
         from fg_edge.errors import FgEdgeError
@@ -24,10 +27,27 @@ class FgEdgeGroup(click.Group):
             return super().invoke(ctx)
         except FgEdgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in TRAIN_MODULES:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            raise click.ClickException(f"`fg-edge {command}` needs the training install (no module named {top!r}): "
+                                       f"pip install 'fg-edge[train]'") from None
+
+
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from fg_edge.runtimes.environment import version_line
+
+    click.echo(version_line())
+    ctx.exit()
 
 
 @click.group(cls=FgEdgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="fg-edge")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version (and ONNX Runtime's, torch's, transformers' when installed) and exit.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
 @click.pass_context
@@ -53,6 +73,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 def _register() -> None:
     from fg_edge.cli.bench import bench_cmd
     from fg_edge.cli.compile import compile_cmd
+    from fg_edge.cli.env import env_cmd
     from fg_edge.cli.eval import eval_cmd
     from fg_edge.cli.finetune import finetune_cmd
     from fg_edge.cli.inspect import inspect_cmd
@@ -60,7 +81,7 @@ def _register() -> None:
     from fg_edge.cli.train import train_cmd
 
     for name, cmd in (("finetune", finetune_cmd), ("train", train_cmd), ("inspect", inspect_cmd), ("compile", compile_cmd),
-                      ("run", run_cmd), ("bench", bench_cmd), ("eval", eval_cmd)):
+                      ("run", run_cmd), ("bench", bench_cmd), ("eval", eval_cmd), ("env", env_cmd)):
         cli.add_command(cmd, name)
 
 
