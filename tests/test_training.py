@@ -148,6 +148,33 @@ def _easy_task(tmp_path):
     return train_data, dev_data, model
 
 
+def test_learned_nothing_warning(tmp_path, encoder_tokenizer, caplog):
+    """Shuffled labels: the loss cannot fall and the run says so; the easy task with its real labels does not."""
+    import random
+
+    rows = sentiment_rows(160, seed=1, min_words=0, max_words=2)
+    labels = [label for _, label in rows]
+    random.Random(0).shuffle(labels)
+    shuffled = [(text, label) for (text, _), label in zip(rows, labels)]
+    train_data = load_classification(write_tsv(tmp_path / "train.tsv", shuffled))
+    dev_data = load_classification(write_tsv(tmp_path / "dev.tsv", shuffled[:48]), reference=train_data)
+    model = tiny_model("bert", task="classification")
+    args = TrainArgs(steps=20, eval_every=10, progress=False)
+    with caplog.at_level("WARNING", logger="fg_edge"):
+        result = train(model, encoder_tokenizer, GateConfig(target_sparsity=0.2), train_data, dev_data, args)
+    assert result.warnings and "learned nothing" in caplog.text
+    assert 0 < result.dev_metrics["majority_prediction_share"] <= 1
+
+
+def test_learning_warnings_rules():
+    from fg_edge.train.result import learning_warnings
+
+    assert learning_warnings("classification", 0.69, 0.40, {"majority_prediction_share": 0.6}) == []
+    stalled = learning_warnings("classification", 0.707, 0.707, {"majority_prediction_share": 1.0}, 2)
+    assert len(stalled) == 2 and "did not fall" in stalled[0] and "same class" in stalled[1]
+    assert learning_warnings("causal-lm", 0.0, 0.3, {}) == []   # distilled decoders start at KL 0
+
+
 def test_short_classification_run_learns_and_reaches_target_sparsity(tmp_path, encoder_tokenizer):
     train_data, dev_data, model = _easy_task(tmp_path)
     before = _dev_loss(model, encoder_tokenizer, dev_data)
@@ -166,7 +193,7 @@ def test_short_classification_run_learns_and_reaches_target_sparsity(tmp_path, e
     assert result.dev_metric_name == "accuracy" and result.dev_metric == result.dev_metrics["accuracy"]
     assert 0 < result.closed_gate_fraction < 1 and set(result.closed_gates) == {"heads", "ffn_channels"}
     assert result.trainable_params > 0 and 0 < result.trainable_percent < 100
-    assert not model.training
+    assert not model.training and result.warnings == []
     # the restored checkpoint is the one recorded: re-evaluating gives the recorded figure
     assert math.isclose(after, result.dev_metrics["loss"], rel_tol=1e-4)
 

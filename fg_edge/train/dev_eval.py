@@ -31,6 +31,7 @@ def evaluate(model: nn.Module, loader, task: str, accelerator, args: TrainArgs,
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
+    predicted: Optional[torch.Tensor] = None    # classification: dev rows predicted per class
     try:
         for batch in loader:
             inputs = model_inputs(batch)
@@ -39,7 +40,8 @@ def evaluate(model: nn.Module, loader, task: str, accelerator, args: TrainArgs,
             if task == "classification":
                 loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
                 correct = (logits.argmax(-1) == batch["labels"]).float()
-                parts = {"loss": loss, "correct": correct, "count": torch.ones_like(loss)}
+                parts = {"loss": loss, "correct": correct, "count": torch.ones_like(loss),
+                         "pred": logits.argmax(-1)}
                 if teacher_logits is not None:
                     parts["distill_kl"] = distill_kl(logits, teacher_logits, args.temperature, reduce=False)
             else:
@@ -52,12 +54,17 @@ def evaluate(model: nn.Module, loader, task: str, accelerator, args: TrainArgs,
                     parts["kl"] = (kl * batch["attention_mask"]).sum(1)
                     parts["kl_tokens"] = batch["attention_mask"].float().sum(1)
             gathered = accelerator.gather_for_metrics(parts) if accelerator is not None else parts
+            if "pred" in gathered:
+                counts = torch.bincount(gathered.pop("pred").flatten().cpu(), minlength=logits.shape[-1])
+                predicted = counts if predicted is None else predicted + counts
             for k, v in gathered.items():
                 sums[k] = sums.get(k, 0.0) + float(v.sum())
     finally:
         model.train(was_training)
     if task == "classification":
-        out = {"accuracy": sums["correct"] / sums["count"], "loss": sums["loss"] / sums["count"]}
+        out = {"accuracy": sums["correct"] / sums["count"], "loss": sums["loss"] / sums["count"],
+               # share of dev rows given the most frequent predicted class (1.0: one class for every row)
+               "majority_prediction_share": float(predicted.max()) / sums["count"]}
         if "distill_kl" in sums:
             out["distill_kl"] = sums["distill_kl"] / sums["count"]
         return out

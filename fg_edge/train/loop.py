@@ -56,7 +56,7 @@ from fg_edge.gates.stats import closed_gate_counts, closed_gate_fraction, count_
 from fg_edge.train.checkpoint import BestCheckpoint
 from fg_edge.train.dev_eval import evaluate, primary_metric
 from fg_edge.train.losses import DenseTeacher, task_loss
-from fg_edge.train.result import TrainResult
+from fg_edge.train.result import TrainResult, learning_warnings
 from fg_edge.train.setup import build_loaders, make_teacher, param_groups, prepare_model, total_steps
 from fg_edge.train.sparsity import SparsityTerm, snap_to_target_
 
@@ -277,10 +277,15 @@ def _result(run: _Run, chosen, metric, epochs, wall, trainable, base, teacher_se
                  chosen["metrics"][metric], chosen["expected_sparsity"],
                  "" if at_target else "; no evaluation met the target sparsity")
     costs = run.sparsity.costs
+    train_loss = history[-1]["train_loss"] if history else float("nan")
+    train_loss_start = history[0]["train_loss"] if history else float("nan")
+    warnings = learning_warnings(run.task, train_loss_start, train_loss, chosen["metrics"] if chosen else {},
+                                 getattr(inner.config, "num_labels", None))
+    for text in warnings:
+        log.warning("training may have learned nothing: %s", text)
     return TrainResult(
         task=run.task, steps=run.total, epochs=epochs, wall_time_s=wall,
-        train_loss=history[-1]["train_loss"] if history else float("nan"),
-        train_loss_start=history[0]["train_loss"] if history else float("nan"),
+        train_loss=train_loss, train_loss_start=train_loss_start, warnings=warnings,
         sparsity_term=run.term,
         dev_metric_name=metric if chosen is not None else None,
         dev_metric=chosen["metrics"][metric] if chosen is not None else None,

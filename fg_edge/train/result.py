@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +38,29 @@ class TrainResult:
     controller: Optional[dict] = None      # final Lagrange multipliers
     teacher_seconds: float = 0.0           # time spent computing cached teacher logits (not in wall_time_s)
     history: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)   # signs that training learned nothing (learning_warnings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: a train loss that fell by less than this share of its start counts as "did not move"
+LOSS_STALL_SHARE = 0.02
+
+
+def learning_warnings(task: str, train_loss_start: float, train_loss: float, dev_metrics: dict,
+                      num_labels: Optional[int] = None) -> list[str]:
+    """Plain-language warnings when a run shows that it learned nothing (checked on every run; empty if fine)."""
+    out = []
+    if task != "classification":   # a decoder distilled from its dense self starts at KL 0 and rises by design
+        return out
+    if (math.isfinite(train_loss_start) and math.isfinite(train_loss) and train_loss_start > 0
+            and train_loss > train_loss_start * (1 - LOSS_STALL_SHARE)):
+        out.append(f"the training loss did not fall ({train_loss_start:.4f} at the start, {train_loss:.4f} at the "
+                   f"end): try more steps (--steps / --epochs), a higher --lr / --head-lr, or check that the labels "
+                   f"match the texts")
+    share = dev_metrics.get("majority_prediction_share")
+    if share is not None and share >= 1.0 and (num_labels or 2) > 1:
+        out.append("every dev row is predicted as the same class: the classifier has not separated the classes; "
+                   "try more steps, a dense teacher (--teacher), or check the labels and --label-column")
+    return out
