@@ -352,7 +352,7 @@ def test_cli_run(cls_dir, dec_dir):
     res = CliRunner().invoke(cli, ["run", str(cls_dir[0]), "the film was good"])
     assert res.exit_code == 0, res.output
     assert "label:" in res.output
-    res = CliRunner().invoke(cli, ["run", str(dec_dir[0]), "once upon a time", "--max-new-tokens", "4", "--json"])
+    res = CliRunner().invoke(cli, ["run", str(dec_dir[0]), "once upon a time", "--max-new-tokens", "4", "--json", "-"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output[res.output.index("{"):])
     assert len(data["token_ids"]) <= 4 and [x["kv_heads"] for x in data["kv_layout"]] == [1, 2]
