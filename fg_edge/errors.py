@@ -74,3 +74,7 @@ class OutputPathError(FgEdgeError, OSError):
 
 class OutputExistsError(FgEdgeError):
     """The output folder exists and --overwrite was not given, or it cannot be written under (names the path)."""
+
+
+class ResultFileError(FgEdgeError, ValueError):
+    """A result file fg-edge wrote (bench.json) lacks a documented key or has another schema version."""

@@ -1,10 +1,13 @@
-"""Shared fixtures: tiny word-level tokenizers, tiny model folders and a synthetic easy classification task."""
+"""Shared fixtures: tiny word-level tokenizers, tiny model folders, a synthetic easy classification task, and tiny
+compiled_dirs written by the real train -> compile pipeline (session-scoped)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -127,3 +130,104 @@ def tiny_bert_dir(tmp_path):
     model.save_pretrained(path)
     tiny_tokenizer("encoder").save_pretrained(path)
     return path
+
+
+# -- compiled folders written by the real pipeline (model_dir -> `fg-edge compile`), built once per session ------
+class CompiledFolder(NamedTuple):
+    """A compiled_dir and the torch model its model.onnx was exported from (fg_edge.compiler.load_compiled)."""
+
+    path: Path
+    model: object
+
+
+def gated_tiny_model(model_type: str, closed_heads: dict[int, list[int]], closed_channels: dict[int, slice],
+                     seed: int = 0, **model_kwargs):
+    """A tiny model with structured gates: every gate open (logits in (0, 2)) except the listed heads and FFN
+    channels of each layer, which are closed (logit -3) for the compiler to remove."""
+    import torch
+
+    from fg_edge.arch import get_spec
+    from fg_edge.formats.gate_config import GateConfig
+    from fg_edge.gates.inject import gated_modules, inject_gates
+    from fg_edge.testing import DECODERS, tiny_model
+
+    model = tiny_model(model_type, seed=seed, **model_kwargs)
+    spec = get_spec(model_type)
+    model.fg_edge_config = GateConfig(task="causal-lm" if model_type in DECODERS else "classification")
+    inject_gates(model, model.fg_edge_config)
+    g = torch.Generator().manual_seed(seed)
+    prefix = f"{spec.layers}."
+    for name, gl in gated_modules(model).items():
+        layer, _, inner = name.split(prefix, 1)[1].partition(".")
+        logits = gl.group_gate.logits.data
+        logits.copy_(torch.rand(logits.shape, generator=g) * 2)
+        closed = closed_heads.get(int(layer), []) if inner == spec.o else closed_channels.get(int(layer), slice(0))
+        logits[closed] = -3.0
+    return model.eval()
+
+
+def compile_tiny(root: Path, name: str, model, quantize: str = "none") -> CompiledFolder:
+    """save_model_dir + compile_model_dir (the code behind `fg-edge train` / `fg-edge compile`) into root."""
+    from fg_edge.compiler import load_compiled
+    from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir
+    from fg_edge.model_dir import save_model_dir
+    from fg_edge.testing import DECODERS
+
+    kind = "decoder" if model.config.model_type in DECODERS else "encoder"
+    model_dir = save_model_dir(model, model.fg_edge_config, root / name, tokenizer=tiny_tokenizer(kind))
+    out = root / f"{name}-compiled"
+    compile_model_dir(model_dir, out, options=CompileOptions(quantize=quantize, decoder_steps=4))
+    return CompiledFolder(out, load_compiled(out))
+
+
+@contextlib.contextmanager
+def _fixture_build():
+    """What the function-scoped autouse fixtures give a test, for a session fixture's build: hub offline, one
+    torch thread (both restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cls_dir(tmp_path_factory) -> CompiledFolder:
+    """BERT classifier (NEGATIVE / POSITIVE) compiled with int8: layer 1 keeps 2 of 4 heads, layer 0 half its FFN.
+    Files: model / baseline (.int8).onnx, config.json, tokenizer.json, compile_report.json, ..."""
+    with _fixture_build():
+        model = gated_tiny_model("bert", {1: [0, 1]}, {0: slice(None, None, 2)},
+                                 id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+        return compile_tiny(tmp_path_factory.mktemp("rt-cls"), "bert-cls", model, quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def emb_dir(cls_dir, tmp_path_factory) -> CompiledFolder:
+    """An embedding compiled_dir (last_hidden_state output): `fg-edge compile` has no embedding task, so this is the
+    classifier's compiled folder with model.onnx re-exported from its compiled backbone by the same exporter."""
+    import shutil
+
+    from fg_edge.compiler import load_compiled
+    from fg_edge.exporters.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("rt-emb") / "bert-emb-compiled"
+    shutil.copytree(cls_dir.path, out, ignore=shutil.ignore_patterns("*.onnx", "*.ort", "*.data"))
+    with _fixture_build():
+        backbone = load_compiled(cls_dir.path).base_model
+        export_onnx(backbone, out / "model.onnx", kind="embedding")
+    return CompiledFolder(out, backbone)
+
+
+@pytest.fixture(scope="session")
+def dec_dir(tmp_path_factory) -> CompiledFolder:
+    """LLaMA (GQA 4 heads / 2 kv heads) with a KV cache, fp32 only: layer 0 keeps kv group 0 (1 kv head), layer 1
+    keeps both; a third of every FFN closed."""
+    with _fixture_build():
+        model = gated_tiny_model("llama", {0: [2, 3]}, {0: slice(None, None, 3), 1: slice(None, None, 3)},
+                                 bos_token_id=4, eos_token_id=5)
+        return compile_tiny(tmp_path_factory.mktemp("rt-dec"), "llama", model)

@@ -1,9 +1,9 @@
 """Runtime harness (fg_edge.runtimes): providers, sessions, runner, torch-free path, bad inputs.
 
-The compiled_dir fixtures are built here from tiny random HF models (fg_edge.testing) exported with
-torch.onnx.export: `model.onnx` has physically pruned heads / FFN channels (layers differ in shape, decoders
-carry per-layer kv-head counts), `baseline.onnx` is the dense model exported the same way. test_bench.py reuses
-them (built once per pytest process).
+The compiled_dirs come from conftest.py (cls_dir, emb_dir, dec_dir): tiny gated models saved as a model_dir and
+compiled by `fg_edge.exporters.pipeline.compile_model_dir`, so `model.onnx` has physically pruned heads / FFN
+channels (layers differ in shape, the decoder carries per-layer kv-head counts) and every file the runtime reads
+is the one `fg-edge compile` writes. Each fixture is (path, the compiled torch model), built once per session.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -27,162 +26,6 @@ from fg_edge.errors import (InputMismatchError, ModelDirError, ModelFileError, P
 from fg_edge.runtimes import providers as P  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-# ------------------------------------------------------------------------------------------------------------
-# fixtures: tiny compiled_dirs
-# ------------------------------------------------------------------------------------------------------------
-WORDS = ["the", "a", "movie", "film", "was", "is", "good", "bad", "great", "awful", "not", "very", "and", "it",
-         "i", "liked", "hated", "story", "plot", "fun", "boring", "once", "upon", "time", "there", "girl", "boy"]
-_CACHE: dict[str, tuple[Path, object]] = {}
-
-
-def _write_tokenizer(out: Path, decoder: bool) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>"] if decoder else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[3 if decoder else 1]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if decoder:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    else:
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.save(str(out / "tokenizer.json"))
-
-
-def _write_meta(out: Path, model, layers: list[dict], flop_ratio: float, task: str) -> None:
-    cfg = model.config.to_dict()
-    cfg["fg_edge_layers"] = layers
-    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-    (out / "compile_report.json").write_text(json.dumps(
-        {"format_version": 1, "model_type": cfg["model_type"], "task": task,
-         "reference_shape": {"batch": 1, "seq_len": 128}, "layers": [],
-         "totals": {"flops_before": 1000, "flops_after": int(1000 / flop_ratio), "flop_ratio": flop_ratio}}))
-
-
-def _export_encoder(model, path: Path, output: str) -> None:
-    """The exporter `fg-edge compile` uses (fg_edge.exporters.onnx_export.export_onnx)."""
-    from fg_edge.exporters.onnx_export import export_onnx
-
-    export_onnx(model, path)
-
-
-def _prune_bert_ffn(model, layer: int, keep: int) -> None:
-    blk = model.base_model.encoder.layer[layer]
-    fc1, fc2 = blk.intermediate.dense, blk.output.dense
-    new1, new2 = torch.nn.Linear(fc1.in_features, keep), torch.nn.Linear(keep, fc2.out_features)
-    with torch.no_grad():
-        new1.weight.copy_(fc1.weight[:keep]); new1.bias.copy_(fc1.bias[:keep])
-        new2.weight.copy_(fc2.weight[:, :keep]); new2.bias.copy_(fc2.bias)
-    blk.intermediate.dense, blk.output.dense = new1, new2
-
-
-def _quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-def _encoder_dir(kind: str) -> tuple[Path, object]:
-    import transformers
-
-    from fg_edge.testing import tiny_config, tiny_model
-
-    out = Path(tempfile.mkdtemp(prefix=f"fg-rt-{kind}-"))
-    if kind == "cls":
-        model = tiny_model("bert", num_labels=2)
-        model.config.id2label = {0: "NEGATIVE", 1: "POSITIVE"}
-        model.config.label2id = {"NEGATIVE": 0, "POSITIVE": 1}
-        output = "logits"
-    else:
-        torch.manual_seed(0)
-        model = transformers.BertModel(tiny_config("bert"), add_pooling_layer=False).eval()
-        output = "last_hidden_state"
-    _export_encoder(model, out / "baseline.onnx", output)
-    model.prune_heads({1: [0, 1]})
-    _prune_bert_ffn(model, 0, 24)
-    _export_encoder(model, out / "model.onnx", output)
-    layers = [dict(num_heads=4, num_kv_heads=4, head_dim=8, ffn_size=24, attention="standard", ffn="standard"),
-              dict(num_heads=2, num_kv_heads=2, head_dim=8, ffn_size=48, attention="standard", ffn="standard")]
-    if kind == "cls":
-        _quantize(out / "model.onnx", out / "model.int8.onnx")
-        _quantize(out / "baseline.onnx", out / "baseline.int8.onnx")
-    _write_meta(out, model, layers, 1.4, "classification" if kind == "cls" else "embedding")
-    _write_tokenizer(out, decoder=False)
-    return out, model
-
-
-def _prune_llama_heads(model, layer_idx: int, keep_q_heads: list[int]) -> tuple[int, int]:
-    attn = model.model.layers[layer_idx].self_attn
-    hd, groups = attn.head_dim, attn.num_key_value_groups
-    kv_keep = sorted({h // groups for h in keep_q_heads})
-    q_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in keep_q_heads])
-    kv_idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in kv_keep])
-
-    def sl(lin, idx, dim):
-        new = torch.nn.Linear(lin.in_features if dim == 0 else len(idx),
-                              lin.out_features if dim == 1 else len(idx), bias=False)
-        with torch.no_grad():
-            new.weight.copy_(lin.weight.index_select(dim, idx))
-        return new
-
-    attn.q_proj, attn.k_proj = sl(attn.q_proj, q_idx, 0), sl(attn.k_proj, kv_idx, 0)
-    attn.v_proj, attn.o_proj = sl(attn.v_proj, kv_idx, 0), sl(attn.o_proj, q_idx, 1)
-    return len(keep_q_heads), len(kv_keep)
-
-
-def _export_decoder(model, path: Path) -> None:
-    """The exporter `fg-edge compile` uses; each layer's KV shape comes from the (pruned) modules."""
-    from fg_edge.exporters.onnx_export import export_onnx
-
-    export_onnx(model, path, kind="causal-lm")
-
-
-def _decoder_dir() -> tuple[Path, object]:
-    from fg_edge.testing import tiny_model
-
-    out = Path(tempfile.mkdtemp(prefix="fg-rt-dec-"))
-    model = tiny_model("llama", bos_token_id=1, eos_token_id=2)
-    hd = model.config.hidden_size // model.config.num_attention_heads
-
-    def rec(h, kv):
-        return dict(num_heads=h, num_kv_heads=kv, head_dim=hd, ffn_size=48, attention="standard", ffn="standard",
-                    kv_cache={"num_heads": kv, "head_dim": hd})
-
-    _export_decoder(model, out / "baseline.onnx")
-    heads, kv = _prune_llama_heads(model, 0, [0, 1])
-    layers = [rec(heads, kv), rec(4, 2)]
-    _export_decoder(model, out / "model.onnx")
-    _write_meta(out, model, layers, 1.25, "causal-lm")
-    _write_tokenizer(out, decoder=True)
-    return out, model
-
-
-def compiled_dir(kind: str) -> tuple[Path, object]:
-    """(compiled_dir, torch model equal to model.onnx), built once per process. kind: cls | emb | dec."""
-    if kind not in _CACHE:
-        import atexit
-        import shutil
-
-        _CACHE[kind] = _decoder_dir() if kind == "dec" else _encoder_dir(kind)
-        atexit.register(shutil.rmtree, _CACHE[kind][0], ignore_errors=True)
-    return _CACHE[kind]
-
-
-@pytest.fixture(scope="module")
-def cls_dir():
-    return compiled_dir("cls")
-
-
-@pytest.fixture(scope="module")
-def emb_dir():
-    return compiled_dir("emb")
-
-
-@pytest.fixture(scope="module")
-def dec_dir():
-    return compiled_dir("dec")
 
 
 def _copy(src: Path, tmp_path: Path, drop: tuple[str, ...] = ()) -> Path:
@@ -344,7 +187,7 @@ def test_sampling_is_seeded(dec_dir):
     assert r.generate("once", max_new_tokens=6, top_k=1, temperature=1.0, seed=3).token_ids == greedy
 
 
-def test_cli_run(cls_dir, dec_dir):
+def test_cli_run(cls_dir, dec_dir, tmp_path):
     from click.testing import CliRunner
 
     from fg_edge.cli import cli
@@ -352,7 +195,10 @@ def test_cli_run(cls_dir, dec_dir):
     res = CliRunner().invoke(cli, ["run", str(cls_dir[0]), "the film was good"])
     assert res.exit_code == 0, res.output
     assert "label:" in res.output
-    res = CliRunner().invoke(cli, ["run", str(dec_dir[0]), "once upon a time", "--max-new-tokens", "4", "--json"])
+    res = CliRunner().invoke(cli, ["run", str(cls_dir[0]), "the film was good", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0 and "label:" in res.output                 # --json FILE: the text output stays
+    assert json.loads((tmp_path / "r.json").read_text())["label"] in ("NEGATIVE", "POSITIVE")
+    res = CliRunner().invoke(cli, ["run", str(dec_dir[0]), "once upon a time", "--max-new-tokens", "4", "--json", "-"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output[res.output.index("{"):])
     assert len(data["token_ids"]) <= 4 and [x["kv_heads"] for x in data["kv_layout"]] == [1, 2]

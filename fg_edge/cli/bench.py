@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.run import _ep_library_option
+from fg_edge.cli.options import ep_library_option, progress_option, show_progress
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -12,7 +12,7 @@ from fg_edge.cli.run import _ep_library_option
 @click.option("--providers", default="cpu", show_default=True,
               help="Comma-separated providers: cpu, mobile (CPU EP, 1-2 threads, .ort/int8: emulated), cuda, "
                    "tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu.")
-@_ep_library_option
+@ep_library_option
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--seq", "seqs", default="128", show_default=True, help="Comma-separated sequence lengths (tokens).")
 @click.option("--threads", default="1", show_default=True, help="Comma-separated intra-op thread counts.")
@@ -25,22 +25,23 @@ from fg_edge.cli.run import _ep_library_option
 @click.option("--no-baseline", is_flag=True, help="Benchmark the compiled model alone (no dense baseline.onnx).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json, bench.md and bench.png (default: COMPILED_DIR/bench).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@progress_option
 def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, repeats, warmup, gen_tokens,
-              graph_optimization, no_baseline, out_dir, no_progress):
+              graph_optimization, no_baseline, out_dir, progress):
     """Benchmark COMPILED_DIR: the compiled model against its dense baseline (and int8 variants when present).
 
     \b
     Warm-up, then timed runs alternating between the models; median / p90 / p99 latency, throughput, session
     creation time, RSS growth and file size per row; the speed-up against the dense baseline (same provider,
     threads, shape and precision) next to the FLOP-ratio ceiling of compile_report.json. Decoders also get time
-    to first token and tokens/s of cached generation. Writes bench.json (schema: fg_edge.runtimes.bench),
+    to first token and tokens/s of cached generation. Writes bench.json (schema: fg_edge.runtimes.bench.schema),
     bench.md and bench.png.
 
     \b
     Examples:
       fg-edge bench runs/minilm-compiled --batch 1,8 --seq 128 --threads 1,2
       fg-edge bench runs/minilm-compiled --providers cpu,mobile -o runs/minilm-bench
+      fg-edge bench runs/stories-compiled --seq 32 --gen-tokens 32 --repeats 10 --no-progress
     """
     from pathlib import Path
 
@@ -51,7 +52,7 @@ def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, rep
         register_ep_libraries(ep_libraries)
     result = run_bench(compiled_dir, providers=providers, batches=batches, seqs=seqs, threads=threads,
                        repeats=repeats, warmup=warmup, gen_tokens=gen_tokens, no_baseline=no_baseline,
-                       graph_optimization=graph_optimization, progress=not no_progress)
+                       graph_optimization=graph_optimization, progress=show_progress(progress))
     click.echo(format_table(result))
     paths = write_outputs(result, Path(out_dir) if out_dir else Path(compiled_dir) / "bench")
     for kind, p in paths.items():

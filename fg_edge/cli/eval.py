@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from fg_edge.cli.options import emit_json, json_option
+
 
 @click.command(context_settings={"max_content_width": 110})
 @click.argument("compiled_dir", type=click.Path(file_okay=False, path_type=str))
@@ -24,8 +26,7 @@ import click
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="Also score this HF classifier folder (PyTorch; e.g. the dense finetuned teacher) on the same "
                    "rows, to show what removal cost. Needs the training install (torch).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Also write the results as JSON ('-' prints only the JSON).")
+@json_option("the results")
 def eval_cmd(compiled_dir, data_path, text_column, label_column, max_rows, models, provider, threads, window,
              batch_size, reference, json_path):
     """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
@@ -34,22 +35,19 @@ def eval_cmd(compiled_dir, data_path, text_column, label_column, max_rows, model
     Classifiers: accuracy. Causal LMs: perplexity over the text (non-overlapping windows).
     "baseline" is the gated model with nothing removed: it equals "compiled" by construction. To see what
     removal cost, score the dense model it was distilled from beside it with --reference.
-    Example:
-      fg-edge eval runs/minilm-compiled --data ../shared/data/SST-2/dev.tsv --reference runs/teacher
-    """
-    import json
-    from pathlib import Path
 
+    \b
+    Examples:
+      fg-edge eval runs/minilm-compiled --data ../shared/data/SST-2/dev.tsv --reference runs/teacher
+      fg-edge eval runs/stories-compiled --data valid.txt --models compiled,baseline --window 128 --json -
+    """
     from fg_edge.runtimes.evaluate import evaluate, format_eval
 
     variants = [m.strip() for m in models.split(",") if m.strip()] if models else None
     report = evaluate(compiled_dir, data_path, text_column=text_column, label_column=label_column,
                       max_rows=max_rows, variants=variants, provider=provider, threads=threads, window=window,
                       batch_size=batch_size, reference=reference)
-    if json_path == "-":
-        click.echo(json.dumps(report, indent=2))
+    # unsorted: report["results"] keeps the side-by-side order of the table
+    if emit_json(report, json_path, sort_keys=False):
         return
     click.echo(format_eval(report))
-    if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
-        click.echo(f"wrote {json_path}", err=True)

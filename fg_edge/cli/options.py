@@ -45,12 +45,12 @@ def show_progress(flag: Optional[bool]) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-def emit_json(data: Any, json_path: Optional[str]) -> bool:
+def emit_json(data: Any, json_path: Optional[str], sort_keys: bool = True) -> bool:
     """Write `data` for ``--json``: '-' prints it on stdout (returns True: print nothing else), a path writes the
-    file (returns False). None does nothing."""
+    file (returns False). None does nothing. `sort_keys=False` keeps an order that means something (eval's rows)."""
     if json_path is None:
         return False
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, default=str)
     if json_path == "-":
         click.echo(text)
         return True

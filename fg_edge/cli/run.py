@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import click
 
+from fg_edge.cli.options import emit_json, ep_library_option, json_option
 from fg_edge.formats.compiled_dir import MODEL_CHOICES
-
-
-def _ep_library_option(f):
-    return click.option("--ep-library", "ep_libraries", multiple=True, metavar="NAME=PATH",
-                        help="Register a plugin execution-provider library with onnxruntime first "
-                             "(onnxruntime.register_execution_provider_library); repeatable.")(f)
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -21,7 +16,7 @@ def _ep_library_option(f):
 @click.option("--provider", default="cpu", show_default=True,
               help="Execution provider: cpu, cuda, tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu, "
                    "mobile (CPU EP emulation), or a full ORT EP name.")
-@_ep_library_option
+@ep_library_option
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: ORT's choice).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=20, show_default=True, help="Decoders only.")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True,
@@ -30,9 +25,9 @@ def _ep_library_option(f):
               help="Decoders: sampling temperature; 0 = greedy. Default: greedy, or 1.0 when --top-k is given.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--normalize", is_flag=True, help="Embedding models: L2-normalise the embedding.")
-@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@json_option("the full result")
 def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_new_tokens, top_k, temperature, seed,
-            normalize, as_json):
+            normalize, json_path):
     """Run TEXT through COMPILED_DIR (a folder written by `fg-edge compile`).
 
     \b
@@ -45,9 +40,8 @@ def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_ne
       fg-edge run runs/minilm-compiled "a gripping, funny film"
       fg-edge run runs/stories-compiled "Once upon a time" --max-new-tokens 40 --top-k 20 --temperature 0.8
       fg-edge run runs/minilm-compiled "so dull" --model int8 --provider mobile
+      fg-edge run runs/stories-compiled "Once upon a time" --json - > result.json
     """
-    import json
-
     from fg_edge.runtimes.providers import register_ep_libraries
     from fg_edge.runtimes.runner import Runner
 
@@ -58,8 +52,7 @@ def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_ne
     runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads)
     result = runner.run(text, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, seed=seed,
                         normalize=normalize)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    if emit_json(result, json_path):
         return
     click.echo(f"[{result['model']}: {result['file']} on {result['provider']}]")
     if result["kind"] == "classification":

@@ -203,7 +203,7 @@ class CompiledDir:
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:  # pragma: no cover
-            raise ModelDirError("the `tokenizers` package is missing: pip install 'fg-edge[runtime]'") from exc
+            raise ModelDirError("the `tokenizers` package is missing: pip install fg-edge") from exc
         try:
             return Tokenizer.from_file(str(p))
         except Exception as exc:

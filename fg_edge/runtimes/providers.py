@@ -127,7 +127,7 @@ def _ort():
         import onnxruntime as ort
     except ImportError as exc:  # pragma: no cover - the runtime extra always has it
         raise ProviderUnavailableError(
-            "onnxruntime is not installed; pip install 'fg-edge[runtime]' (or onnxruntime-gpu for CUDA)") from exc
+            "onnxruntime is not installed; pip install fg-edge (or onnxruntime-gpu for CUDA)") from exc
     return ort
 
 
