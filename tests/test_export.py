@@ -315,3 +315,22 @@ def test_pack_onnx_streams_external_data_into_one_file(tmp_path):
         assert all(a.t.data_location != TensorProto.EXTERNAL for n in proto.graph.node for a in n.attribute)
         after = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, feeds_used)[0]
         np.testing.assert_array_equal(before, after)
+
+
+def test_patches_restore_the_originals_also_on_error():
+    import transformers.cache_utils as cache_utils
+    import transformers.masking_utils as masking_utils
+    from torch import _C
+
+    from fg_edge.exporters.patches import capture_initializers, export_patches
+
+    registry = masking_utils.ALL_MASK_ATTENTION_FUNCTIONS
+    before = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
+              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+    with pytest.raises(RuntimeError, match="boom"):
+        with export_patches(), capture_initializers():
+            assert cache_utils.DynamicLayer.update is not before[3]
+            raise RuntimeError("boom")
+    after = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
+             cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+    assert all(a is b for a, b in zip(before, after))

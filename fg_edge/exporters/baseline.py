@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def _fold_locally_(model: nn.Module) -> None:
     from fg_edge.gates.inject import gated_modules
-    from fg_edge.gates.layer import GatedLinear
+    from fg_edge.gates.layer import GatedLinear, replace_module
 
     for name, g in gated_modules(model).items():
         assert isinstance(g, GatedLinear)
@@ -27,8 +27,7 @@ def _fold_locally_(model: nn.Module) -> None:
         base.weight.data.copy_(w if isinstance(base, nn.Linear) else w.t())
         if b is not None:
             base.bias.data.copy_(b)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, base)
+        replace_module(model, name, base)
 
 
 def dense_baseline(gated_model: nn.Module, *, inplace: bool = False) -> nn.Module:

@@ -73,55 +73,6 @@ def _external(src: Path) -> bool:
     return src.with_name(src.name + ".data").exists()
 
 
-#: initializers at least this large are left out of the copy that shape inference sees (weights, not shapes)
-_SHAPE_INFER_STRIP_BYTES = 4096
-
-
-@contextlib.contextmanager
-def _lean_shape_inference():
-    """ORT's dynamic quantizer refreshes value_info with save_and_reload_model_with_shape_infer: a deep copy of
-    the whole model, written out and loaded back (with the caller's copy still alive: 3x the weights in RAM).
-    Same value_info, one copy: infer shapes on a copy without the large weight tensors and put the result into
-    the model itself."""
-    import onnx
-    from onnxruntime.quantization import onnx_quantizer, quant_utils
-
-    orig = onnx_quantizer.save_and_reload_model_with_shape_infer
-
-    def lean(model: "onnx.ModelProto") -> "onnx.ModelProto":
-        # field by field, never clearing the model's initializers (protobuf would copy every live tensor)
-        light = onnx.ModelProto()
-        for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-            setattr(light, name, getattr(model, name))
-        light.opset_import.extend(model.opset_import)
-        light.metadata_props.extend(model.metadata_props)
-        light.functions.extend(model.functions)
-        light.graph.name = model.graph.name
-        for name in ("node", "input", "output", "value_info", "sparse_initializer"):
-            getattr(light.graph, name).extend(getattr(model.graph, name))
-        for t in model.graph.initializer:
-            if t.ByteSize() >= _SHAPE_INFER_STRIP_BYTES:  # a data-less stand-in: name, type and dims only
-                stub = light.graph.initializer.add()
-                stub.name, stub.data_type = t.name, t.data_type
-                stub.dims.extend(t.dims)
-            else:
-                light.graph.initializer.add().CopyFrom(t)
-        inferred = onnx.shape_inference.infer_shapes(light)
-        quant_utils.add_infer_metadata(inferred)
-        for field in ("value_info", "input", "output"):
-            model.graph.ClearField(field)
-            getattr(model.graph, field).extend(getattr(inferred.graph, field))
-        del model.metadata_props[:]
-        model.metadata_props.extend(inferred.metadata_props)
-        return model
-
-    onnx_quantizer.save_and_reload_model_with_shape_infer = lean
-    try:
-        yield
-    finally:
-        onnx_quantizer.save_and_reload_model_with_shape_infer = orig
-
-
 def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False,
                           include_lm_head: bool = False, pre_process: Optional[bool] = None) -> dict:
     """Dynamic int8 (MatMul weights QInt8, activations quantized at run time).
@@ -136,7 +87,8 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
+    from fg_edge.exporters.patches import lean_quantizer_shape_inference
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if pre_process is None:
@@ -149,7 +101,7 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool
         else:
             pre, pre_label = src, "none (the export is constant-folded: every MatMul weight is an initializer)"
         try:
-            with _quiet_ort_quantization(), _lean_shape_inference():
+            with _quiet_ort_quantization(), lean_quantizer_shape_inference():
                 quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=per_channel,
                                  weight_type=QuantType.QInt8, use_external_data_format=_external(src),
                                  nodes_to_exclude=exclude)
@@ -239,7 +191,7 @@ def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, 
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
 
-    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
 
     reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
     src, dst = Path(src).resolve(), Path(dst).resolve()
