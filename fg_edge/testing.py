@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fg_edge.compiler.inputs import padded_batch  # re-exported: tests build their batches like the parity gates
+
 #: model_type -> (config class name, kwargs) of a tiny random config
 TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "bert": ("BertConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -50,16 +52,3 @@ def tiny_model(model_type: str, task: str = "auto", seed: int = 0, num_labels: i
     else:
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return model.eval()
-
-
-def padded_batch(vocab_size: int, lengths=(7, 4, 2), seed: int = 0, left: bool = False):
-    """input_ids / attention_mask for sequences of different lengths, padded (right by default) with id 0."""
-    g = torch.Generator().manual_seed(seed)
-    n = max(lengths)
-    ids = torch.zeros(len(lengths), n, dtype=torch.long)
-    mask = torch.zeros(len(lengths), n, dtype=torch.long)
-    for i, length in enumerate(lengths):
-        sl = slice(n - length, n) if left else slice(0, length)
-        ids[i, sl] = torch.randint(3, vocab_size, (length,), generator=g)
-        mask[i, sl] = 1
-    return ids, mask

@@ -22,15 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fg_edge.compiler.inputs import (ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL, PARITY_DECODER_STEPS,
+                                     padded_batch)
 from fg_edge.compiler.parity import scaled_tolerance
 from fg_edge.errors import ParityError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOL = 1e-4
-DEFAULT_STEPS = 32
-ENCODER_LENGTHS = (11, 6, 3)
-DECODER_LENGTHS = (7, 4, 2)
+# the defaults live in fg_edge.compiler.inputs (with why the torch-vs-ORT tolerance is looser); names kept here
+DEFAULT_TOL = ONNX_PARITY_TOL
+DEFAULT_STEPS = PARITY_DECODER_STEPS
+ENCODER_LENGTHS = ONNX_ENCODER_LENGTHS
+DECODER_LENGTHS = ONNX_DECODER_LENGTHS
 
 
 @contextlib.contextmanager
@@ -134,8 +137,6 @@ class ParityReference:
         return self._decoder
 
     def _encoder_reference(self, token_type_ids: bool) -> dict:
-        from fg_edge.testing import padded_batch
-
         ids, mask = padded_batch(self.vocab, lengths=ENCODER_LENGTHS, seed=self.seed)
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         kwargs = dict(input_ids=ids, attention_mask=mask)
@@ -151,8 +152,6 @@ class ParityReference:
         return {"feeds": feeds, "mask": mask.numpy(), "outputs": outputs}
 
     def _decoder_reference(self) -> dict:
-        from fg_edge.testing import padded_batch
-
         model, steps = self.model, self.steps
         ids, mask = padded_batch(self.vocab, lengths=DECODER_LENGTHS, seed=self.seed, left=True)
         batch = ids.shape[0]
