@@ -165,14 +165,13 @@ def _pack_once(st: CompileState) -> None:
 
 
 def _ort_format(st: CompileState) -> None:
-    import onnxruntime as ort
-
     from fg_edge.exporters.ort_format import convert_to_ort, partition_summary
+    from fg_edge.runtimes.session import create_session
 
     _pack_once(st)
     ort_info = convert_to_ort([st.tmp / g for g in st.graphs + st.quant_graphs], st.tmp)
     for name in ort_info["files"]:  # each .ort must load in ORT
-        ort.InferenceSession(str(st.tmp / name), providers=["CPUExecutionProvider"])
+        create_session(st.tmp / name, "cpu")
     st.report["ort_format"] = ort_info
     st.report["mobile_partitions"] = {"model.onnx": partition_summary(st.tmp / "model.onnx")}
 
