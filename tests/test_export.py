@@ -334,3 +334,46 @@ def test_patches_restore_the_originals_also_on_error():
     after = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
     assert all(a is b for a, b in zip(before, after))
+
+
+def test_quantize_and_ort_format_leave_cwd_and_logger_levels_as_they_were(tmp_path, monkeypatch, encoder_tokenizer):
+    """No os.chdir and no logger level left changed (ORT's scratch files go to a temp folder of ours instead)."""
+    import logging
+    import os
+
+    from fg_edge.exporters.quantize import QuantizeConfig
+
+    _, compiled = _compiled("bert")
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root, ort_log = logging.getLogger(), logging.getLogger("ort_format_model")
+    levels = (root.level, ort_log.level)
+    seen = []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: seen.append(p) or real_chdir(p))
+    settings = quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "model.int8.onnx",
+                                     QuantizeConfig(include_lm_head=True, pre_process=True))
+    assert settings["pre_process"] != "none (copied as exported)"
+    feeds = calibration_feeds(["good w1 w2", "bad w3"], encoder_tokenizer, info.input_names)
+    quantize_qdq_static(tmp_path / "model.onnx", tmp_path / "model.qdq.onnx", feeds, per_channel=True)
+    convert_to_ort([tmp_path / "model.int8.onnx"], tmp_path)
+    assert seen == [] and os.getcwd() == str(cwd) and not list(cwd.iterdir())
+    assert (root.level, ort_log.level) == levels
+    with pytest.raises(ConfigError, match="not both"):
+        quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "x.onnx", QuantizeConfig(), per_channel=True)
+
+
+def test_shape_inference_dump_goes_to_our_folder(tmp_path, monkeypatch):
+    from onnx import helper
+
+    from fg_edge.exporters.patches import shape_inference_dump_into
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    graph = helper.make_graph([], "g", [], [])
+    with shape_inference_dump_into(tmp_path / "scratch"):
+        onnx.save_model(helper.make_model(graph), "sym_shape_infer_temp.onnx")
+    assert (tmp_path / "scratch" / "sym_shape_infer_temp.onnx").is_file()
+    assert not (tmp_path / "sym_shape_infer_temp.onnx").exists()

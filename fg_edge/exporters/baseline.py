@@ -12,6 +12,8 @@ import logging
 import torch
 from torch import nn
 
+from fg_edge.errors import CompileError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,7 +23,8 @@ def _fold_locally_(model: nn.Module) -> None:
     from fg_edge.gates.layer import GatedLinear, replace_module
 
     for name, g in gated_modules(model).items():
-        assert isinstance(g, GatedLinear)
+        if not isinstance(g, GatedLinear):
+            raise CompileError(f"{name}: expected a GatedLinear to fold, found {type(g).__name__}")
         w, b = g.folded()
         base = g.base_layer
         base.weight.data.copy_(w if isinstance(base, nn.Linear) else w.t())

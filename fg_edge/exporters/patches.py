@@ -12,12 +12,15 @@ loudly (AttributeError on entry) rather than silently exporting something else.
   (private `torch._C._jit_pass_onnx_deduplicate_initializers`), so the weights can be streamed to disk.
 * `lean_quantizer_shape_inference` — onnxruntime's dynamic quantizer refreshes value_info with a full copy of the
   model; this replaces `onnx_quantizer.save_and_reload_model_with_shape_infer` by a copy-free equivalent.
+* `shape_inference_dump_into` — onnxruntime's symbolic shape inference saves a failed run's model to a path
+  relative to the current directory; this sends that file into a folder of ours instead (no `os.chdir`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 from fg_edge.errors import ExportError
@@ -138,4 +141,27 @@ def lean_quantizer_shape_inference() -> Iterator[None]:
     from onnxruntime.quantization import onnx_quantizer
 
     with _swapped(onnx_quantizer, "save_and_reload_model_with_shape_infer", _lean_shape_infer):
+        yield
+
+
+#: the relative path onnxruntime.tools.symbolic_shape_infer (1.32.0) saves an incomplete inference to
+_SHAPE_INFER_DUMP = "sym_shape_infer_temp.onnx"
+
+
+@contextlib.contextmanager
+def shape_inference_dump_into(folder: str | Path) -> Iterator[None]:
+    """`SymbolicShapeInference.infer_shapes` (onnxruntime 1.32.0, run by quant_pre_process) writes
+    "sym_shape_infer_temp.onnx" and its external data (a uuid-named .data file) into the current directory when
+    inference is incomplete, then raises. For the block, `onnx.save_model` (onnx 1.23.2) writes that one relative
+    path under `folder` instead; every other save is passed through unchanged."""
+    import onnx
+
+    orig = onnx.save_model
+
+    def save_model(proto, f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and str(f) == _SHAPE_INFER_DUMP:
+            f = str(Path(folder) / _SHAPE_INFER_DUMP)
+        return orig(proto, f, *args, **kwargs)
+
+    with _swapped(onnx, "save_model", save_model):
         yield

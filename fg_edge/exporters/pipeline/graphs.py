@@ -48,32 +48,43 @@ def export_baseline(model_dir: str, path: str, opset: int, kind: str, external_d
     return int(params)
 
 
-def _eval_accuracy(onnx_path: Path, data, tokenizer, info, max_length: int = 128) -> float:
-    import numpy as np
+class _GraphClassifier:
+    """`.logits(texts, pairs)` of a classifier graph just written, tokenized with the model_dir's HF tokenizer
+    (what runtimes.evaluate.accuracy needs; the compiled_dir's Runner is not there yet)."""
 
-    from fg_edge.exporters.onnx_parity import make_session
+    def __init__(self, onnx_path: Path, tokenizer, token_type_ids: bool, max_length: int = 128):
+        from fg_edge.exporters.onnx_parity import make_session
 
-    session = make_session(onnx_path)
-    correct = 0
-    for start in range(0, len(data), 16):
-        texts = data.texts[start:start + 16]
-        pairs = data.text_pairs[start:start + 16] if data.text_pairs else None
-        enc = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        self.session, self.tokenizer = make_session(onnx_path), tokenizer
+        self.token_type_ids, self.max_length = token_type_ids, max_length
+
+    def logits(self, texts, pairs=None):
+        import numpy as np
+
+        enc = self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="np")
         feeds = {"input_ids": enc["input_ids"].astype(np.int64),
                  "attention_mask": enc["attention_mask"].astype(np.int64)}
-        if info.token_type_ids:
+        if self.token_type_ids:
             feeds["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(enc["input_ids"])).astype(np.int64)
-        logits = session.run(["logits"], feeds)[0]
-        correct += int((logits.argmax(-1) == np.asarray(data.labels[start:start + 16])).sum())
-    return correct / max(len(data), 1)
+        return self.session.run(["logits"], feeds)[0]
+
+
+def _eval_accuracy(onnx_path: Path, data, tokenizer, info) -> float:
+    from fg_edge.runtimes.evaluate import accuracy
+
+    model = _GraphClassifier(onnx_path, tokenizer, info.token_type_ids)
+    return accuracy(model, data.texts, data.labels, batch_size=16, text_pairs=data.text_pairs or None)["value"]
 
 
 def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
                     calib, eval_data) -> dict:
     """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
     with eval data, the task accuracy of every graph before and after."""
-    from fg_edge.exporters.quantize import calibration_feeds, quantize_int8_dynamic_isolated, quantize_qdq_static, quantized_op_counts
+    from fg_edge.exporters.quantize import (QuantizeConfig, calibration_feeds, quantize_int8_dynamic_isolated,
+                                            quantize_qdq_static, quantized_op_counts)
 
+    config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.quantize_lm_head)
     result: dict = {"files": {}}
     feeds = None
     if options.quantize == "qdq":
@@ -84,11 +95,9 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
         dst = quantized_name(g, options.quantize)
         if options.quantize == "int8":
             # in a child process: this (torch) process keeps its heap, the child peaks on its own
-            settings = quantize_int8_dynamic_isolated(tmp / g, tmp / dst, per_channel=options.per_channel,
-                                                      include_lm_head=options.quantize_lm_head)
+            settings = quantize_int8_dynamic_isolated(tmp / g, tmp / dst, config)
         else:
-            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, per_channel=options.per_channel,
-                                           include_lm_head=options.quantize_lm_head)
+            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, config)
         release()
         result["settings"] = settings
         entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
