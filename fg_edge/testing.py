@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fg_edge.compiler.inputs import padded_batch  # re-exported: tests build their batches like the parity gates
+
 #: model_type -> (config class name, kwargs) of a tiny random config
 TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "bert": ("BertConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -52,14 +54,29 @@ def tiny_model(model_type: str, task: str = "auto", seed: int = 0, num_labels: i
     return model.eval()
 
 
-def padded_batch(vocab_size: int, lengths=(7, 4, 2), seed: int = 0, left: bool = False):
-    """input_ids / attention_mask for sequences of different lengths, padded (right by default) with id 0."""
+def task_of(model_type: str) -> str:
+    """The task tests give a tiny model of `model_type`: decoders are causal LMs, encoders classifiers."""
+    return "causal-lm" if model_type in DECODERS else "classification"
+
+
+def gated_tiny_model(model_type: str, closed_heads: dict, closed_channels: dict, seed: int = 0, **model_kwargs):
+    """A tiny model with structured gates, all open (logits in (0, 2), one seeded draw) except, per layer index,
+    `closed_heads[layer]` and `closed_channels[layer]` (anything that indexes the gate vector: a list, a slice),
+    which are closed (logit -3) for the compiler to remove. Returns (model in eval mode, its GateConfig)."""
+    from fg_edge.arch import get_spec
+    from fg_edge.formats.gate_config import GateConfig
+    from fg_edge.gates.inject import gated_modules, inject_gates
+
+    model = tiny_model(model_type, seed=seed, **model_kwargs)
+    spec = get_spec(model_type)
+    config = GateConfig(task=task_of(model_type))
+    inject_gates(model, config)
     g = torch.Generator().manual_seed(seed)
-    n = max(lengths)
-    ids = torch.zeros(len(lengths), n, dtype=torch.long)
-    mask = torch.zeros(len(lengths), n, dtype=torch.long)
-    for i, length in enumerate(lengths):
-        sl = slice(n - length, n) if left else slice(0, length)
-        ids[i, sl] = torch.randint(3, vocab_size, (length,), generator=g)
-        mask[i, sl] = 1
-    return ids, mask
+    prefix = f"{spec.layers}."
+    for name, gl in gated_modules(model).items():
+        layer, _, inner = name.split(prefix, 1)[1].partition(".")
+        logits = gl.group_gate.logits.data
+        logits.copy_(torch.rand(logits.shape, generator=g) * 2)
+        closed = closed_heads.get(int(layer), []) if inner == spec.o else closed_channels.get(int(layer), slice(0))
+        logits[closed] = -3.0
+    return model.eval(), config

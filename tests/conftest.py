@@ -140,41 +140,16 @@ class CompiledFolder(NamedTuple):
     model: object
 
 
-def gated_tiny_model(model_type: str, closed_heads: dict[int, list[int]], closed_channels: dict[int, slice],
-                     seed: int = 0, **model_kwargs):
-    """A tiny model with structured gates: every gate open (logits in (0, 2)) except the listed heads and FFN
-    channels of each layer, which are closed (logit -3) for the compiler to remove."""
-    import torch
-
-    from fg_edge.arch import get_spec
-    from fg_edge.formats.gate_config import GateConfig
-    from fg_edge.gates.inject import gated_modules, inject_gates
-    from fg_edge.testing import DECODERS, tiny_model
-
-    model = tiny_model(model_type, seed=seed, **model_kwargs)
-    spec = get_spec(model_type)
-    model.fg_edge_config = GateConfig(task="causal-lm" if model_type in DECODERS else "classification")
-    inject_gates(model, model.fg_edge_config)
-    g = torch.Generator().manual_seed(seed)
-    prefix = f"{spec.layers}."
-    for name, gl in gated_modules(model).items():
-        layer, _, inner = name.split(prefix, 1)[1].partition(".")
-        logits = gl.group_gate.logits.data
-        logits.copy_(torch.rand(logits.shape, generator=g) * 2)
-        closed = closed_heads.get(int(layer), []) if inner == spec.o else closed_channels.get(int(layer), slice(0))
-        logits[closed] = -3.0
-    return model.eval()
-
-
-def compile_tiny(root: Path, name: str, model, quantize: str = "none") -> CompiledFolder:
+def compile_tiny(root: Path, name: str, gated, quantize: str = "none") -> CompiledFolder:
     """save_model_dir + compile_model_dir (the code behind `fg-edge train` / `fg-edge compile`) into root."""
     from fg_edge.compiler import load_compiled
     from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.testing import DECODERS
 
+    model, gate_config = gated                      # fg_edge.testing.gated_tiny_model
     kind = "decoder" if model.config.model_type in DECODERS else "encoder"
-    model_dir = save_model_dir(model, model.fg_edge_config, root / name, tokenizer=tiny_tokenizer(kind))
+    model_dir = save_model_dir(model, gate_config, root / name, tokenizer=tiny_tokenizer(kind))
     out = root / f"{name}-compiled"
     compile_model_dir(model_dir, out, options=CompileOptions(quantize=quantize, decoder_steps=4))
     return CompiledFolder(out, load_compiled(out))
@@ -200,10 +175,12 @@ def _fixture_build():
 def cls_dir(tmp_path_factory) -> CompiledFolder:
     """BERT classifier (NEGATIVE / POSITIVE) compiled with int8: layer 1 keeps 2 of 4 heads, layer 0 half its FFN.
     Files: model / baseline (.int8).onnx, config.json, tokenizer.json, compile_report.json, ..."""
+    from fg_edge.testing import gated_tiny_model
+
     with _fixture_build():
-        model = gated_tiny_model("bert", {1: [0, 1]}, {0: slice(None, None, 2)},
+        gated = gated_tiny_model("bert", {1: [0, 1]}, {0: slice(None, None, 2)},
                                  id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
-        return compile_tiny(tmp_path_factory.mktemp("rt-cls"), "bert-cls", model, quantize="int8")
+        return compile_tiny(tmp_path_factory.mktemp("rt-cls"), "bert-cls", gated, quantize="int8")
 
 
 @pytest.fixture(scope="session")
@@ -227,7 +204,9 @@ def emb_dir(cls_dir, tmp_path_factory) -> CompiledFolder:
 def dec_dir(tmp_path_factory) -> CompiledFolder:
     """LLaMA (GQA 4 heads / 2 kv heads) with a KV cache, fp32 only: layer 0 keeps kv group 0 (1 kv head), layer 1
     keeps both; a third of every FFN closed."""
+    from fg_edge.testing import gated_tiny_model
+
     with _fixture_build():
-        model = gated_tiny_model("llama", {0: [2, 3]}, {0: slice(None, None, 3), 1: slice(None, None, 3)},
+        gated = gated_tiny_model("llama", {0: [2, 3]}, {0: slice(None, None, 3), 1: slice(None, None, 3)},
                                  bos_token_id=4, eos_token_id=5)
-        return compile_tiny(tmp_path_factory.mktemp("rt-dec"), "llama", model)
+        return compile_tiny(tmp_path_factory.mktemp("rt-dec"), "llama", gated)

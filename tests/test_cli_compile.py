@@ -11,25 +11,17 @@ from click.testing import CliRunner
 from conftest import sentiment_rows, tiny_tokenizer, write_tsv
 
 from fg_edge.cli import cli
-from fg_edge.formats.gate_config import GateConfig
 from fg_edge.model_dir import save_model_dir
-from fg_edge.testing import DECODERS
-
-
-def _gated(model_type):
-    from test_export import gated_model
-
-    return gated_model(model_type)
+from fg_edge.testing import DECODERS, gated_tiny_model
 
 
 def make_model_dir(tmp_path, model_type, tokenizer=True):
-    model = _gated(model_type)
+    every_third = slice(None, None, 3)
+    model, gate_config = gated_tiny_model(model_type, {0: [0], 1: slice(2, None)}, {0: every_third, 1: every_third})
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, seed=3))
     kind = "decoder" if model_type in DECODERS else "encoder"
     path = tmp_path / f"{model_type}_run"
-    save_model_dir(model, model.fg_edge_config if hasattr(model, "fg_edge_config") else
-                   GateConfig(task="causal-lm" if model_type in DECODERS else "classification", model_type=model_type),
-                   path, tokenizer=tiny_tokenizer(kind) if tokenizer else None,
+    save_model_dir(model, gate_config, path, tokenizer=tiny_tokenizer(kind) if tokenizer else None,
                    metadata={"data": {"train": {"path": train, "format": "tsv"}}})
     return path
 

@@ -17,8 +17,8 @@ import torch
 
 from conftest import needs_shared
 from fg_edge.arch import ARCHITECTURES, head_layout, layers_of, layers_prefix
-from fg_edge.compiler import (CompilePlan, check_parity, compile_dir, compile_model, format_report, load_compiled,
-                              plan_removal, save_compiled)
+from fg_edge.compiler import (CompilePlan, check_parity, compile_model, format_report, load_compiled, plan_removal,
+                              save_compiled)
 from fg_edge.compiler import passes
 from fg_edge.compiler.saving import PLAN_FILE, REPORT_FILE, compiled_param_count
 from fg_edge.compiler.surgery import BiasOnly, EmptyAttention, ZeroWidth
@@ -398,6 +398,15 @@ def _model_dir(tmp_path, model_type, name):
     gated = gated_model(model_type, "structured")
     cfg = GateConfig(granularity="structured", adapter_rank=2, task=_task(model_type))
     return save_model_dir(gated, cfg, tmp_path / name)
+
+
+def compile_dir(model_dir, out):
+    """A model_dir compiled through the one compile entry point (fg_edge.exporters.pipeline, what `fg-edge compile`
+    runs) at the compiler's own tolerance 1e-5; returns (folder, report) like the removed compiler.compile_dir."""
+    from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir
+
+    report = compile_model_dir(model_dir, out, options=CompileOptions(tol=1e-5, baseline=False))
+    return Path(report["output"]), report
 
 
 @pytest.mark.parametrize("corruption", ["nan", "shape", "other-model"])

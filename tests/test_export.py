@@ -11,33 +11,20 @@ from torch import nn
 from fg_edge.arch import ARCHITECTURES
 from fg_edge.compiler import compile_model
 from fg_edge.compiler.shapes import layer_shapes
-from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, ParityError
 from fg_edge.exporters import (check_onnx_parity, convert_to_ort, dense_baseline, export_onnx, make_session,
                                partition_summary, quantize_int8_dynamic, quantize_qdq_static, quantized_op_counts)
 from fg_edge.exporters.quantize import calibration_feeds
-from fg_edge.gates.inject import gated_modules, inject_gates
-from fg_edge.testing import DECODERS, ENCODERS, TINY_CONFIGS, padded_batch, tiny_model
+from fg_edge.testing import DECODERS, ENCODERS, TINY_CONFIGS, gated_tiny_model, padded_batch, tiny_model
 
 
 def gated_model(model_type: str, *, empty_layer: bool = False, seed: int = 0):
-    """A tiny gated model with closed gates: layer 1 keeps only the first kv group (non-uniform kv heads)."""
-    model = tiny_model(model_type)
-    spec = ARCHITECTURES[model_type]
-    inject_gates(model, GateConfig(task="causal-lm" if model_type in DECODERS else "classification"))
-    g = torch.Generator().manual_seed(seed)
-    for name, gl in gated_modules(model).items():
-        logits = gl.group_gate.logits.data
-        logits.copy_(torch.rand(logits.shape, generator=g) * 2)  # open, values in (0.5, 1]
-        layer = int(name.split(spec.layers.split(".")[-1] + ".")[1].split(".")[0])
-        if name.endswith(spec.o):
-            if layer == 1:
-                logits[2 if not empty_layer else 0:] = -3.0  # heads 2, 3 (= kv group 1 under GQA 4/2) closed
-            else:
-                logits[0] = -3.0
-        else:
-            logits[::3] = -3.0
-    return model.eval()
+    """A tiny gated model with closed gates: layer 1 keeps only the first kv group (non-uniform kv heads), or no
+    head at all with `empty_layer`; layer 0 loses head 0; every third FFN channel closed."""
+    every_third = slice(None, None, 3)
+    model, _ = gated_tiny_model(model_type, {0: [0], 1: slice(0 if empty_layer else 2, None)},
+                                {0: every_third, 1: every_third}, seed=seed)
+    return model
 
 
 def _compiled(model_type, **kw):
@@ -315,3 +302,65 @@ def test_pack_onnx_streams_external_data_into_one_file(tmp_path):
         assert all(a.t.data_location != TensorProto.EXTERNAL for n in proto.graph.node for a in n.attribute)
         after = ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, feeds_used)[0]
         np.testing.assert_array_equal(before, after)
+
+
+def test_patches_restore_the_originals_also_on_error():
+    import transformers.cache_utils as cache_utils
+    import transformers.masking_utils as masking_utils
+    from torch import _C
+
+    from fg_edge.exporters.patches import capture_initializers, export_patches
+
+    registry = masking_utils.ALL_MASK_ATTENTION_FUNCTIONS
+    before = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
+              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+    with pytest.raises(RuntimeError, match="boom"):
+        with export_patches(), capture_initializers():
+            assert cache_utils.DynamicLayer.update is not before[3]
+            raise RuntimeError("boom")
+    after = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
+             cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+    assert all(a is b for a, b in zip(before, after))
+
+
+def test_quantize_and_ort_format_leave_cwd_and_logger_levels_as_they_were(tmp_path, monkeypatch, encoder_tokenizer):
+    """No os.chdir and no logger level left changed (ORT's scratch files go to a temp folder of ours instead)."""
+    import logging
+    import os
+
+    from fg_edge.exporters.quantize import QuantizeConfig
+
+    _, compiled = _compiled("bert")
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root, ort_log = logging.getLogger(), logging.getLogger("ort_format_model")
+    levels = (root.level, ort_log.level)
+    seen = []
+    real_chdir = os.chdir
+    monkeypatch.setattr(os, "chdir", lambda p: seen.append(p) or real_chdir(p))
+    settings = quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "model.int8.onnx",
+                                     QuantizeConfig(include_lm_head=True, pre_process=True))
+    assert settings["pre_process"] != "none (copied as exported)"
+    feeds = calibration_feeds(["good w1 w2", "bad w3"], encoder_tokenizer, info.input_names)
+    quantize_qdq_static(tmp_path / "model.onnx", tmp_path / "model.qdq.onnx", feeds, per_channel=True)
+    convert_to_ort([tmp_path / "model.int8.onnx"], tmp_path)
+    assert seen == [] and os.getcwd() == str(cwd) and not list(cwd.iterdir())
+    assert (root.level, ort_log.level) == levels
+    with pytest.raises(ConfigError, match="not both"):
+        quantize_int8_dynamic(tmp_path / "model.onnx", tmp_path / "x.onnx", QuantizeConfig(), per_channel=True)
+
+
+def test_shape_inference_dump_goes_to_our_folder(tmp_path, monkeypatch):
+    from onnx import helper
+
+    from fg_edge.exporters.patches import shape_inference_dump_into
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    graph = helper.make_graph([], "g", [], [])
+    with shape_inference_dump_into(tmp_path / "scratch"):
+        onnx.save_model(helper.make_model(graph), "sym_shape_infer_temp.onnx")
+    assert (tmp_path / "scratch" / "sym_shape_infer_temp.onnx").is_file()
+    assert not (tmp_path / "sym_shape_infer_temp.onnx").exists()

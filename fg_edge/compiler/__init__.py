@@ -44,9 +44,9 @@ from fg_edge.compiler.parity import check_parity
 from fg_edge.compiler.passes import compile_model, fold_gates_, merge_adapters_, prune_ffn_, prune_heads_
 from fg_edge.compiler.plan import CompilePlan, LayerPlan, plan_removal
 from fg_edge.compiler.report import format_report
-from fg_edge.compiler.saving import compile_dir, load_compiled, save_compiled
+from fg_edge.compiler.saving import load_compiled, save_compiled
 
 __all__ = [
-    "CompilePlan", "LayerPlan", "check_parity", "compile_dir", "compile_model", "fold_gates_", "format_report",
+    "CompilePlan", "LayerPlan", "check_parity", "compile_model", "fold_gates_", "format_report",
     "load_compiled", "merge_adapters_", "plan_removal", "prune_ffn_", "prune_heads_", "save_compiled",
 ]

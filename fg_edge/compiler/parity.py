@@ -14,12 +14,12 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from fg_edge.compiler.inputs import PARITY_DECODER_STEPS, TORCH_PARITY_LENGTHS, TORCH_PARITY_TOL, padded_batch
 from fg_edge.errors import ParityError
-from fg_edge.testing import padded_batch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LENGTHS = (7, 4, 2)
+DEFAULT_LENGTHS = TORCH_PARITY_LENGTHS
 
 
 def scaled_tolerance(tol: float, reference_max_abs: float) -> float:
@@ -113,8 +113,8 @@ def _check_generation(reference: dict, compiled: nn.Module, ids, mask, steps: in
     return diff
 
 
-def gated_reference(gated_model: nn.Module, *, decoder_steps: int = 32, lengths: Sequence[int] = DEFAULT_LENGTHS,
-                    seed: int = 0) -> dict:
+def gated_reference(gated_model: nn.Module, *, decoder_steps: int = PARITY_DECODER_STEPS,
+                    lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
     """The gated model's side of `check_parity` (inputs, logits, hidden states, greedy tokens and step logits),
     so the gated model may be changed (compiled in place) before the comparison."""
     decoder = _generates(gated_model) and decoder_steps > 0
@@ -128,7 +128,7 @@ def gated_reference(gated_model: nn.Module, *, decoder_steps: int = 32, lengths:
     return ref
 
 
-def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: float = 1e-5) -> dict:
+def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: float = TORCH_PARITY_TOL) -> dict:
     """Compare `compiled_model` to a `gated_reference`; raise ParityError beyond `tol`, else return figures."""
     ids, mask, lengths = reference["ids"], reference["mask"], reference["lengths"]
     decoder, decoder_steps = reference["decoder"], reference["decoder_steps"]
@@ -158,8 +158,9 @@ def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: flo
     return figures
 
 
-def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
-                 lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
+def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = TORCH_PARITY_TOL,
+                 decoder_steps: int = PARITY_DECODER_STEPS, lengths: Sequence[int] = DEFAULT_LENGTHS,
+                 seed: int = 0) -> dict:
     """Compare `compiled_model` to `gated_model` (eval gates); raise ParityError beyond `tol`, else return figures."""
     decoder_steps = decoder_steps if _generates(compiled_model) else 0
     reference = gated_reference(gated_model, decoder_steps=decoder_steps, lengths=lengths, seed=seed)

@@ -1,4 +1,7 @@
-"""Write and read a compiled folder (format: see fg_edge.compiler), and compile a model_dir in one call."""
+"""Write and read a compiled folder (format: see fg_edge.compiler).
+
+Compiling a model_dir into a folder has one entry point, `fg_edge.exporters.pipeline.compile_model_dir` (what
+`fg-edge compile` runs): it writes these torch files beside the ONNX graphs, with `save_compiled`."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from torch import nn
 from fg_edge.arch import auto_class, get_spec, model_task
 from fg_edge.errors import CompileError, ModelDirError
 from fg_edge.formats.names import LAYERS_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY, WEIGHTS_FILE
-from fg_edge.formats.atomic import atomic_output_dir, check_output_dir
+from fg_edge.formats.atomic import atomic_output_dir
 from fg_edge.compiler.plan import CompilePlan
 from fg_edge.compiler.shapes import apply_layer_shapes_, layer_shapes
 
@@ -98,19 +101,6 @@ def read_plan(path: str | Path) -> CompilePlan:
         return CompilePlan.from_dict(json.loads(file.read_text()), source=str(file))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelDirError(f"{file}: cannot read the compile plan ({exc})") from None
-
-
-def compile_dir(model_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, tol: float = 1e-5,
-                decoder_steps: int = 32) -> tuple[Path, dict]:
-    """model_dir (`fg-edge train`) -> compiled folder; nothing is written unless every check passes."""
-    from fg_edge.model_dir import load, load_tokenizer
-    from fg_edge.compiler.passes import compile_model
-
-    check_output_dir(out_dir, overwrite)
-    gated = load(model_dir)
-    compiled, plan, report = compile_model(gated, tol=tol, decoder_steps=decoder_steps)
-    out = save_compiled(compiled, plan, report, out_dir, tokenizer=load_tokenizer(model_dir), overwrite=overwrite)
-    return out, report
 
 
 def compiled_param_count(path: str | Path) -> int:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "check_onnx_parity": "onnx_parity", "make_session": "onnx_parity",
     "dense_baseline": "baseline",
     "quantize_int8_dynamic": "quantize", "quantize_qdq_static": "quantize", "quantized_op_counts": "quantize",
-    "QUANTIZE_MODES": "quantize",
+    "QUANTIZE_MODES": "quantize", "QuantizeConfig": "quantize",
     "convert_to_ort": "ort_format", "partition_summary": "ort_format",
     "compile_model_dir": "pipeline", "CompileOptions": "pipeline", "default_output": "pipeline",
     "format_summary": "pipeline",

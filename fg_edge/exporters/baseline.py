@@ -12,23 +12,25 @@ import logging
 import torch
 from torch import nn
 
+from fg_edge.errors import CompileError
+
 log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def _fold_locally_(model: nn.Module) -> None:
     from fg_edge.gates.inject import gated_modules
-    from fg_edge.gates.layer import GatedLinear
+    from fg_edge.gates.layer import GatedLinear, replace_module
 
     for name, g in gated_modules(model).items():
-        assert isinstance(g, GatedLinear)
+        if not isinstance(g, GatedLinear):
+            raise CompileError(f"{name}: expected a GatedLinear to fold, found {type(g).__name__}")
         w, b = g.folded()
         base = g.base_layer
         base.weight.data.copy_(w if isinstance(base, nn.Linear) else w.t())
         if b is not None:
             base.bias.data.copy_(b)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, base)
+        replace_module(model, name, base)
 
 
 def dense_baseline(gated_model: nn.Module, *, inplace: bool = False) -> nn.Module:

@@ -10,11 +10,14 @@ Graph interfaces (the names the runtime and the parity gate rely on):
   (batch, kv_heads_i, past+seq, head_dim_i). ``past`` may be 0 (prefill). Every layer has its own kv_heads_i,
   measured on the model itself (never taken from the global config), and recorded in the graph metadata
   ``fg_edge.kv_shapes`` as JSON ``[[kv_heads, head_dim], ...]``.
+
+This module holds the I/O spec, the tracing (`trace_to_onnx`) and `finalize_onnx`; the file writer is
+`onnx_files`, the graph rewrites (LM head, metadata) `graph_rewrites`, the library patches `patches`.
+`LM_HEAD_NODE`, `pack_onnx`, `onnx_files` and `onnx_param_count` are re-exported here, where callers import them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -23,14 +26,21 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from fg_edge.arch import model_kind
 from fg_edge.errors import ConfigError, ExportError
+from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE, add_metadata, dedupe_lm_head
+from fg_edge.exporters.onnx_files import attach_initializers, onnx_files, onnx_param_count, pack_onnx, save_onnx
 from fg_edge.formats.names import KINDS
+from fg_edge.gates.layer import replace_module
+
+__all__ = ["DEFAULT_OPSET", "EXTERNAL_DATA_THRESHOLD", "ExportInfo", "LM_HEAD_NODE", "MAX_OPSET", "MIN_OPSET",
+           "RawExport", "export_onnx", "finalize_onnx", "kv_layout", "onnx_files", "onnx_param_count", "pack_onnx",
+           "trace_to_onnx", "validate_opset"]
 
 log = logging.getLogger(__name__)
 
@@ -247,11 +257,8 @@ def transpose_linears_(model: nn.Module) -> int:
                if type(m) is nn.Linear and counts.get(id(m.weight), 0) == 1]
     fresh = set()
     for name, m in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        new = _TransposedLinear(m)
+        new = replace_module(model, name, _TransposedLinear(m))
         fresh.add(id(new.weight_t))
-        setattr(parent, child, new)
         m.weight = None
     # weights loaded from safetensors live in one file mapping that stays resident while any tensor uses it:
     # re-home what is left (embeddings, norms, biases) so the mapping, and its resident pages, are released
@@ -286,7 +293,7 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
         wrapper = EncoderWrapper(model, outputs[0], "token_type_ids" in names)
     # torch.onnx.export puts the wrapper's training flag back onto every child: eval() the wrapper itself
     wrapper.eval()
-    from fg_edge.exporters.patches import export_patches
+    from fg_edge.exporters.patches import capture_initializers, export_patches
 
     try:
         with export_patches(), torch.no_grad(), warnings.catch_warnings():
@@ -295,11 +302,11 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
                 # export_params=False: the exporter's own weight serialisation builds the ModelProto, its byte
                 # string and a Python copy of it, and re-parses it (3-4 copies of the weights at once); instead
                 # the initializers it would write are captured and streamed to `raw`.data one tensor at a time
-                with _capture_initializers() as params:
+                with capture_initializers() as params:
                     torch.onnx.export(wrapper, tuple(args), str(raw), input_names=names, output_names=outputs,
                                       dynamic_axes=dyn, opset_version=opset, do_constant_folding=True,
                                       dynamo=False, export_params=False)
-                _attach_initializers(raw, params)
+                attach_initializers(raw, params)
                 params.clear()
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export of {type(model).__name__} ({kind}, opset {opset}) failed: "
@@ -310,71 +317,6 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
                      kv_shapes=kv_shapes, param_bytes=n_params,
                      model_type=str(getattr(model.config, "model_type", "")),
                      model_class=type(model).__name__)
-
-
-@contextlib.contextmanager
-def _capture_initializers() -> Iterator[dict]:
-    """Record the initializer dict (name -> tensor, after constant folding and deduplication) that the
-    TorchScript exporter passes to its serialiser; it is handed to `_export_onnx` only with export_params."""
-    from torch import _C
-
-    captured: dict = {}
-    orig = _C._jit_pass_onnx_deduplicate_initializers
-
-    def capture(graph, params_dict, is_train):
-        result = orig(graph, params_dict, is_train)
-        captured.clear()
-        captured.update(result)
-        return result
-
-    _C._jit_pass_onnx_deduplicate_initializers = capture
-    try:
-        yield captured
-    finally:
-        _C._jit_pass_onnx_deduplicate_initializers = orig
-
-
-def _tensor_array(t: torch.Tensor):
-    """(numpy array with the tensor's raw little-endian bytes, ONNX data type)."""
-    from onnx import TensorProto, helper
-
-    t = t.detach().cpu().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy(), TensorProto.BFLOAT16
-    arr = t.numpy()
-    return arr, helper.np_dtype_to_tensor_dtype(arr.dtype)
-
-
-def _attach_initializers(raw: Path, params: dict) -> None:
-    """Turn the graph inputs of `raw` (exported with export_params=False) that name captured initializers into
-    initializers stored as external data in `raw`.data, written one tensor at a time."""
-    import onnx
-    from onnx import TensorProto
-
-    proto = onnx.load(str(raw))
-    graph = proto.graph
-    input_names = {i.name for i in graph.input}
-    missing = [n for n in params if n not in input_names]
-    if missing:
-        raise ExportError(f"{len(missing)} exported initializers have no graph input (e.g. {missing[0]!r})")
-    data_name = raw.name + ".data"
-    offset = 0
-    with open(raw.with_name(data_name), "wb") as f:
-        for name, t in params.items():
-            arr, dtype = _tensor_array(t)
-            tensor = graph.initializer.add()
-            tensor.name, tensor.data_type = name, dtype
-            tensor.dims.extend(int(d) for d in arr.shape)
-            tensor.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(arr.nbytes))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = k, v
-            f.write(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
-            offset += arr.nbytes
-    keep = [i for i in graph.input if i.name not in params]
-    graph.ClearField("input")
-    graph.input.extend(keep)
-    onnx.save_model(proto, str(raw))
 
 
 @dataclass
@@ -390,52 +332,6 @@ class RawExport:
     model_class: str
 
 
-#: node name given to the vocabulary projection (LM head) of causal-LM graphs; quantization excludes it by default
-LM_HEAD_NODE = "fg_edge/lm_head"
-
-
-def _dedupe_lm_head(proto, base_dir: str = "") -> dict:
-    """Name the MatMul that produces `logits` LM_HEAD_NODE and, when its weight is the transposed token
-    embedding (tied embeddings: the TorchScript exporter constant-folds W.T into a second copy), feed it
-    Transpose(embedding) instead so the weights are stored once (ORT folds the Transpose at session creation)."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    node = producer.get("logits")
-    while node is not None and node.op_type in ("Identity", "Cast", "Reshape") and node.input:
-        node = producer.get(node.input[0])
-    if node is None or node.op_type != "MatMul":
-        return {"lm_head_node": None}
-    node.name = LM_HEAD_NODE
-    inits = {t.name: t for t in graph.initializer}
-    w = inits.get(node.input[1])
-    result = {"lm_head_node": LM_HEAD_NODE, "tied_embedding_deduplicated": False}
-    if w is None or len(w.dims) != 2:
-        return result
-    uses = sum(1 for n in graph.node for i in n.input if i == w.name)
-    if uses != 1:
-        return result
-    for gather in graph.node:
-        if gather.op_type != "Gather" or gather.input[0] not in inits:
-            continue
-        e = inits[gather.input[0]]
-        if list(e.dims) != [w.dims[1], w.dims[0]] or e.data_type != w.data_type:
-            continue
-        if not np.array_equal(numpy_helper.to_array(e, base_dir).T, numpy_helper.to_array(w, base_dir)):
-            continue
-        t_out = LM_HEAD_NODE + "/embedding_T"
-        transpose = helper.make_node("Transpose", [e.name], [t_out], name=LM_HEAD_NODE + "/Transpose", perm=[1, 0])
-        node.input[1] = t_out
-        graph.initializer.remove(w)
-        idx = list(graph.node).index(node)
-        graph.node.insert(idx, transpose)
-        result.update(tied_embedding_deduplicated=True, bytes_saved=int(np.prod(w.dims)) * 4)
-        break
-    return result
-
-
 def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = None,
                   external_data: Optional[bool] = None, model_type: Optional[str] = None) -> ExportInfo:
     """Second half of `export_onnx`: add the fg-edge metadata, name (and for tied embeddings deduplicate) the
@@ -449,18 +345,15 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     if external_data is None:
         external_data = raw.param_bytes > EXTERNAL_DATA_THRESHOLD
     # the weights stay in the raw export's external data file: the final file is written from it tensor by
-    # tensor (`_save`), so no full copy of the weights is ever in memory
+    # tensor (`save_onnx`), so no full copy of the weights is ever in memory
     proto = onnx.load(str(raw.path), load_external_data=False)
     meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in raw.kv_shapes]),
             "fg_edge.model_type": model_type if model_type is not None else raw.model_type}
-    lm_head = _dedupe_lm_head(proto, str(raw.path.parent)) if kind == "causal-lm" else {}
+    lm_head = dedupe_lm_head(proto, str(raw.path.parent)) if kind == "causal-lm" else {}
     if lm_head.get("lm_head_node"):
         meta["fg_edge.lm_head_node"] = lm_head["lm_head_node"]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    proto.producer_name = "fg-edge"
-    _save(proto, path, external_data, base_dir=raw.path.parent)
+    add_metadata(proto, meta)
+    save_onnx(proto, path, external_data, base_dir=raw.path.parent)
     del proto
     for f in onnx_files(raw.path):
         os.remove(f)
@@ -471,172 +364,3 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     log.info("exported %s (%s, opset %d%s) to %s", raw.model_class, kind, raw.opset,
              ", external data" if external_data else "", path)
     return info
-
-
-#: tensors smaller than this stay inside the graph file when writing external data (as onnx.save_model does)
-_EXTERNAL_MIN_BYTES = 1024
-_CHUNK = 16 * 2**20
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _external_span(tensor, base_dir: Path) -> Optional[tuple[Path, int, int]]:
-    """(file, offset, length) of an initializer stored as external data; None for one stored inline."""
-    from onnx import TensorProto
-
-    if tensor.data_location != TensorProto.EXTERNAL:
-        return None
-    info = {e.key: e.value for e in tensor.external_data}
-    file = base_dir / info["location"]
-    offset = int(info.get("offset", 0))
-    length = int(info["length"]) if "length" in info else file.stat().st_size - offset
-    return file, offset, length
-
-
-def _copy_span(src: Path, offset: int, length: int, out) -> None:
-    with open(src, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left:
-            chunk = f.read(min(_CHUNK, left))
-            if not chunk:
-                raise ExportError(f"{src}: external data ends before offset {offset} + {length}")
-            out.write(chunk)
-            left -= len(chunk)
-
-
-def _inline_attribute_tensors(graph, base_dir: Path) -> None:
-    """Load node-attribute tensors kept as external data (ORT's quantizer saves Constant values that way) into the
-    graph: they are small, and the file they point to is not the one being written."""
-    from onnx import TensorProto
-    from onnx.external_data_helper import load_external_data_for_tensor
-
-    for node in graph.node:
-        for attr in node.attribute:
-            tensors = ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-            for t in tensors:
-                if t.data_location == TensorProto.EXTERNAL:
-                    load_external_data_for_tensor(t, str(base_dir))
-                    t.data_location = TensorProto.DEFAULT
-                    del t.external_data[:]
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _inline_attribute_tensors(sub, base_dir)
-
-
-def _save(proto, path: Path, external_data: bool, base_dir: Optional[Path] = None) -> None:
-    """Write `proto` to `path`; initializers that live in external data files (relative to `base_dir`) are
-    streamed from there, so their bytes are never all in memory. external_data: the tensors go to
-    `path`.data (small ones stay inline); else one self-contained file (protobuf fields may come in any order,
-    so the graph is written as its tensor-less bytes followed by one initializer record at a time)."""
-    import onnx
-    from onnx import TensorProto
-
-    base_dir = Path(base_dir) if base_dir is not None else path.parent
-    _inline_attribute_tensors(proto.graph, base_dir)
-    data_name = path.name + ".data"
-    if (path.parent / data_name).exists():
-        os.remove(path.parent / data_name)
-    spans = {t.name: _external_span(t, base_dir) for t in proto.graph.initializer}
-    if not any(spans.values()):
-        if external_data:
-            onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=_EXTERNAL_MIN_BYTES)
-        else:
-            onnx.save_model(proto, str(path))
-        return
-    inits = list(proto.graph.initializer)
-    proto.graph.ClearField("initializer")
-    if external_data:
-        offset = 0
-        with open(path.parent / data_name, "wb") as out:
-            for t in inits:
-                span = spans[t.name]
-                if span is None:
-                    continue
-                if span[2] < _EXTERNAL_MIN_BYTES:  # inline, as onnx.save_model's size_threshold does
-                    with open(span[0], "rb") as f:
-                        f.seek(span[1])
-                        raw_data = f.read(span[2])
-                    del t.external_data[:]
-                    t.data_location = TensorProto.DEFAULT
-                    t.raw_data = raw_data
-                    continue
-                _copy_span(span[0], span[1], span[2], out)
-                del t.external_data[:]
-                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(span[2]))):
-                    entry = t.external_data.add()
-                    entry.key, entry.value = k, v
-                offset += span[2]
-        proto.graph.initializer.extend(inits)
-        onnx.save_model(proto, str(path))
-        return
-    # one file: ModelProto.graph (field 7) = tensor-less graph bytes + GraphProto.initializer (field 5) records;
-    # a record = the tensor's bytes without data + TensorProto.raw_data (field 9) streamed from its data file
-    records = []
-    for t in inits:
-        span = spans[t.name]
-        if span is not None:
-            del t.external_data[:]
-            t.ClearField("data_location")
-        head = t.SerializeToString()
-        if span is not None:
-            head += b"\x4a" + _varint(span[2])
-        size = len(head) + (span[2] if span is not None else 0)
-        records.append((b"\x2a" + _varint(size) + head, span))
-    graph_bytes = proto.graph.SerializeToString()
-    graph_len = len(graph_bytes) + sum(len(r) + (s[2] if s is not None else 0) for r, s in records)
-    rest = onnx.ModelProto()
-    rest.CopyFrom(proto)
-    rest.ClearField("graph")
-    with open(path, "wb") as out:
-        out.write(rest.SerializeToString())
-        out.write(b"\x3a" + _varint(graph_len))
-        out.write(graph_bytes)
-        for record, span in records:
-            out.write(record)
-            if span is not None:
-                _copy_span(span[0], span[1], span[2], out)
-    proto.graph.initializer.extend(inits)
-
-
-def pack_onnx(path: str | Path) -> None:
-    """Rewrite a graph saved with external data (`path`.data) as one self-contained file, streaming the tensors
-    (never all in memory); a graph without external data is left as it is."""
-    import onnx
-
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    if not data.exists():
-        return
-    proto = onnx.load(str(path), load_external_data=False)
-    packed = path.with_name(path.name + ".packing")
-    try:
-        _save(proto, packed, False, base_dir=path.parent)
-        os.replace(packed, path)
-    finally:
-        if packed.exists():
-            os.remove(packed)
-    os.remove(data)
-
-
-def onnx_files(path: str | Path) -> list[Path]:
-    """The graph file and its external-data file when there is one."""
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    return [path] + ([data] if data.exists() else [])
-
-
-def onnx_param_count(path: str | Path) -> int:
-    """Number of weight elements stored as initializers (float, and int8 for quantized graphs)."""
-    import numpy as np
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in proto.graph.initializer))

@@ -22,15 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from fg_edge.compiler.inputs import (ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL, PARITY_DECODER_STEPS,
+                                     padded_batch)
 from fg_edge.compiler.parity import scaled_tolerance
-from fg_edge.errors import ParityError
+from fg_edge.errors import ConfigError, ExportError, ParityError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOL = 1e-4
-DEFAULT_STEPS = 32
-ENCODER_LENGTHS = (11, 6, 3)
-DECODER_LENGTHS = (7, 4, 2)
+# the defaults live in fg_edge.compiler.inputs (with why the torch-vs-ORT tolerance is looser); names kept here
+DEFAULT_TOL = ONNX_PARITY_TOL
+DEFAULT_STEPS = PARITY_DECODER_STEPS
+ENCODER_LENGTHS = ONNX_ENCODER_LENGTHS
+DECODER_LENGTHS = ONNX_DECODER_LENGTHS
 
 
 @contextlib.contextmanager
@@ -47,24 +50,14 @@ def torch_threads(n: int = 1):
 
 def make_session(path: str | Path, threads: Optional[int] = None, optimization: str = "all",
                  low_memory: bool = False):
-    """A CPU session. `low_memory` (parity checks): no CPU memory arena and no memory-pattern pre-allocation,
-    so a large graph's session holds its weights and little else; the numbers computed are the same."""
-    import onnxruntime as ort
+    """A CPU session from the one factory (fg_edge.runtimes.session.create_session). `low_memory` (parity
+    checks): no CPU memory arena, no memory-pattern pre-allocation. ORT threads never busy-wait: the parity loop
+    alternates ORT and torch, and spinning threads starve torch. `optimization`: one of GRAPH_OPT_LEVELS."""
+    from fg_edge.runtimes.session import SessionSettings, create_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if low_memory:
-        opts.enable_cpu_mem_arena = False
-        opts.enable_mem_pattern = False
-    # no busy-waiting ORT threads: the parity loop alternates ORT and torch, spinning threads starve torch
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = {
-        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[optimization]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    settings = SessionSettings(intra_op_threads=threads or None, graph_optimization=optimization,
+                               low_memory=low_memory, spinning=False)
+    return create_session(path, "cpu", settings)
 
 
 def _input_names(session) -> list[str]:
@@ -114,7 +107,7 @@ class ParityReference:
 
     def _run(self, fn, *args):
         if self.model is None:
-            raise RuntimeError("ParityReference: the torch model was released before this reference was computed")
+            raise ExportError("ParityReference: the torch model was released before this reference was computed")
         was_training = self.model.training
         self.model.eval()
         try:
@@ -134,8 +127,6 @@ class ParityReference:
         return self._decoder
 
     def _encoder_reference(self, token_type_ids: bool) -> dict:
-        from fg_edge.testing import padded_batch
-
         ids, mask = padded_batch(self.vocab, lengths=ENCODER_LENGTHS, seed=self.seed)
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         kwargs = dict(input_ids=ids, attention_mask=mask)
@@ -151,8 +142,6 @@ class ParityReference:
         return {"feeds": feeds, "mask": mask.numpy(), "outputs": outputs}
 
     def _decoder_reference(self) -> dict:
-        from fg_edge.testing import padded_batch
-
         model, steps = self.model, self.steps
         ids, mask = padded_batch(self.vocab, lengths=DECODER_LENGTHS, seed=self.seed, left=True)
         batch = ids.shape[0]
@@ -202,7 +191,7 @@ def _encoder_parity(reference: ParityReference, session) -> tuple[float, dict]:
 def _decoder_parity(reference: ParityReference, session, steps: int, tol: float) -> tuple[float, dict]:
     ref_data = reference.decoder()
     if steps > len(ref_data["step_feeds"]):
-        raise ValueError(f"the parity reference holds {len(ref_data['step_feeds'])} cached steps, {steps} asked")
+        raise ConfigError(f"the parity reference holds {len(ref_data['step_feeds'])} cached steps, {steps} asked")
     kv_shapes = _kv_shapes(session)
     pre, batch = ref_data["prefill"], ref_data["batch"]
     feeds = {k: pre[k] for k in ("input_ids", "attention_mask", "position_ids")}
@@ -261,10 +250,10 @@ def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *
     what = what or Path(onnx_path).name
     if reference is None:
         if gated_model is None:
-            raise ValueError("check_onnx_parity needs the gated model or a ParityReference")
+            raise ConfigError("check_onnx_parity needs the gated model or a ParityReference")
         reference = ParityReference(gated_model, kind=kind, steps=steps, seed=seed)
     elif reference.kind != kind or (kind == "causal-lm" and reference.steps < steps) or reference.seed != seed:
-        raise ValueError(f"the parity reference ({reference.kind}, {reference.steps} steps, seed {reference.seed}) "
+        raise ConfigError(f"the parity reference ({reference.kind}, {reference.steps} steps, seed {reference.seed}) "
                          f"does not match this check ({kind}, {steps} steps, seed {seed})")
     session = make_session(onnx_path, threads=1, low_memory=True)
     try:

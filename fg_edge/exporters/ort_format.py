@@ -27,6 +27,8 @@ def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path) -> dic
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    from fg_edge.exporters.quiet import quieter
+
     out_dir = Path(out_dir)
     written = []
     with tempfile.TemporaryDirectory(prefix="fg-ort-", dir=out_dir) as tmp:
@@ -39,9 +41,8 @@ def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path) -> dic
             if data.exists():
                 shutil.copyfile(data, src_dir / data.name)
         chatter = io.StringIO()
-        logging.getLogger("ort_format_model").setLevel(logging.WARNING)
         try:
-            with contextlib.redirect_stdout(chatter):
+            with contextlib.redirect_stdout(chatter), quieter("ort_format_model", logging.WARNING):
                 convert_onnx_models_to_ort(src_dir, output_dir=dst_dir, optimization_styles=[OptimizationStyle.Fixed])
         except Exception as exc:
             raise ExportError(f"conversion to ORT format failed: {type(exc).__name__}: {exc}") from exc

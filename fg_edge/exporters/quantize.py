@@ -12,17 +12,17 @@ Each function returns the settings it used (recorded in compile_report.json).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from fg_edge.errors import ConfigError, DataError, ExportError
+from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,48 @@ CALIBRATION_SENTENCES = 16
 CALIBRATION_MAX_LENGTH = 64
 
 
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How a graph is quantized (the mode is the function called: int8 dynamic or static QDQ).
+
+    per_channel: one weight scale per output channel instead of one per tensor.
+    include_lm_head: also quantize the vocabulary projection of causal-LM graphs (the node fg-edge's export names
+      `fg_edge/lm_head`). Off by default, as is standard practice: with a 49k-entry vocabulary a per-tensor int8
+      LM head dominates the logit error, and it is the one projection whose error is not averaged out later.
+    pre_process (int8 only; QDQ always pre-processes): run ORT's quant_pre_process (optimisation + shape
+      inference) first. None: only when the LM head is included (its weight may be Transpose(tied embedding),
+      which the optimiser folds into a constant). The graphs fg-edge exports are constant-folded already, so every
+      other MatMul weight is an initializer; skipping it saves a full load / optimise / write of the graph (time
+      and ~3x its size in RAM).
+    """
+
+    per_channel: bool = False
+    include_lm_head: bool = False
+    pre_process: Optional[bool] = None
+
+    @classmethod
+    def of(cls, config: Optional["QuantizeConfig"], settings: dict) -> "QuantizeConfig":
+        """`config`, or one built from keyword settings (the functions below accept either, not both)."""
+        if config is not None and settings:
+            raise ConfigError(f"pass a QuantizeConfig or quantize settings, not both (got {sorted(settings)})")
+        if config is not None:
+            return config
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown quantize setting(s) {unknown}: expected {sorted(cls.__dataclass_fields__)}")
+        return cls(**settings)
+
+    @property
+    def nodes_to_exclude(self) -> list[str]:
+        return [] if self.include_lm_head else [LM_HEAD_NODE]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def _pre_process(src: Path, dst: Path) -> str:
-    """quant_pre_process (ORT basic optimisation + symbolic shape inference); falls back step by step."""
+    """quant_pre_process (ORT basic optimisation + symbolic shape inference); falls back step by step, last to
+    the graph as exported."""
     from onnxruntime.quantization import quant_pre_process
 
     ext = {}
@@ -41,141 +81,60 @@ def _pre_process(src: Path, dst: Path) -> str:
         ext = dict(save_as_external_data=True, all_tensors_to_one_file=True,
                    external_data_location=dst.name + ".data")
     attempts = (("optimisation + symbolic + ONNX shape inference", {**ext}),
-                ("ONNX shape inference only", dict(skip_symbolic_shape=True, **ext)),
-                ("none (copied as exported)", None))
+                ("ONNX shape inference only", dict(skip_symbolic_shape=True, **ext)))
     for label, kwargs in attempts:
-        if kwargs is None:
-            shutil.copyfile(src, dst)
-            if _external(src):  # the graph names its data file relative to itself
-                shutil.copyfile(src.with_name(src.name + ".data"), dst.with_name(src.name + ".data"))
-            return label
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
             return label
         except Exception as exc:  # noqa: BLE001 - ORT raises assorted errors here; we fall back
             log.warning("quant_pre_process (%s) failed on %s: %s; falling back", label, src.name, exc)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _working_dir(path: str):
-    """ORT's symbolic shape inference and quantizer drop scratch files (sym_shape_infer_temp.onnx, <uuid>.data)
-    into the current directory; run them inside our temp folder so nothing leaks into the user's cwd."""
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+    shutil.copyfile(src, dst)
+    if _external(src):  # the graph names its data file relative to itself
+        shutil.copyfile(src.with_name(src.name + ".data"), dst.with_name(src.name + ".data"))
+    return "none (copied as exported)"
 
 
 def _external(src: Path) -> bool:
     return src.with_name(src.name + ".data").exists()
 
 
-#: initializers at least this large are left out of the copy that shape inference sees (weights, not shapes)
-_SHAPE_INFER_STRIP_BYTES = 4096
-
-
-@contextlib.contextmanager
-def _lean_shape_inference():
-    """ORT's dynamic quantizer refreshes value_info with save_and_reload_model_with_shape_infer: a deep copy of
-    the whole model, written out and loaded back (with the caller's copy still alive: 3x the weights in RAM).
-    Same value_info, one copy: infer shapes on a copy without the large weight tensors and put the result into
-    the model itself."""
-    import onnx
-    from onnxruntime.quantization import onnx_quantizer, quant_utils
-
-    orig = onnx_quantizer.save_and_reload_model_with_shape_infer
-
-    def lean(model: "onnx.ModelProto") -> "onnx.ModelProto":
-        # field by field, never clearing the model's initializers (protobuf would copy every live tensor)
-        light = onnx.ModelProto()
-        for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-            setattr(light, name, getattr(model, name))
-        light.opset_import.extend(model.opset_import)
-        light.metadata_props.extend(model.metadata_props)
-        light.functions.extend(model.functions)
-        light.graph.name = model.graph.name
-        for name in ("node", "input", "output", "value_info", "sparse_initializer"):
-            getattr(light.graph, name).extend(getattr(model.graph, name))
-        for t in model.graph.initializer:
-            if t.ByteSize() >= _SHAPE_INFER_STRIP_BYTES:  # a data-less stand-in: name, type and dims only
-                stub = light.graph.initializer.add()
-                stub.name, stub.data_type = t.name, t.data_type
-                stub.dims.extend(t.dims)
-            else:
-                light.graph.initializer.add().CopyFrom(t)
-        inferred = onnx.shape_inference.infer_shapes(light)
-        quant_utils.add_infer_metadata(inferred)
-        for field in ("value_info", "input", "output"):
-            model.graph.ClearField(field)
-            getattr(model.graph, field).extend(getattr(inferred.graph, field))
-        del model.metadata_props[:]
-        model.metadata_props.extend(inferred.metadata_props)
-        return model
-
-    onnx_quantizer.save_and_reload_model_with_shape_infer = lean
-    try:
-        yield
-    finally:
-        onnx_quantizer.save_and_reload_model_with_shape_infer = orig
-
-
-def quantize_int8_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False,
-                          include_lm_head: bool = False, pre_process: Optional[bool] = None) -> dict:
-    """Dynamic int8 (MatMul weights QInt8, activations quantized at run time).
-
-    include_lm_head: also quantize the vocabulary projection of causal-LM graphs (the node fg-edge's export names
-      `fg_edge/lm_head`). Off by default, as is standard practice: with a 49k-entry vocabulary a per-tensor int8
-      LM head dominates the logit error, and it is the one projection whose error is not averaged out later.
-    pre_process: run ORT's quant_pre_process (optimisation + shape inference) first. Default: only when the
-      LM head is included (its weight may be Transpose(tied embedding), which the optimiser folds into a
-      constant). The graphs fg-edge exports are constant-folded already, so every other MatMul weight is an
-      initializer; skipping it saves a full load / optimise / write of the graph (time and ~3x its size in RAM).
-    """
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, config: Optional[QuantizeConfig] = None,
+                          **settings) -> dict:
+    """Dynamic int8 (MatMul weights QInt8, activations quantized at run time); `config` (or its fields as keyword
+    settings): see QuantizeConfig. Returns the settings used, as recorded in compile_report.json."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.patches import lean_quantizer_shape_inference, shape_inference_dump_into
+    from fg_edge.exporters.quiet import quieter
 
+    config = QuantizeConfig.of(config, settings)
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    if pre_process is None:
-        pre_process = include_lm_head
-    exclude = [] if include_lm_head else [LM_HEAD_NODE]
-    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, _working_dir(tmp):
+    pre_process = config.include_lm_head if config.pre_process is None else config.pre_process
+    exclude = config.nodes_to_exclude
+    # ORT may leave scratch files: they go to this folder (absolute paths, the cwd is never changed)
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, shape_inference_dump_into(tmp):
         if pre_process:
             pre = Path(tmp) / "pre.onnx"
             pre_label = _pre_process(src, pre)
         else:
             pre, pre_label = src, "none (the export is constant-folded: every MatMul weight is an initializer)"
         try:
-            with _quiet_ort_quantization(), _lean_shape_inference():
-                quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=per_channel,
+            # quantize_dynamic logs 'Please consider to run pre-processing' on the root logger; skipped on purpose
+            with quieter(None, logging.ERROR), lean_quantizer_shape_inference():
+                quantize_dynamic(str(pre), str(dst), op_types_to_quantize=OP_TYPES, per_channel=config.per_channel,
                                  weight_type=QuantType.QInt8, use_external_data_format=_external(src),
                                  nodes_to_exclude=exclude)
         except Exception as exc:
             raise ExportError(f"dynamic int8 quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
     settings = {"mode": "int8", "method": "dynamic (onnxruntime.quantization.quantize_dynamic)",
                 "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8 (computed at run time)",
-                "per_channel": per_channel, "pre_process": pre_label,
-                "lm_head": "quantized" if include_lm_head else "excluded (kept fp32; include_lm_head=True to "
-                                                              "quantize it)",
+                "per_channel": config.per_channel, "pre_process": pre_label,
+                "lm_head": "quantized" if config.include_lm_head else "excluded (kept fp32; include_lm_head=True to "
+                                                                     "quantize it)",
                 "nodes_excluded": exclude}
-    log.info("quantized %s -> %s (dynamic int8, per_channel=%s, lm_head %s)", src.name, dst.name, per_channel,
-             "quantized" if include_lm_head else "fp32")
+    log.info("quantized %s -> %s (dynamic int8, per_channel=%s, lm_head %s)", src.name, dst.name, config.per_channel,
+             "quantized" if config.include_lm_head else "fp32")
     return settings
-
-
-@contextlib.contextmanager
-def _quiet_ort_quantization():
-    """quantize_dynamic logs 'Please consider to run pre-processing' on the root logger; we skip it on purpose."""
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(max(old, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(old)
 
 
 # -- static QDQ ----------------------------------------------------------------------------------------------
@@ -234,31 +193,34 @@ class _FeedReader:
         pass
 
 
-def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict], *, per_channel: bool = False,
-                        include_lm_head: bool = False) -> dict:
+def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict],
+                        config: Optional[QuantizeConfig] = None, **settings) -> dict:
+    """Static QDQ with MinMax calibration on `feeds`; `config` (or its fields as keyword settings): see
+    QuantizeConfig. Returns the settings used, as recorded in compile_report.json."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
 
-    from fg_edge.exporters.onnx_export import LM_HEAD_NODE
+    from fg_edge.exporters.patches import shape_inference_dump_into
 
+    config = QuantizeConfig.of(config, settings)
     reader_cls = type("FeedReader", (_FeedReader, CalibrationDataReader), {})
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, _working_dir(tmp):
+    with tempfile.TemporaryDirectory(prefix="fg-quant-", dir=dst.parent) as tmp, shape_inference_dump_into(tmp):
         pre = Path(tmp) / "pre.onnx"
         pre_label = _pre_process(src, pre)
         try:
             quantize_static(str(pre), str(dst), reader_cls(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=OP_TYPES, per_channel=per_channel,
+                            op_types_to_quantize=OP_TYPES, per_channel=config.per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_external(src),
-                            nodes_to_exclude=[] if include_lm_head else [LM_HEAD_NODE])
+                            nodes_to_exclude=config.nodes_to_exclude)
         except Exception as exc:
             raise ExportError(f"static QDQ quantization of {src.name} failed: {type(exc).__name__}: {exc}") from exc
     settings = {"mode": "qdq", "method": "static QDQ (onnxruntime.quantization.quantize_static)",
                 "op_types": OP_TYPES, "weight_type": "QInt8", "activation_type": "QUInt8",
-                "calibration_method": "MinMax", "calibration_samples": len(feeds), "per_channel": per_channel,
-                "pre_process": pre_label, "lm_head": "quantized" if include_lm_head else "excluded (kept fp32)",
-                "nodes_excluded": [] if include_lm_head else [LM_HEAD_NODE]}
+                "calibration_method": "MinMax", "calibration_samples": len(feeds), "per_channel": config.per_channel,
+                "pre_process": pre_label, "lm_head": "quantized" if config.include_lm_head else "excluded (kept fp32)",
+                "nodes_excluded": config.nodes_to_exclude}
     log.info("quantized %s -> %s (static QDQ, %d calibration samples)", src.name, dst.name, len(feeds))
     return settings
 
@@ -276,12 +238,13 @@ def quantized_op_counts(path: str | Path) -> dict[str, int]:
     return counts
 
 
-
-def quantize_int8_dynamic_isolated(src: str | Path, dst: str | Path, **kwargs) -> dict:
+def quantize_int8_dynamic_isolated(src: str | Path, dst: str | Path, config: Optional[QuantizeConfig] = None,
+                                   **settings) -> dict:
     """`quantize_int8_dynamic` in a fresh Python process (fg_edge.exporters.isolated): ORT's quantizer holds the
     graph's weights in protobuf (plus their int8 copies), so a compile peaks lower when that happens away from
     the torch process. Returns its settings."""
     from fg_edge.exporters.isolated import run_isolated
 
+    config = QuantizeConfig.of(config, settings)
     return run_isolated("fg_edge.exporters.quantize:quantize_int8_dynamic", f"dynamic int8 quantization of "
-                        f"{Path(src).name}", src=str(src), dst=str(dst), **kwargs)
+                        f"{Path(src).name}", src=str(src), dst=str(dst), **config.to_dict())

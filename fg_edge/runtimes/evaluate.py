@@ -44,10 +44,16 @@ def _label_ids(runner: Runner, data) -> list[int]:
     return out
 
 
-def accuracy(runner: Runner, texts: Sequence[str], labels: Sequence[int], batch_size: int = 32) -> dict[str, Any]:
+def accuracy(runner: Runner, texts: Sequence[str], labels: Sequence[int], batch_size: int = 32,
+             text_pairs: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """Share of rows whose argmax logit is the label, in batches of `batch_size`. `runner`: anything with
+    `.logits(texts)` (a Runner), or `.logits(texts, pairs)` when `text_pairs` is given (the compile pipeline's
+    classifier graphs); the one accuracy loop of fg-edge."""
     correct, t0 = 0, time.perf_counter()
     for start in range(0, len(texts), batch_size):
-        logits = runner.logits(texts[start:start + batch_size])
+        batch = texts[start:start + batch_size]
+        logits = (runner.logits(batch) if text_pairs is None
+                  else runner.logits(batch, text_pairs[start:start + batch_size]))
         pred = logits.argmax(axis=-1)
         correct += int((pred == np.asarray(labels[start:start + batch_size])).sum())
     n = len(texts)

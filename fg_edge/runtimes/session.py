@@ -1,4 +1,4 @@
-"""ONNX Runtime session creation and input checking.
+"""ONNX Runtime session creation (the one factory fg-edge uses, also for the exporters' parity gate) and input checking.
 
     sess = create_session("compiled/model.onnx", provider="cpu", settings=SessionSettings(intra_op_threads=2))
     feeds = build_feeds(sess, {"input_ids": ids, "attention_mask": mask})   # checks names, casts dtypes
@@ -23,6 +23,7 @@ from fg_edge.runtimes.providers import ResolvedProvider, resolve_provider
 
 log = logging.getLogger(__name__)
 
+#: graph optimisation levels, lowest first (ORT_DISABLE_ALL .. ORT_ENABLE_ALL); the one vocabulary fg-edge uses
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 EXECUTION_MODES = ("sequential", "parallel")
 
@@ -42,6 +43,11 @@ class SessionSettings:
     graph_optimization: str = "all"             # disable | basic | extended | all
     execution_mode: str = "sequential"          # sequential | parallel
     log_severity: int = 3                       # 0 verbose .. 4 fatal
+    #: no CPU memory arena and no memory-pattern pre-allocation: a large graph's session holds its weights and
+    #: little else (the parity gate); the numbers computed are the same
+    low_memory: bool = False
+    #: intra-op threads busy-wait for work (None = ORT's default); off where ORT alternates with torch
+    spinning: Optional[bool] = None
 
     def validate(self) -> "SessionSettings":
         if self.graph_optimization not in GRAPH_OPT_LEVELS:
@@ -77,6 +83,11 @@ def session_options(settings: SessionSettings):
     so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings.execution_mode == "parallel"
                          else ort.ExecutionMode.ORT_SEQUENTIAL)
     so.log_severity_level = int(settings.log_severity)
+    if settings.low_memory:
+        so.enable_cpu_mem_arena = False
+        so.enable_mem_pattern = False
+    if settings.spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.spinning else "0")
     return so
 
 

@@ -1,0 +1,117 @@
+"""The work a compile does on ONNX graphs: trace + write one (freeing the torch model in between), the dense
+baseline's export (run in a child process), and quantizing the written graphs with their parity and accuracy."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from fg_edge.exporters import onnx_export as _ox
+from fg_edge.exporters.onnx_parity import check_onnx_parity
+from fg_edge.exporters.pipeline.loading import load_gated
+from fg_edge.exporters.pipeline.memory import release
+from fg_edge.exporters.pipeline.options import CompileOptions
+from fg_edge.exporters.pipeline.summary import quantized_name
+
+
+def export_graph(model_holder: dict, key: str, path: Path, options: CompileOptions, kind: str,
+                 external_data: Optional[bool]):
+    """Trace the torch model `model_holder[key]` to ONNX, free it, then write the final graph (metadata, LM head)
+    — so the torch weights and the graph's protobuf copy are never in memory together."""
+    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
+    try:
+        # looked up on the module at call time (tests substitute onnx_export.trace_to_onnx)
+        raw = _ox.trace_to_onnx(model_holder[key], scratch / "raw.onnx", opset=options.opset, kind=kind,
+                                consume=True)
+        del model_holder[key]
+        release()
+        # written with external data whatever the final layout (ORT sessions and the quantizer load such a graph
+        # with less memory); `info.external_data` is the final layout, the report stage packs the graphs to it
+        decided = external_data if external_data is not None else raw.param_bytes > _ox.EXTERNAL_DATA_THRESHOLD
+        info = _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
+        info.external_data = bool(decided)
+        return info
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def export_baseline(model_dir: str, path: str, opset: int, kind: str, external_data: bool) -> int:
+    """The baseline stage's work (run in a child process by the pipeline): load the gated model, fold its
+    gates, export it to `path`; returns its parameter count."""
+    from fg_edge.exporters.baseline import dense_baseline
+
+    models = {"dense": dense_baseline(load_gated(Path(model_dir)), inplace=True)}
+    params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
+    export_graph(models, "dense", Path(path), CompileOptions(opset=opset), kind, external_data)
+    return int(params)
+
+
+class _GraphClassifier:
+    """`.logits(texts, pairs)` of a classifier graph just written, tokenized with the model_dir's HF tokenizer
+    (what runtimes.evaluate.accuracy needs; the compiled_dir's Runner is not there yet)."""
+
+    def __init__(self, onnx_path: Path, tokenizer, token_type_ids: bool, max_length: int = 128):
+        from fg_edge.exporters.onnx_parity import make_session
+
+        self.session, self.tokenizer = make_session(onnx_path), tokenizer
+        self.token_type_ids, self.max_length = token_type_ids, max_length
+
+    def logits(self, texts, pairs=None):
+        import numpy as np
+
+        enc = self.tokenizer(texts, pairs, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        feeds = {"input_ids": enc["input_ids"].astype(np.int64),
+                 "attention_mask": enc["attention_mask"].astype(np.int64)}
+        if self.token_type_ids:
+            feeds["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(enc["input_ids"])).astype(np.int64)
+        return self.session.run(["logits"], feeds)[0]
+
+
+def _eval_accuracy(onnx_path: Path, data, tokenizer, info) -> float:
+    from fg_edge.runtimes.evaluate import accuracy
+
+    model = _GraphClassifier(onnx_path, tokenizer, info.token_type_ids)
+    return accuracy(model, data.texts, data.labels, batch_size=16, text_pairs=data.text_pairs or None)["value"]
+
+
+def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
+                    calib, eval_data) -> dict:
+    """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
+    with eval data, the task accuracy of every graph before and after."""
+    from fg_edge.exporters.quantize import (QuantizeConfig, calibration_feeds, quantize_int8_dynamic_isolated,
+                                            quantize_qdq_static, quantized_op_counts)
+
+    config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.quantize_lm_head)
+    result: dict = {"files": {}}
+    feeds = None
+    if options.quantize == "qdq":
+        texts, source = calib
+        feeds = calibration_feeds(texts, tokenizer, info.input_names, info.kv_shapes)
+        result["calibration_source"] = source
+    for g in graphs:
+        dst = quantized_name(g, options.quantize)
+        if options.quantize == "int8":
+            # in a child process: this (torch) process keeps its heap, the child peaks on its own
+            settings = quantize_int8_dynamic_isolated(tmp / g, tmp / dst, config)
+        else:
+            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, config)
+        release()
+        result["settings"] = settings
+        entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
+                 "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
+                                                     steps=options.decoder_steps, raise_on_fail=False,
+                                                     reference=reference)}
+        release()
+        result["files"][dst] = entry
+    if eval_data is not None:
+        metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}
+        for g in graphs:
+            metric[g] = _eval_accuracy(tmp / g, eval_data, tokenizer, info)
+            dst = quantized_name(g, options.quantize)
+            metric[dst] = _eval_accuracy(tmp / dst, eval_data, tokenizer, info)
+        metric["quantized_change"] = metric[quantized_name("model.onnx", options.quantize)] - metric["model.onnx"]
+        result["task_metric"] = metric
+    return result

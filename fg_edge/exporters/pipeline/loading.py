@@ -1,0 +1,69 @@
+"""What the compile reads from the model_dir and the options: gated model, tokenizer, calibration and eval data."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError
+from fg_edge.exporters.pipeline.memory import unmap_weights
+from fg_edge.exporters.pipeline.options import CompileOptions
+
+log = logging.getLogger(__name__)
+
+
+def load_gated(model_dir: Path):
+    from fg_edge.model_dir import load
+
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: no such model_dir (expected the folder written by `fg-edge train`)")
+    try:
+        model = load(model_dir)
+        unmap_weights(model, model_dir)
+        return model
+    except FgEdgeError:
+        raise
+    except Exception as exc:  # corrupted weights / config files surface as assorted library errors
+        raise ModelDirError(f"{model_dir}: cannot load the gated model ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def load_tokenizer(model_dir: Path):
+    from fg_edge.model_dir import load_tokenizer as _load
+
+    try:
+        return _load(model_dir)
+    except Exception as exc:  # noqa: BLE001 - transformers raises assorted errors for folders without tokenizer
+        log.debug("no usable tokenizer in %s (%s: %s)", model_dir, type(exc).__name__, exc)
+        return None
+
+
+def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
+    from fg_edge.model_dir import read_training_metadata
+    from fg_edge.exporters.quantize import calibration_texts_from_training, read_calibration_texts
+
+    if options.calibration:
+        return read_calibration_texts(options.calibration), str(options.calibration)
+    try:
+        meta = read_training_metadata(model_dir)
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    texts = calibration_texts_from_training(meta)
+    if not texts:
+        raise ConfigError(f"--quantize qdq needs calibration text and {model_dir}/training.json records no readable "
+                          f"training data: pass --calibration FILE (one sentence per line, or a TSV/CSV/JSONL "
+                          f"file with a 'text' column)")
+    return texts, "training data recorded in training.json"
+
+
+def load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
+    from fg_edge.data.readers import load_classification
+    from fg_edge.model_dir import read_gate_config
+
+    task = read_gate_config(model_dir).task
+    if task != "classification":
+        raise ConfigError(f"--eval-data measures classification accuracy; this model_dir's task is {task!r}")
+    if tokenizer is None:
+        raise ConfigError(f"--eval-data needs the tokenizer, and {model_dir} has no tokenizer files")
+    return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file")

@@ -1,0 +1,210 @@
+"""The compile stages, in order (`STAGES`), each a function of the one `CompileState` they read and fill in.
+
+`compile_model_dir` (fg_edge.exporters.pipeline.run) runs the enabled ones in a single loop; the stage names are
+the ones the progress bar and compile_report.json ("stage_seconds") show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from fg_edge.arch import model_kind
+from fg_edge.errors import CompileError, ConfigError
+from fg_edge.exporters import onnx_export as _ox
+from fg_edge.exporters.onnx_parity import check_onnx_parity
+from fg_edge.exporters.pipeline.graphs import export_graph, quantize_graphs
+from fg_edge.exporters.pipeline.loading import calibration_texts, load_eval_data, load_gated, load_tokenizer
+from fg_edge.exporters.pipeline.memory import release
+from fg_edge.exporters.pipeline.options import CompileOptions
+from fg_edge.exporters.pipeline.progress import Progress
+from fg_edge.exporters.pipeline.summary import quantized_name, summary_rows
+from fg_edge.formats.names import REPORT_FILE
+
+
+@dataclass
+class CompileState:
+    """Everything one compile holds between stages. Large objects are dropped as soon as they are used up:
+    the gated model after the compile (which works on it in place), each torch model once it is exported."""
+
+    model_dir: Path
+    out: Path
+    options: CompileOptions
+    overwrite: bool
+    progress: Progress
+    stack: contextlib.ExitStack          # holds the atomic output folder open until every stage has passed
+    tmp: Optional[Path] = None           # that folder, once the "save" stage opened it
+    gated: Any = None
+    tokenizer: Any = None
+    calib: Optional[tuple[list[str], str]] = None
+    eval_data: Any = None
+    kind: str = ""
+    reference: Any = None                # the gated model's side of every ONNX parity check (ParityReference)
+    models: dict = field(default_factory=dict)
+    plan: Any = None
+    creport: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    info: Any = None                     # ExportInfo of model.onnx
+    graphs: list[str] = field(default_factory=list)
+    quant_graphs: list[str] = field(default_factory=list)
+    packed: bool = False
+
+
+def _load(st: CompileState) -> None:
+    st.gated = load_gated(st.model_dir)
+    st.tokenizer = load_tokenizer(st.model_dir)
+    if st.options.quantize == "qdq":
+        if st.tokenizer is None:
+            raise ConfigError(f"--quantize qdq tokenizes calibration text but {st.model_dir} has no tokenizer files")
+        st.calib = calibration_texts(st.options, st.model_dir)
+    if st.options.eval_data:
+        st.eval_data = load_eval_data(st.options, st.gated, st.tokenizer, st.model_dir)
+
+
+def _reference(st: CompileState) -> None:
+    # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so
+    # the torch trajectory does not depend on the graph under test) and reused for model / baseline /
+    # quantized; computed before the compile, which then works on the gated model itself (no second copy)
+    from fg_edge.exporters.onnx_parity import ParityReference
+
+    st.kind = model_kind(st.gated)
+    st.reference = ParityReference(st.gated, kind=st.kind, steps=st.options.decoder_steps).compute()
+    st.reference.release_model()
+
+
+def _compile(st: CompileState) -> None:
+    from fg_edge.compiler import compile_model
+    from fg_edge.exporters.onnx_parity import torch_threads
+
+    # one torch thread: the parity generation is a batch-3 decode (latency-bound), and with 2+ threads on a
+    # shared or busy machine OpenMP's barriers made it ~30x slower (measured: 3.8 s vs 0.13 s per token)
+    with torch_threads(1):
+        compiled, st.plan, st.creport = compile_model(st.gated, tol=st.options.tol,
+                                                      decoder_steps=st.options.decoder_steps, inplace=True)
+    st.gated = None  # consumed: `compiled` is the same module, folded and pruned
+    st.models["compiled"] = compiled  # export_graph frees it as soon as it is traced
+    del compiled
+    release()
+
+
+def _save(st: CompileState) -> None:
+    from fg_edge.compiler import save_compiled
+    from fg_edge.formats.atomic import atomic_output_dir
+
+    st.tmp = st.stack.enter_context(atomic_output_dir(st.out, overwrite=st.overwrite))
+    # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
+    staging = st.tmp / ".torch"
+    save_compiled(st.models["compiled"], st.plan, st.creport, staging, tokenizer=st.tokenizer)
+    for f in staging.iterdir():
+        if f.name != REPORT_FILE:
+            shutil.move(str(f), st.tmp / f.name)
+    shutil.rmtree(staging)
+    st.report = dict(st.creport)
+
+
+def _export(st: CompileState) -> None:
+    import torch
+
+    if model_kind(st.models["compiled"]) != st.kind:
+        raise CompileError(f"the compiled model exports as {model_kind(st.models['compiled'])!r}, the gated model "
+                           f"as {st.kind!r}")
+    st.info = export_graph(st.models, "compiled", st.tmp / "model.onnx", st.options, st.kind,
+                           st.options.external_data)
+    st.report["export"] = {**st.info.to_dict(), "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
+                           "torch_version": torch.__version__, "dynamic_axes": True,
+                           "graph_optimization": "none written offline: ORT applies ORT_ENABLE_ALL at session "
+                                                 "creation, and the parity gate runs with it",
+                           "patches": "optimum-onnx sdpa/eager mask without vmap, DynamicLayer.update"}
+
+
+def _parity(st: CompileState) -> None:
+    o = st.options
+    st.report["onnx_parity"] = {"model.onnx": check_onnx_parity(None, st.tmp / "model.onnx", kind=st.kind, tol=o.tol,
+                                                                steps=o.decoder_steps, reference=st.reference)}
+    st.report["parity_reference"] = {"computed": "once, reused for every graph",
+                                     "seconds": st.progress.times.get("reference")}
+    st.graphs = ["model.onnx"]
+    release()
+
+
+def _baseline(st: CompileState) -> None:
+    from fg_edge.exporters.isolated import run_isolated
+
+    o = st.options
+    # in a child process (this one keeps its heap; the child peaks on its own): reloaded from the model_dir,
+    # its gates folded in place (no deep copy), exported like model.onnx
+    params = run_isolated("fg_edge.exporters.pipeline.graphs:export_baseline", "the dense baseline export",
+                          model_dir=str(st.model_dir), path=str(st.tmp / "baseline.onnx"), opset=o.opset,
+                          kind=st.kind, external_data=st.info.external_data)
+    st.report["onnx_parity"]["baseline.onnx"] = check_onnx_parity(None, st.tmp / "baseline.onnx", kind=st.kind,
+                                                                  tol=o.tol, steps=o.decoder_steps,
+                                                                  reference=st.reference)
+    st.report["baseline"] = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed", "params": params}
+    st.graphs.append("baseline.onnx")
+    release()
+
+
+def _quantize(st: CompileState) -> None:
+    st.report["quantization"] = quantize_graphs(st.tmp, st.graphs, st.reference, st.kind, st.info, st.tokenizer,
+                                                st.options, st.calib, st.eval_data)
+    st.quant_graphs = [quantized_name(g, st.options.quantize) for g in st.graphs]
+
+
+def _pack_once(st: CompileState) -> None:
+    """One self-contained file per graph unless the layout is external data, as the report says; done once, by
+    the first stage after the quantizer (which reads the external-data layout) that needs the final files."""
+    if not st.packed and not st.info.external_data:
+        for g in st.graphs + st.quant_graphs:
+            _ox.pack_onnx(st.tmp / g)
+    st.packed = True
+
+
+def _ort_format(st: CompileState) -> None:
+    from fg_edge.exporters.ort_format import convert_to_ort, partition_summary
+    from fg_edge.runtimes.session import create_session
+
+    _pack_once(st)
+    ort_info = convert_to_ort([st.tmp / g for g in st.graphs + st.quant_graphs], st.tmp)
+    for name in ort_info["files"]:  # each .ort must load in ORT
+        create_session(st.tmp / name, "cpu")
+    st.report["ort_format"] = ort_info
+    st.report["mobile_partitions"] = {"model.onnx": partition_summary(st.tmp / "model.onnx")}
+
+
+def _files(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _report(st: CompileState) -> None:
+    from fg_edge import __version__
+
+    _pack_once(st)
+    prog, report, tmp = st.progress, st.report, st.tmp
+    report.setdefault("quantization", {"mode": "none"})
+    report.update({"fg_edge_version": __version__, "source": str(st.model_dir), "options": asdict(st.options)})
+    report["stage_seconds"] = prog.times
+    report["timings_s"] = {**prog.times, "total": round(time.perf_counter() - prog.t0, 3)}
+    report["peak_rss_mib"] = {"sampled_per_stage": dict(prog.peaks),
+                              "process_high_water_at_stage_end": dict(prog.high_water)}
+    report["files"] = _files(tmp)
+    report["summary"] = summary_rows(report)
+    (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    report["files"][REPORT_FILE] = (tmp / REPORT_FILE).stat().st_size
+
+
+#: every stage in the order it runs; `stage_enabled` says which of them the options skip
+STAGES: list[tuple[str, Callable[[CompileState], None]]] = [
+    ("load", _load), ("reference", _reference), ("compile", _compile), ("save", _save), ("export", _export),
+    ("parity", _parity), ("baseline", _baseline), ("quantize", _quantize), ("ort-format", _ort_format),
+    ("report", _report),
+]
+
+
+def stage_enabled(name: str, options: CompileOptions) -> bool:
+    return {"baseline": options.baseline, "quantize": options.quantize != "none",
+            "ort-format": options.ort_format}.get(name, True)
