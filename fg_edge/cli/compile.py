@@ -13,6 +13,7 @@ from typing import Optional
 
 import click
 
+from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 from fg_edge.cli.options import emit_json, json_option, overwrite_option, progress_option, show_progress
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ log = logging.getLogger(__name__)
 @click.option("--no-baseline", is_flag=True, help="Skip the dense baseline (baseline.onnx) used by `fg-edge bench`.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in model.onnx.data [default: automatic above 1.5 GB].")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+@click.option("--tolerance", type=float, default=ONNX_PARITY_TOL, show_default=True,
               help="fp32 parity tolerance (max abs difference vs the gated model).")
-@click.option("--parity-steps", "decoder_steps", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--parity-steps", "decoder_steps", type=click.IntRange(min=1), default=PARITY_DECODER_STEPS,
+              show_default=True,
               help="Decoders: cached greedy steps checked by the parity gate.")
 @click.option("--steps", "legacy_steps", type=click.IntRange(min=1), default=None, hidden=True,
               help="Old name of --parity-steps (it clashed with train's --steps, optimiser steps).")

@@ -1,4 +1,4 @@
-"""Inputs and defaults of the parity gates: the padded batches both gates feed, and every default they use.
+"""Inputs of the parity gates: the padded batches both gates feed (their defaults: fg_edge.formats.parity).
 
 Two gates check that a smaller model still computes what the gated model computes:
 
@@ -17,19 +17,8 @@ from __future__ import annotations
 
 import torch
 
-#: compiled vs gated torch model (fg_edge.compiler.parity)
-TORCH_PARITY_TOL = 1e-5
-#: sequence lengths of the compiler's padded batch (right padding for encoders, left for decoders)
-TORCH_PARITY_LENGTHS = (7, 4, 2)
-#: cached greedy steps both gates check on models that generate
-PARITY_DECODER_STEPS = 32
-
-#: ONNX graph (ONNX Runtime CPU) vs gated torch model (fg_edge.exporters.onnx_parity); see the module docstring
-ONNX_PARITY_TOL = 1e-4
-#: encoder batch of the ONNX gate (right-padded), longer than the compiler's to cover more positions per graph
-ONNX_ENCODER_LENGTHS = (11, 6, 3)
-#: decoder prompts of the ONNX gate (left-padded, as in generation)
-ONNX_DECODER_LENGTHS = (7, 4, 2)
+from fg_edge.formats.parity import (ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL,  # noqa: F401
+                                    PARITY_DECODER_STEPS, TORCH_PARITY_LENGTHS, TORCH_PARITY_TOL)
 
 
 def padded_batch(vocab_size: int, lengths=TORCH_PARITY_LENGTHS, seed: int = 0, left: bool = False):

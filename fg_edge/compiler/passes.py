@@ -18,6 +18,7 @@ from torch import nn
 
 from fg_edge.arch import ArchSpec, get_spec, head_layout, layers_of
 from fg_edge.errors import GateStateError
+from fg_edge.formats.parity import PARITY_DECODER_STEPS, TORCH_PARITY_TOL
 from fg_edge.gates.inject import gate_state_dict, gated_modules
 from fg_edge.compiler.plan import CompilePlan, plan_removal
 from fg_edge.compiler.surgery import is_conv1d, replace_module, resize_attention_, resize_ffn_
@@ -113,7 +114,7 @@ def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] =
     return removed
 
 
-def compile_model(gated_model: nn.Module, *, tol: float = 1e-5, decoder_steps: int = 32,
+def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, decoder_steps: int = PARITY_DECODER_STEPS,
                   check: bool = True, inplace: bool = False) -> tuple[nn.Module, CompilePlan, dict]:
     """Fold and prune a deep copy of `gated_model`; returns (plain model, plan, report).
 
