@@ -24,7 +24,7 @@ from fg_edge.arch import get_spec, head_layout, layers_of, layers_prefix
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError
 from fg_edge.gates.math import sparsity_term
-from fg_edge.gates.layer import GatedLinear
+from fg_edge.gates.layer import GatedLinear, replace_module
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,13 @@ def inject_gates(model: nn.Module, config: GateConfig) -> nn.Module:
         raise ConfigError("model already carries fg-edge gates")
     targets = plan_targets(model, config)
     for name, kwargs in targets.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
+        base = model.get_submodule(name)
         gated = GatedLinear(base, adapter_rank=config.adapter_rank, adapter_alpha=config.adapter_alpha,
                             init_mean=config.init_mean, init_std=config.init_std, noise_std=config.noise_std,
                             **kwargs)
         gated.to(device=base.weight.device)
         gated.train(base.training)  # a model in eval mode must not start sampling gate noise
-        setattr(parent, child, gated)
+        replace_module(model, name, gated)
     log.info("gated %d linear layers (%s granularity)", len(targets), config.granularity)
     return model
 
@@ -96,21 +94,18 @@ def unwrapped(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily put the plain linears back (e.g. to `save_pretrained` the base weights)."""
     gated = gated_modules(model)
     for name, g in gated.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, g.base_layer)
+        replace_module(model, name, g.base_layer)
     try:
         yield model
     finally:
         for name, g in gated.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, g)
+            replace_module(model, name, g)
 
 
 def remove_gates(model: nn.Module) -> nn.Module:
     """Put the plain linears back for good (the gates are dropped, not folded)."""
     for name, g in gated_modules(model).items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, g.base_layer)
+        replace_module(model, name, g.base_layer)
     return model
 
 
