@@ -1,17 +1,5 @@
-"""Inputs of the parity gates: the padded batches both gates feed (their defaults: fg_edge.formats.parity).
-
-Two gates check that a smaller model still computes what the gated model computes:
-
-* `fg_edge.compiler.parity` — the compiled torch model vs the gated torch model (same kernels, only the order of
-  float32 sums changes with the folding and the removed rows): tolerance `TORCH_PARITY_TOL`;
-* `fg_edge.exporters.onnx_parity` — an ONNX graph run by ONNX Runtime vs the gated torch model: tolerance
-  `ONNX_PARITY_TOL`, 10x looser because ORT runs other kernels than torch (fused attention / LayerNorm / GELU,
-  its own GEMM blocking, graph rewrites at session creation) whose float32 rounding differs, so two runtimes agree
-  less closely than two torch models do; a structural mistake (a wrong head or channel) is orders of magnitude
-  above either bound.
-
-Both tolerances are scaled by max(1, max|gated output|) (`compiler.parity.scaled_tolerance`).
-"""
+"""Inputs of the parity gates: the padded batches both gates feed. Their tolerances, lengths and steps, and why the
+ONNX gate is looser than the torch one, are in `fg_edge.formats.parity`."""
 
 from __future__ import annotations
 

@@ -33,34 +33,29 @@ def _param(data: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(data.contiguous(), requires_grad=like.requires_grad)
 
 
-def select_out_(layer: nn.Module, idx: torch.Tensor) -> nn.Module:
-    """Keep output features `idx` of an nn.Linear or Conv1D, in place (`prune_out_channels`)."""
+def _select(layer: nn.Module, idx, out: bool) -> nn.Module:
+    """Keep output (`out`) or input features `idx` of an nn.Linear or Conv1D, in place. Conv1D stores (in, out)."""
     idx = torch.as_tensor(idx, dtype=torch.long, device=layer.weight.device)
-    if is_conv1d(layer):
-        layer.weight = _param(layer.weight.data.index_select(1, idx), layer.weight)
-        layer.nf = int(idx.numel())
-    elif isinstance(layer, nn.Linear):
-        layer.weight = _param(layer.weight.data.index_select(0, idx), layer.weight)
-        layer.out_features = int(idx.numel())
-    else:
-        raise CompileError(f"cannot select outputs of a {type(layer).__name__}")
-    if layer.bias is not None:
+    conv = is_conv1d(layer)
+    if not conv and not isinstance(layer, nn.Linear):
+        raise CompileError(f"cannot select {'outputs' if out else 'inputs'} of a {type(layer).__name__}")
+    dim = (1 if conv else 0) if out else (0 if conv else 1)
+    layer.weight = _param(layer.weight.data.index_select(dim, idx), layer.weight)
+    size_attr = {(True, True): "nf", (True, False): "nx", (False, True): "out_features", (False, False): "in_features"}
+    setattr(layer, size_attr[(conv, out)], int(idx.numel()))
+    if out and layer.bias is not None:
         layer.bias = _param(layer.bias.data.index_select(0, idx), layer.bias)
     return layer
 
 
+def select_out_(layer: nn.Module, idx: torch.Tensor) -> nn.Module:
+    """Keep output features `idx` of an nn.Linear or Conv1D, in place (`prune_out_channels`)."""
+    return _select(layer, idx, out=True)
+
+
 def select_in_(layer: nn.Module, idx: torch.Tensor) -> nn.Module:
     """Keep input features `idx` of an nn.Linear or Conv1D, in place (`prune_in_channels`)."""
-    idx = torch.as_tensor(idx, dtype=torch.long, device=layer.weight.device)
-    if is_conv1d(layer):
-        layer.weight = _param(layer.weight.data.index_select(0, idx), layer.weight)
-        layer.nx = int(idx.numel())
-    elif isinstance(layer, nn.Linear):
-        layer.weight = _param(layer.weight.data.index_select(1, idx), layer.weight)
-        layer.in_features = int(idx.numel())
-    else:
-        raise CompileError(f"cannot select inputs of a {type(layer).__name__}")
-    return layer
+    return _select(layer, idx, out=False)
 
 
 def head_channels(heads: Sequence[int], head_dim: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ Imports are lazy so `import fg_edge.exporters` stays cheap.
 
 from __future__ import annotations
 
+from fg_edge.lazy import lazy_exports
+
 _EXPORTS = {
     "export_onnx": "onnx_export", "ExportInfo": "onnx_export", "validate_opset": "onnx_export",
     "kv_layout": "onnx_export", "MIN_OPSET": "onnx_export", "MAX_OPSET": "onnx_export",
@@ -25,10 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

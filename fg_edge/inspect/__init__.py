@@ -9,6 +9,8 @@ way). Imports are lazy so `import fg_edge.inspect` stays cheap.
 
 from __future__ import annotations
 
+from fg_edge.lazy import lazy_exports
+
 _EXPORTS = {
     "inspect_model": "build", "summarize_training": "build",
     "InspectionReport": "report", "format_table": "render", "plot_report": "plot",
@@ -16,10 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,6 +11,8 @@ Modules: `resolve` (source strings -> `ResolvedSource`, hub probe), `packaged` (
 
 from __future__ import annotations
 
+from fg_edge.lazy import lazy_exports
+
 _EXPORTS = {
     "load_pretrained": "load", "resolve_source": "resolve", "ResolvedSource": "resolve",
     "hub_reachable": "resolve", "PACKAGED_MODELS": "packaged", "PackagedModel": "packaged",
@@ -18,10 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
