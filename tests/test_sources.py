@@ -381,3 +381,23 @@ def test_malformed_llama2c_tokenizer(tmp_path):
     bad.write_bytes(struct.pack("<i", 7) + struct.pack("<fi", 0.0, 5) + b"<unk>" + struct.pack("<fi", 0.0, 99))
     with pytest.raises(SourceError, match="tok.bin"):
         llama2c.load_tokenizer(bad)
+
+
+def test_seed_makes_the_new_task_head_reproducible(tmp_path):
+    """A fresh classification head is drawn from torch's RNG: with `seed` it is the same on every load."""
+    import torch
+    import transformers
+
+    from conftest import tiny_tokenizer
+    from fg_edge.sources import load_pretrained
+    from fg_edge.testing import tiny_config
+
+    transformers.BertModel(tiny_config("bert")).save_pretrained(tmp_path)   # a backbone: no head stored
+    tiny_tokenizer("encoder").save_pretrained(tmp_path)
+    heads = {}
+    for seed in (7, 7, None):
+        torch.manual_seed(len(heads) + 100)      # a different RNG state before each load
+        model, _ = load_pretrained(str(tmp_path), "classification", num_labels=2, seed=seed)
+        heads.setdefault(seed, []).append(model.classifier.weight.detach().clone())
+    assert torch.equal(heads[7][0], heads[7][1])
+    assert not torch.equal(heads[7][0], heads[None][0])   # the head really is fresh, not read from the folder

@@ -73,7 +73,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev))
     model_obj, tokenizer = load_pretrained(resolved, "classification", num_labels=train_data.num_labels,
-                                           trust_remote_code=trust_remote_code)
+                                           trust_remote_code=trust_remote_code, seed=args.seed)
     model_obj.config.update(train_data.label_config())
     model_obj, result = finetune(model_obj, tokenizer, train_data, dev_data, args)
     metadata = {"command": " ".join(["fg-edge"] + sys.argv[1:]), "model": model, "args": args.to_dict(),

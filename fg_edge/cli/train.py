@@ -235,7 +235,8 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev))
     num_labels = train_data.num_labels if task == "classification" else None
-    model_obj, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    model_obj, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code,
+                                         seed=args.seed)
     if task == "classification":
         model_obj.config.update(train_data.label_config())
     teacher = None

@@ -55,13 +55,15 @@ def load_tokenizer(tokenizer: str, trust_remote_code: bool = False):
 
 
 def load_pretrained(source: str | ResolvedSource, task: str, *, num_labels: int | None = None,
-                    tokenizer: str | None = None, trust_remote_code: bool = False, attn_implementation: str = "eager"):
+                    tokenizer: str | None = None, trust_remote_code: bool = False, attn_implementation: str = "eager",
+                    seed: int | None = None):
     """(model, tokenizer) for `source` (a path / hub id, or the `ResolvedSource` of `resolve_source`).
 
     task: 'classification' (AutoModelForSequenceClassification with `num_labels`, head newly initialised) or
     'causal-lm' (AutoModelForCausalLM). The model is float32 and in eval mode. `tokenizer` overrides where the
     tokenizer comes from (a llama2.c tokenizer file, a GGUF file, a tokenizer.json, a HF folder or a hub id).
-    `trust_remote_code` is passed to transformers only when True.
+    `trust_remote_code` is passed to transformers only when True. `seed` seeds torch before the model is built,
+    so a newly initialised task head is the same on every run (without it, it depends on the process's RNG).
     """
     if task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -69,6 +71,8 @@ def load_pretrained(source: str | ResolvedSource, task: str, *, num_labels: int 
         raise ConfigError(f"num_labels must be a positive integer; got {num_labels!r}")
     resolved = source if isinstance(source, ResolvedSource) else resolve_source(source)
     t0 = time.perf_counter()
+    if seed is not None:
+        torch.manual_seed(seed)
     header = meta = None
     if resolved.kind in ("hf-dir", "hub"):
         model = load_hf_model(resolved, task, num_labels, trust_remote_code, attn_implementation)
