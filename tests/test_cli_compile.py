@@ -47,7 +47,7 @@ def test_compile_bert_int8_ort(tmp_path, bert_dir):
     assert res.exit_code == 0, res.output
     for name in ("model.onnx", "baseline.onnx", "model.int8.onnx", "baseline.int8.onnx", "model.ort",
                  "baseline.ort", "model.int8.ort", "required_operators.config", "config.json", "tokenizer.json",
-                 "compile_report.json", "model.safetensors"):
+                 "compile_report.json", "fg_edge_compiled.safetensors"):
         assert (out / name).is_file(), name
     report = json.loads((out / "compile_report.json").read_text())
     assert report["onnx_parity"]["model.onnx"]["passed"] and report["onnx_parity"]["baseline.onnx"]["passed"]

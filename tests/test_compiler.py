@@ -201,7 +201,7 @@ def test_compile_parity_and_removal(tmp_path, model_type, granularity):
     s = plan.summary()
     assert s["ffn_channels_removed"] > 0.3 * s["ffn_channels_total"]
     assert s["heads_removed"] + s["heads_zeroed_not_removed"] >= 0.3 * s["heads_total"]
-    # removed parameters are really gone: report, and elements stored in model.safetensors
+    # removed parameters are really gone: report, and elements stored in the compiled weights file
     removed = expected_removed(gated, plan)
     assert report["totals"]["params_removed"] == removed > 0
     save_compiled(compiled, plan, report, tmp_path / "c")
@@ -451,7 +451,7 @@ def test_parity_failure_refuses_and_writes_nothing(tmp_path, monkeypatch):
     assert not out.exists()
     monkeypatch.undo()
     path, report = compile_dir(md, out)
-    assert (path / "model.safetensors").is_file() and report["parity"]["tokens_identical"]
+    assert (path / "fg_edge_compiled.safetensors").is_file() and report["parity"]["tokens_identical"]
 
 
 def test_check_parity_reports_numbers():

@@ -9,7 +9,8 @@ from typing import Optional
 
 import click
 
-from fg_edge.cli.options import overwrite_option, progress_option, read_train_dev, show_progress
+from fg_edge.cli.options import (label_config, label_names_option, overwrite_option, progress_option, read_train_dev,
+                                show_progress)
 
 
 def _help(name: str) -> str:
@@ -30,6 +31,7 @@ def _help(name: str) -> str:
 @click.option("--text-column", default="text", show_default=True, help="Column holding the text.")
 @click.option("--text-pair-column", default=None, help="Second text column for sentence-pair tasks.")
 @click.option("--label-column", default="label", show_default=True, help="Column holding the label.")
+@label_names_option
 @click.option("--max-train", type=click.IntRange(min=1), help="Use N training rows, sampled with --seed.")
 @click.option("--max-dev", type=click.IntRange(min=1), help="Use N dev rows.")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), help=_help("lr"))
@@ -42,7 +44,8 @@ def _help(name: str) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
 @progress_option
 def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
-                 text_column: str, text_pair_column: Optional[str], label_column: str, max_train: Optional[int],
+                 text_column: str, text_pair_column: Optional[str], label_column: str, label_names: Optional[str],
+                 max_train: Optional[int],
                  max_dev: Optional[int], trust_remote_code: bool, **options) -> None:
     """Finetune MODEL densely (every weight) for classification and write a HF classifier folder.
 
@@ -72,9 +75,10 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     train_data, dev_data = read_train_dev("classification", train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev))
+    labels = label_config(train_data, label_names)   # checked before the model is loaded
     model_obj, tokenizer = load_pretrained(resolved, "classification", num_labels=train_data.num_labels,
                                            trust_remote_code=trust_remote_code, seed=args.seed)
-    model_obj.config.update(train_data.label_config())
+    model_obj.config.update(labels)
     model_obj, result = finetune(model_obj, tokenizer, train_data, dev_data, args)
     metadata = {"command": " ".join(["fg-edge"] + sys.argv[1:]), "model": model, "args": args.to_dict(),
                 "data": {"train": train_data.summary(), "dev": dev_data.summary() if dev_data else None},

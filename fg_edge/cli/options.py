@@ -78,3 +78,24 @@ def read_train_dev(task: str, train_path: str, dev_path: Optional[str], opts: di
         dev = load_texts(dev_path, max_blocks=opts["max_dev"], what="--dev file", default_split="validation",
                          **common)
     return train, dev
+
+
+def label_names_option(f: Callable) -> Callable:
+    return click.option("--label-names", default=None, metavar="A,B,...",
+                        help="Names of integer labels 0, 1, ... in order (e.g. negative,positive): stored as the "
+                             "model's id2label, so compile / run / eval show and accept them. String labels in the "
+                             "data are names already.")(f)
+
+
+def label_config(train_data, label_names: Optional[str]) -> dict:
+    """id2label / label2id for the model config: the data's own (string labels, or LABEL_i), or --label-names."""
+    if not label_names:
+        return train_data.label_config()
+    names = [n.strip() for n in label_names.split(",")]
+    if train_data.string_labels:
+        raise click.UsageError(f"--label-names names integer labels, but the labels in {train_data.source} are "
+                               f"names already ({', '.join(train_data.id2label.values())})")
+    if len(names) != train_data.num_labels or not all(names) or len(set(names)) != len(names):
+        raise click.UsageError(f"--label-names needs {train_data.num_labels} distinct names for labels "
+                               f"0..{train_data.num_labels - 1}; got {label_names!r}")
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}

@@ -19,12 +19,15 @@ Compiled folder format (format version 1)
       folded output-projection bias), and for decoders ``kv_cache`` = {``num_heads``, ``head_dim``} (what the
       block appends to the KV cache per token; an empty attention appends a (1, 1) zero placeholder so the cache
       length stays right). Everything downstream (export, KV-cache shapes, runtime, reload) follows this record.
-    * ``fg_edge_plan``: the removal plan (same content as compile_plan.json)
+    * ``fg_edge_note``: one sentence for readers without fg-edge: which layers differ, and how to load the folder
     * ``fg_edge_task``: "classification" (AutoModelForSequenceClassification) or "causal-lm" (AutoModelForCausalLM)
     * ``fg_edge_compiled_format_version``: 1
-``model.safetensors``
-    The folded, pruned weights (``save_pretrained(safe_serialization=True)``; tied tensors stored once). Tensor
-    names are the HF ones; an emptied attention / FFN keeps only ``<o or ffn_out>.bias``.
+``fg_edge_compiled.safetensors``
+    The folded, pruned weights (``save_pretrained(safe_serialization=True)``, renamed; tied tensors stored once).
+    Tensor names are the HF ones; an emptied attention / FFN keeps only ``<o or ffn_out>.bias``. Not named
+    ``model.safetensors`` on purpose: a plain ``from_pretrained`` then finds no weights and fails, where it used to
+    load random ones with ``ignore_mismatched_sizes=True``. (fg-edge 0.1 folders with ``model.safetensors`` and
+    ``fg_edge_plan`` in config.json still load.)
 ``compile_plan.json``
     Per layer: original ``num_heads``, ``num_kv_heads``, ``head_dim``, ``ffn_size`` and the removed indices
     ``heads_removed``, ``kv_heads_removed``, ``ffn_removed``, plus ``heads_zeroed`` (closed heads kept so GQA groups
@@ -35,7 +38,8 @@ Compiled folder format (format version 1)
 ``tokenizer files``
     When a tokenizer was given.
 
-Loading with plain ``AutoModel*.from_pretrained`` does not work (the shapes differ from the config); use
+Loading with plain ``AutoModel*.from_pretrained`` fails (no weights under its file names; the shapes differ from
+the config anyway); use
 `load_compiled`, which builds the model from the config (eager attention), resizes each block per
 ``fg_edge_layers`` and loads the weights strictly.
 """

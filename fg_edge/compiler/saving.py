@@ -13,7 +13,8 @@ from torch import nn
 
 from fg_edge.arch import auto_class, get_spec, model_task
 from fg_edge.errors import CompileError, ModelDirError
-from fg_edge.formats.names import LAYERS_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY, WEIGHTS_FILE
+from fg_edge.formats.names import (LAYERS_KEY, LEGACY_WEIGHTS_FILE, NOTE_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY,
+                                   WEIGHTS_FILE)
 from fg_edge.formats.atomic import atomic_output_dir
 from fg_edge.compiler.plan import CompilePlan
 from fg_edge.compiler.shapes import apply_layer_shapes_, layer_shapes
@@ -29,24 +30,35 @@ def _write_json(path: Path, data) -> None:
 
 def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: str | Path, tokenizer=None,
                   overwrite: bool = False) -> Path:
-    """Atomically write config.json (+ fg_edge_layers, plan, task), model.safetensors, the plan and the report."""
+    """Atomically write config.json (+ fg_edge_layers, task, a note naming the layers that differ), the weights
+    (WEIGHTS_FILE, not HF's name: see formats.names), the plan and the report."""
     spec = get_spec(model.config.model_type)
     config = model.config
     config.fg_edge_layers = layer_shapes(plan, spec)
-    config.fg_edge_plan = plan.to_dict()
     setattr(config, TASK_KEY, model_task(model))
+    setattr(config, NOTE_KEY, shape_note(plan))
     config.fg_edge_compiled_format_version = COMPILED_FORMAT_VERSION
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        if not (tmp / WEIGHTS_FILE).is_file():
-            raise CompileError(f"save_pretrained wrote no single {WEIGHTS_FILE} (sharded?); compiled folders hold one "
-                               f"weights file")
+        if not (tmp / LEGACY_WEIGHTS_FILE).is_file():
+            raise CompileError(f"save_pretrained wrote no single {LEGACY_WEIGHTS_FILE} (sharded?); compiled folders "
+                               f"hold one weights file")
+        (tmp / LEGACY_WEIGHTS_FILE).rename(tmp / WEIGHTS_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _write_json(tmp / PLAN_FILE, plan.to_dict())
         _write_json(tmp / REPORT_FILE, report)
     log.info("wrote compiled model %s", out_dir)
     return Path(out_dir)
+
+
+def shape_note(plan: CompilePlan) -> str:
+    """The config.json note: which layers differ from the uniform sizes the rest of config.json states."""
+    differ = [lp.index for lp in plan.layers if lp.heads_removed or lp.kv_heads_removed or lp.ffn_removed]
+    where = f"layers {', '.join(map(str, differ))} differ" if differ else "no layer differs"
+    return (f"Compiled by fg-edge: the per-layer heads / kv heads / FFN sizes are in {LAYERS_KEY} ({where} from the "
+            f"uniform sizes in this config). Load the torch model with fg_edge.compiler.load_compiled(folder), not "
+            f"from_pretrained; the ONNX files load anywhere (e.g. optimum's ORTModel*).")
 
 
 def _load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -71,7 +83,8 @@ def load_compiled(path: str | Path) -> nn.Module:
     from transformers import AutoConfig
 
     path = Path(path)
-    for name in ("config.json", WEIGHTS_FILE):
+    weights = weights_file(path)
+    for name in ("config.json", weights.name):
         if not (path / name).is_file():
             raise ModelDirError(f"{path}: missing {name}; is this a folder written by `fg-edge compile`?")
     config = AutoConfig.from_pretrained(path)
@@ -85,14 +98,20 @@ def load_compiled(path: str | Path) -> nn.Module:
     except CompileError as exc:
         raise ModelDirError(f"{path / 'config.json'}: {exc}") from None
     try:
-        state = load_file(str(path / WEIGHTS_FILE))
+        state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise ModelDirError(f"{path / WEIGHTS_FILE}: unreadable safetensors file ({exc})") from None
+        raise ModelDirError(f"{weights}: unreadable safetensors file ({exc})") from None
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
-    _load_state_strict(model, state, str(path / WEIGHTS_FILE))
+    _load_state_strict(model, state, str(weights))
     return model.eval()
+
+
+def weights_file(path: Path) -> Path:
+    """The compiled weights of folder `path` (fg-edge 0.1 wrote them as model.safetensors)."""
+    legacy = path / LEGACY_WEIGHTS_FILE
+    return legacy if legacy.is_file() and not (path / WEIGHTS_FILE).is_file() else path / WEIGHTS_FILE
 
 
 def read_plan(path: str | Path) -> CompilePlan:
@@ -108,7 +127,7 @@ def compiled_param_count(path: str | Path) -> int:
     from safetensors import safe_open
 
     total = 0
-    with safe_open(str(Path(path) / WEIGHTS_FILE), framework="pt") as f:
+    with safe_open(str(weights_file(Path(path))), framework="pt") as f:
         for key in f.keys():
             total += _numel(f.get_slice(key).get_shape())
     return total

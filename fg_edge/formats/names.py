@@ -18,7 +18,14 @@ GATES_FILE = "fg_edge_gates.safetensors"
 TRAINING_FILE = "training.json"
 
 # compiled folder (output of `fg-edge compile`); config.json keys
-WEIGHTS_FILE = "model.safetensors"
+#: the compiled torch weights: deliberately not `model.safetensors`, so that a plain transformers
+#: `from_pretrained(compiled_dir)` — which would build uniform layers — finds no weights and fails loudly
+#: instead of loading random ones (it used to, with ignore_mismatched_sizes=True); fg_edge.compiler.load_compiled
+#: reads it (and the `model.safetensors` of folders written by fg-edge 0.1).
+WEIGHTS_FILE = "fg_edge_compiled.safetensors"
+LEGACY_WEIGHTS_FILE = "model.safetensors"
+#: config.json key with a sentence for people (and tools) that read config.json without fg-edge
+NOTE_KEY = "fg_edge_note"
 PLAN_FILE = "compile_plan.json"
 REPORT_FILE = "compile_report.json"
 LAYERS_KEY = "fg_edge_layers"

@@ -10,7 +10,7 @@ compiled_dir (written atomically: nothing appears unless every stage and every p
     model.qdq.onnx, baseline.qdq.onnx      with --quantize qdq (static QDQ, for NPU EPs)
     model.ort, baseline.ort (+ .int8.ort), required_operators.config    with --ort-format
     config.json                      HF config + the per-layer shape record `fg_edge_layers` (fg_edge.compiler)
-    model.safetensors, compile_plan.json   the compiled torch weights and removal plan (fg_edge.compiler.load_compiled)
+    fg_edge_compiled.safetensors, compile_plan.json   the compiled torch weights and removal plan (fg_edge.compiler.load_compiled)
     tokenizer files                  when the model_dir has a tokenizer
     compile_report.json              compiler report + "export", "onnx_parity", "quantization", "ort_format",
                                      "mobile_partitions", "files" (bytes), "summary"
