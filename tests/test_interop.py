@@ -84,3 +84,62 @@ def test_label_names_round_trip_train_compile_run_eval(tiny_bert_dir, sentiment_
     by_id = json.loads(run(cli, ["eval", str(tmp_path / "c"), "--data", ids, "--json", "-"]).output)
     assert by_name["results"]["compiled"]["rows"] == by_id["results"]["compiled"]["rows"] == 20
     assert by_name["results"]["compiled"]["value"] == by_id["results"]["compiled"]["value"]
+
+
+def test_sentence_pairs_through_train_compile_run_eval(tmp_path):
+    """A pair model is fed as it was trained: both texts in the tokenizer's pair template with their segment ids
+    (ONNX logits = the compiled torch model's on HF-tokenized pairs), the training max_length, and an error when
+    the second text is missing; eval finds the pair column in the folder's record."""
+    import random
+
+    from click.testing import CliRunner
+    from conftest import NEGATIVE, NEUTRAL, POSITIVE
+
+    from fg_edge.cli import cli
+    from fg_edge.compiler import load_compiled
+    from fg_edge.errors import InputMismatchError
+    from fg_edge.runtimes.runner import Runner
+
+    from conftest import tiny_tokenizer
+    from fg_edge.testing import tiny_model
+
+    base = tmp_path / "base"     # large init: segment embeddings that matter, so all-zero token types would show
+    tiny_model("bert", task="classification", initializer_range=0.5).save_pretrained(base)
+    tiny_tokenizer("encoder").save_pretrained(base)
+    rng = random.Random(0)
+    rows = [(" ".join(rng.sample(NEUTRAL, 3)), rng.choice(POSITIVE if i % 2 else NEGATIVE) + " w1", i % 2)
+            for i in range(40)]
+    data = tmp_path / "pairs.tsv"
+    data.write_text("premise\thypothesis\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in rows))
+    run = CliRunner().invoke
+    res = run(cli, ["train", str(base), "--task", "classification", "--train", str(data), "--text-column",
+                    "premise", "--text-pair-column", "hypothesis", "--steps", "2", "--max-length", "16",
+                    "-o", str(tmp_path / "md"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = run(cli, ["compile", str(tmp_path / "md"), "-o", str(tmp_path / "c"), "--no-baseline", "--no-progress"])
+    assert res.exit_code == 0, res.output
+
+    runner = Runner(tmp_path / "c")
+    assert runner.pair_column == "hypothesis" and runner.max_length == 16
+    texts, pairs = [a for a, _, _ in rows[:5]], [b for _, b, _ in rows[:5]]
+    ids, _, types = runner.encode_padded(texts, pairs)
+    assert types.max() == 1 and ids.shape[1] <= 16
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(tmp_path / "c")(texts, pairs, padding=True, truncation=True, max_length=16,
+                                                          return_tensors="pt")
+    with torch.no_grad():
+        want = load_compiled(tmp_path / "c")(**enc).logits.numpy()
+    got = runner.logits(texts, pairs)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    zero_types = runner.model.run(runner.model.encoder_feeds(*runner.encode_padded(texts, pairs)[:2]), ["logits"])
+    assert np.abs(zero_types["logits"] - want).max() > 100 * np.abs(got - want).max()
+    with pytest.raises(InputMismatchError, match="--pair"):
+        runner.run(texts[0])
+
+    out = json.loads(run(cli, ["run", str(tmp_path / "c"), texts[0], "--pair", pairs[0], "--json", "-"]).output)
+    assert out["probabilities"] and out["label"]
+    report = json.loads(run(cli, ["eval", str(tmp_path / "c"), "--data", str(data), "--json", "-"]).output)
+    labels = np.array([y for _, _, y in rows])
+    expected = float((runner.logits([a for a, _, _ in rows], [b for _, b, _ in rows]).argmax(-1) == labels).mean())
+    assert report["results"]["compiled"]["value"] == pytest.approx(expected)

@@ -113,7 +113,7 @@ def test_runner_classification(cls_dir):
     out = r.classify(texts)
     assert {o["label"] for o in out} <= {"NEGATIVE", "POSITIVE"}
     assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-6 for o in out)
-    ids, mask = r.encode_padded(texts)
+    ids, mask, _ = r.encode_padded(texts)
     assert ids[1, -1] == 0 and mask[1, -1] == 0                      # padded on the right
     with torch.no_grad():
         ref = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
@@ -140,7 +140,7 @@ def test_runner_embedding(emb_dir):
     assert r.kind == "embedding"
     texts = ["a good film", "boring"]
     emb = r.embed(texts)
-    ids, mask = r.encode_padded(texts)
+    ids, mask, _ = r.encode_padded(texts)
     with torch.no_grad():
         h = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
     m = torch.tensor(mask)[..., None].float()

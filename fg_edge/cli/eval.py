@@ -12,8 +12,10 @@ from fg_edge.cli.options import emit_json, json_option
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
               help="Classification: TSV (GLUE style, no quoting) / CSV / JSONL with a header. Causal LM: plain text "
                    "(or a text column of TSV / CSV / JSONL).")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", default=None, help="[default: the column training read, else 'text']")
+@click.option("--text-pair-column", default=None,
+              help="Second text of a sentence-pair model [default: the pair column training read, if any].")
+@click.option("--label-column", default=None, help="[default: the column training read, else 'label']")
 @click.option("--max-rows", type=click.IntRange(1), default=None,
               help="Use at most this many rows (a seeded subsample) / documents.")
 @click.option("--models", default=None, metavar="LIST",
@@ -27,8 +29,8 @@ from fg_edge.cli.options import emit_json, json_option
               help="Also score this HF classifier folder (PyTorch; e.g. the dense finetuned teacher) on the same "
                    "rows, to show what removal cost. Needs the training install (torch).")
 @json_option("the results")
-def eval_cmd(compiled_dir, data_path, text_column, label_column, max_rows, models, provider, threads, window,
-             batch_size, reference, json_path):
+def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_column, max_rows, models, provider,
+             threads, window, batch_size, reference, json_path):
     """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
 
     \b
@@ -46,7 +48,7 @@ def eval_cmd(compiled_dir, data_path, text_column, label_column, max_rows, model
     variants = [m.strip() for m in models.split(",") if m.strip()] if models else None
     report = evaluate(compiled_dir, data_path, text_column=text_column, label_column=label_column,
                       max_rows=max_rows, variants=variants, provider=provider, threads=threads, window=window,
-                      batch_size=batch_size, reference=reference)
+                      batch_size=batch_size, reference=reference, text_pair_column=text_pair_column)
     # unsorted: report["results"] keeps the side-by-side order of the table
     if emit_json(report, json_path, sort_keys=False):
         return

@@ -11,6 +11,8 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
 @click.command(context_settings={"max_content_width": 110})
 @click.argument("compiled_dir", type=click.Path(file_okay=False, path_type=str))
 @click.argument("text")
+@click.option("--pair", default=None, metavar="TEXT2",
+              help="The second text, for a sentence-pair classifier (NLI, paraphrase): encoded as one pair.")
 @click.option("--model", "variant", type=click.Choice(MODEL_CHOICES), default="compiled", show_default=True,
               help="Which model file: compiled (model.onnx), baseline (dense baseline.onnx), int8 (model.int8.onnx).")
 @click.option("--provider", default="cpu", show_default=True,
@@ -26,8 +28,8 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--normalize", is_flag=True, help="Embedding models: L2-normalise the embedding.")
 @json_option("the full result")
-def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_new_tokens, top_k, temperature, seed,
-            normalize, json_path):
+def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, max_new_tokens, top_k, temperature,
+            seed, normalize, json_path):
     """Run TEXT through COMPILED_DIR (a folder written by `fg-edge compile`).
 
     \b
@@ -40,6 +42,7 @@ def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_ne
       fg-edge run runs/minilm-compiled "a gripping, funny film"
       fg-edge run runs/stories-compiled "Once upon a time" --max-new-tokens 40 --top-k 20 --temperature 0.8
       fg-edge run runs/minilm-compiled "so dull" --model int8 --provider mobile
+      fg-edge run runs/nli-compiled "A man plays a guitar." --pair "Someone makes music."
       fg-edge run runs/stories-compiled "Once upon a time" --json - > result.json
     """
     from fg_edge.runtimes.providers import register_ep_libraries
@@ -50,7 +53,7 @@ def run_cmd(compiled_dir, text, variant, provider, ep_libraries, threads, max_ne
     if temperature is None:
         temperature = 1.0 if top_k > 0 else 0.0
     runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads)
-    result = runner.run(text, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, seed=seed,
+    result = runner.run(text, pair, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, seed=seed,
                         normalize=normalize)
     if emit_json(result, json_path):
         return

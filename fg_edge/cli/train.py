@@ -77,7 +77,7 @@ def _configs(task: str, teacher_path: Optional[Path], train_options: dict, gate_
 
 
 def _metadata(model_source: str, task: str, train_data, dev_data, result, args, gate_config, max_train,
-              max_dev, teacher_path=None) -> dict:
+              max_dev, teacher_path=None, columns: Optional[dict] = None) -> dict:
     from fg_edge import __version__
 
     metrics = result.to_dict()
@@ -93,6 +93,8 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "teacher": str(teacher_path) if teacher_path is not None else None,
         "teacher_seconds": round(result.teacher_seconds, 2),
         "data": data,
+        # how the model was fed: `fg-edge compile` carries this into the compiled folder (names.INPUTS_KEY)
+        "inputs": {"max_length": args.max_length, **{k: v for k, v in (columns or {}).items() if v}},
         "steps": result.steps,
         "epochs": result.epochs,
         "wall_time_s": round(result.wall_time_s, 2),
@@ -251,8 +253,10 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)
     del teacher
 
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column,
+               "label_column": label_column if task == "classification" else None}
     metadata = _metadata(model, task, train_data, dev_data, result, args, gate_config, max_train, max_dev,
-                         teacher_path)
+                         teacher_path, columns)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -20,6 +20,8 @@ Compiled folder format (format version 1)
       block appends to the KV cache per token; an empty attention appends a (1, 1) zero placeholder so the cache
       length stays right). Everything downstream (export, KV-cache shapes, runtime, reload) follows this record.
     * ``fg_edge_note``: one sentence for readers without fg-edge: which layers differ, and how to load the folder
+    * ``fg_edge_inputs``: how training fed the model (``max_length``, ``text_column``, ``text_pair_column``,
+      ``label_column``, from training.json), which run / eval follow
     * ``fg_edge_task``: "classification" (AutoModelForSequenceClassification) or "causal-lm" (AutoModelForCausalLM)
     * ``fg_edge_compiled_format_version``: 1
 ``fg_edge_compiled.safetensors``

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fg_edge.errors import ModelDirError
-from fg_edge.formats.names import BASELINE_OF, LAYERS_KEY, REPORT_FILE, TASK_KEY, VARIANTS  # noqa: F401
+from fg_edge.formats.names import BASELINE_OF, INPUTS_KEY, LAYERS_KEY, REPORT_FILE, TASK_KEY, VARIANTS  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,12 @@ class CompiledDir:
     def vocab_size(self) -> Optional[int]:
         val = self.config.get("vocab_size")
         return int(val) if isinstance(val, int) else None
+
+    def inputs(self) -> dict[str, Any]:
+        """How training fed the model (config.json `fg_edge_inputs`: max_length, text_column, text_pair_column,
+        label_column); {} for folders compiled before it was recorded."""
+        rec = self.config.get(INPUTS_KEY)
+        return dict(rec) if isinstance(rec, dict) else {}
 
     def max_positions(self) -> Optional[int]:
         for key in ("max_position_embeddings", "n_positions", "max_seq_len"):

@@ -26,6 +26,9 @@ WEIGHTS_FILE = "fg_edge_compiled.safetensors"
 LEGACY_WEIGHTS_FILE = "model.safetensors"
 #: config.json key with a sentence for people (and tools) that read config.json without fg-edge
 NOTE_KEY = "fg_edge_note"
+#: config.json key: how training fed the model (max_length, text / text-pair / label columns), so run / eval /
+#: bench tokenise the same way; from the model_dir's training.json (`inputs`)
+INPUTS_KEY = "fg_edge_inputs"
 PLAN_FILE = "compile_plan.json"
 REPORT_FILE = "compile_report.json"
 LAYERS_KEY = "fg_edge_layers"

@@ -92,15 +92,21 @@ def perplexity(runner: Runner, texts: Sequence[str], window: Optional[int] = Non
             "seconds": time.perf_counter() - t0}
 
 
-def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: str = "label",
+def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_column: Optional[str] = None,
              max_rows: Optional[int] = None, variants: Optional[Sequence[str]] = None, provider: str = "cpu",
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
-             seed: int = 0, reference: Optional[str] = None) -> dict[str, Any]:
+             seed: int = 0, reference: Optional[str] = None, text_pair_column: Optional[str] = None) -> dict[str, Any]:
     """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
-    a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval)."""
+    a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval). The columns default
+    to those training read (config.json `fg_edge_inputs`), else 'text' / 'label'; a sentence-pair model is
+    scored on both texts."""
     from fg_edge.data.readers import load_classification, load_texts
 
     cdir = CompiledDir(compiled_dir)
+    recorded = cdir.inputs()
+    text_column = text_column or recorded.get("text_column", "text")
+    label_column = label_column or recorded.get("label_column", "label")
+    text_pair_column = text_pair_column or recorded.get("text_pair_column")
     names = [v for v in (variants or EVAL_VARIANTS) if cdir.find(v) is not None]
     if not names:
         raise ModelDirError(f"{cdir.path} holds none of the model files for {', '.join(variants or EVAL_VARIANTS)}")
@@ -111,8 +117,10 @@ def evaluate(compiled_dir, data_path, text_column: str = "text", label_column: s
         if runner.kind == "classification":
             if data is None:
                 data = load_classification(data_path, text_column=text_column, label_column=label_column,
-                                           max_rows=max_rows, seed=seed, what="evaluation file")
-            results[name] = accuracy(runner, data.texts, _label_ids(runner, data), batch_size)
+                                           text_pair_column=text_pair_column, max_rows=max_rows, seed=seed,
+                                           what="evaluation file")
+            results[name] = accuracy(runner, data.texts, _label_ids(runner, data), batch_size,
+                                     text_pairs=data.text_pairs or None)
         elif runner.kind == "causal-lm":
             if texts is None:
                 docs = load_texts(data_path, text_column=text_column, what="evaluation file").texts

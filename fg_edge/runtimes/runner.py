@@ -125,7 +125,9 @@ class OnnxModel:
         names = list(outputs) if outputs else self.output_names
         return dict(zip(names, self.session.run(names, checked)))
 
-    def encoder_feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    def encoder_feeds(self, ids: np.ndarray, mask: np.ndarray,
+                      type_ids: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+        """Feeds for an encoder graph; `type_ids`: the segment of every token (sentence pairs), zeros if None."""
         feeds: dict[str, np.ndarray] = {}
         for name in self.inputs:
             if name == "input_ids":
@@ -133,7 +135,7 @@ class OnnxModel:
             elif name == "attention_mask":
                 feeds[name] = mask
             elif name == "token_type_ids":
-                feeds[name] = np.zeros_like(ids)
+                feeds[name] = type_ids if type_ids is not None else np.zeros_like(ids)
             elif name == "position_ids":
                 feeds[name] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
         return feeds
@@ -196,10 +198,13 @@ class Runner:
         self.model = OnnxModel(self.file.path, self.provider, settings, cdir=self.cdir)
         self.kind = self.model.kind
         self.tokenizer = self.cdir.tokenizer()
+        self.inputs = self.cdir.inputs()          # how training fed the model (max_length, pair column)
         limit = self.cdir.max_positions()
         if limit and self.cdir.model_type in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2
-        self.max_length = max_length or (min(limit, 512) if limit else 512)
+        self.max_length = max_length or self.inputs.get("max_length") or (min(limit, 512) if limit else 512)
+        if self.kind != "causal-lm":   # encoders: truncate as the HF tokenizer did in training (special tokens kept)
+            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
 
     @property
     def label(self) -> str:
@@ -217,28 +222,47 @@ class Runner:
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         return [list(e.ids)[: self.max_length] for e in encs]
 
-    def encode_padded(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        seqs = self.encode(texts)
-        n = max(1, max(len(s) for s in seqs))
-        ids = np.full((len(seqs), n), self._pad_id(), dtype=np.int64)
-        mask = np.zeros((len(seqs), n), dtype=np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
-        return ids, mask
+    @property
+    def pair_column(self) -> Optional[str]:
+        """The second text column training read (a sentence-pair model), or None."""
+        return self.inputs.get("text_pair_column")
+
+    def _check_pairs(self, texts: Sequence[str], pairs: Optional[Sequence[str]]) -> None:
+        if pairs is None and self.pair_column:
+            raise InputMismatchError(f"{self.cdir.path} holds a sentence-pair model (trained on columns "
+                                     f"{self.inputs.get('text_column', 'text')!r} + {self.pair_column!r}): give the "
+                                     f"second text too (`fg-edge run ... --pair TEXT2`, `eval --text-pair-column`)")
+        if pairs is not None and len(pairs) != len(texts):
+            raise InputMismatchError(f"{len(texts)} texts but {len(pairs)} pair texts")
+
+    def encode_padded(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None):
+        """(input_ids, attention_mask, token_type_ids) right-padded; pairs are encoded as the tokenizer's pair
+        template ([CLS] a [SEP] b [SEP] for BERT) with their segment ids."""
+        self._check_pairs(texts, pairs)
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        encs = self.tokenizer.encode_batch(inputs)
+        n = max(1, max(len(e.ids) for e in encs))
+        ids = np.full((len(encs), n), self._pad_id(), dtype=np.int64)
+        mask = np.zeros((len(encs), n), dtype=np.int64)
+        types = np.zeros((len(encs), n), dtype=np.int64)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+            types[i, : len(e.ids)] = e.type_ids
+        return ids, mask, types
 
     def _require(self, kind: str) -> None:
         if self.kind != kind:
             raise ModelDirError(f"{self.file.path} is a {self.kind} model; {kind} is not available for it")
 
     # -- tasks -------------------------------------------------------------------------------------------------
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
+    def logits(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> np.ndarray:
         self._require("classification")
-        ids, mask = self.encode_padded(texts)
-        return self.model.run(self.model.encoder_feeds(ids, mask), ["logits"])["logits"]
+        ids, mask, types = self.encode_padded(texts, pairs)
+        return self.model.run(self.model.encoder_feeds(ids, mask, types), ["logits"])["logits"]
 
-    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        logits = self.logits(texts)
+    def classify(self, texts: Sequence[str], pairs: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+        logits = self.logits(texts, pairs)
         id2label = self.cdir.id2label()
         probs = softmax(logits, axis=-1)
         out = []
@@ -250,8 +274,8 @@ class Runner:
 
     def embed(self, texts: Sequence[str], normalize: bool = False) -> np.ndarray:
         self._require("embedding")
-        ids, mask = self.encode_padded(texts)
-        out = self.model.run(self.model.encoder_feeds(ids, mask))
+        ids, mask, types = self.encode_padded(texts)
+        out = self.model.run(self.model.encoder_feeds(ids, mask, types))
         for name in ("sentence_embedding", "embeddings", "embedding"):
             if name in out and out[name].ndim == 2:
                 emb = out[name]
@@ -289,11 +313,14 @@ class Runner:
         full = self.tokenizer.decode(prompt_ids + new, skip_special_tokens=True)
         return GenerationResult(prompt, text, full, new, out.kv_shapes, out.prefill_s, out.tokens_per_s)
 
-    def run(self, text: str, **kwargs) -> dict[str, Any]:
-        """The task's answer for one text as a JSON-able dict (what `fg-edge run` prints)."""
+    def run(self, text: str, pair: Optional[str] = None, **kwargs) -> dict[str, Any]:
+        """The task's answer for one text (and its `pair`, for a sentence-pair classifier) as a JSON-able dict
+        (what `fg-edge run` prints)."""
         base = {"model": self.variant, "file": str(self.file.path), "provider": self.label, "kind": self.kind}
+        if pair is not None and self.kind != "classification":
+            raise InputMismatchError(f"--pair applies to classifiers; {self.file.path} is a {self.kind} model")
         if self.kind == "classification":
-            return {**base, **self.classify([text])[0]}
+            return {**base, **self.classify([text], None if pair is None else [pair])[0]}
         if self.kind == "embedding":
             emb = self.embed([text], normalize=kwargs.get("normalize", False))[0]
             return {**base, "dim": int(emb.shape[0]), "embedding": [float(x) for x in emb]}

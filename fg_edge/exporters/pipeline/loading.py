@@ -57,6 +57,15 @@ def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[st
     return texts, "training data recorded in training.json"
 
 
+def input_record(model_dir: Path) -> dict:
+    """How training fed the model (training.json `inputs`: max_length, text / pair / label columns); {} when the
+    model_dir predates the record or was written by other code."""
+    from fg_edge.model_dir import read_training_metadata
+
+    inputs = read_training_metadata(model_dir).get("inputs")
+    return {k: v for k, v in inputs.items() if v is not None} if isinstance(inputs, dict) else {}
+
+
 def load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
     from fg_edge.data.readers import load_classification
     from fg_edge.model_dir import read_gate_config
@@ -66,4 +75,8 @@ def load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
         raise ConfigError(f"--eval-data measures classification accuracy; this model_dir's task is {task!r}")
     if tokenizer is None:
         raise ConfigError(f"--eval-data needs the tokenizer, and {model_dir} has no tokenizer files")
-    return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file")
+    inputs = input_record(model_dir)   # the columns training read, so a pair model is scored on its pairs
+    return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file",
+                               text_column=inputs.get("text_column", "text"),
+                               text_pair_column=inputs.get("text_pair_column"),
+                               label_column=inputs.get("label_column", "label"))

@@ -19,12 +19,12 @@ from fg_edge.errors import CompileError, ConfigError
 from fg_edge.exporters import onnx_export as _ox
 from fg_edge.exporters.onnx_parity import check_onnx_parity
 from fg_edge.exporters.pipeline.graphs import export_graph, quantize_graphs
-from fg_edge.exporters.pipeline.loading import calibration_texts, load_eval_data, load_gated, load_tokenizer
+from fg_edge.exporters.pipeline.loading import calibration_texts, input_record, load_eval_data, load_gated, load_tokenizer
 from fg_edge.exporters.pipeline.memory import release
 from fg_edge.exporters.pipeline.options import CompileOptions
 from fg_edge.exporters.pipeline.progress import Progress
 from fg_edge.exporters.pipeline.summary import quantized_name, summary_rows
-from fg_edge.formats.names import REPORT_FILE
+from fg_edge.formats.names import INPUTS_KEY, REPORT_FILE
 
 
 @dataclass
@@ -99,6 +99,7 @@ def _save(st: CompileState) -> None:
     st.tmp = st.stack.enter_context(atomic_output_dir(st.out, overwrite=st.overwrite))
     # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
     staging = st.tmp / ".torch"
+    setattr(st.models["compiled"].config, INPUTS_KEY, input_record(st.model_dir))
     save_compiled(st.models["compiled"], st.plan, st.creport, staging, tokenizer=st.tokenizer)
     for f in staging.iterdir():
         if f.name != REPORT_FILE:
