@@ -30,7 +30,7 @@ test: setup
 # then bench the compiled model against its dense baseline on the CPU EP and the mobile profile.
 demo: setup
 	$(BIN)/fg-edge train sentence-transformers/all-MiniLM-L6-v2 --task classification \
-		$(DEMO_DATA) --max-train 2000 --epochs 2 \
+		$(DEMO_DATA) --max-train 2000 --epochs 2 --label-names negative,positive \
 		--target-sparsity 0.4 --output demo_out/model_dir --overwrite
 	$(BIN)/fg-edge inspect demo_out/model_dir --plot demo_out/gates.png
 	$(BIN)/fg-edge compile demo_out/model_dir -o demo_out/compiled --overwrite --quantize int8 --ort-format
