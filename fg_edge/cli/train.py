@@ -76,6 +76,25 @@ def _configs(task: str, teacher_path: Optional[Path], train_options: dict, gate_
         raise click.UsageError(str(exc)) from None
 
 
+def _load_models(resolved, task: str, train_data, label_names: Optional[str], teacher_path: Optional[Path],
+                 trust_remote_code: bool, seed: int):
+    """(model with its label names, tokenizer, teacher or None); label names are checked before anything loads."""
+    from fg_edge.sources import load_pretrained
+
+    num_labels = train_data.num_labels if task == "classification" else None
+    labels = label_config(train_data, label_names) if task == "classification" else None
+    model, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code,
+                                       seed=seed)
+    if labels is not None:
+        model.config.update(labels)
+    teacher = None
+    if teacher_path is not None:
+        from fg_edge.train.teacher import load_teacher
+
+        teacher = load_teacher(teacher_path, model, trust_remote_code=trust_remote_code)
+    return model, tokenizer, teacher
+
+
 def _metadata(model_source: str, task: str, train_data, dev_data, result, args, gate_config, max_train,
               max_dev, teacher_path=None, columns: Optional[dict] = None) -> dict:
     from fg_edge import __version__
@@ -225,7 +244,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     """
     from fg_edge.formats.atomic import check_output_dir
     from fg_edge.model_dir import save_model_dir
-    from fg_edge.sources import load_pretrained, resolve_source
+    from fg_edge.sources import resolve_source
     from fg_edge.train.loop import train
 
     check_output_dir(output, overwrite)
@@ -239,17 +258,8 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev))
-    num_labels = train_data.num_labels if task == "classification" else None
-    labels = label_config(train_data, label_names) if task == "classification" else None   # checked before loading
-    model_obj, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code,
-                                         seed=args.seed)
-    if labels is not None:
-        model_obj.config.update(labels)
-    teacher = None
-    if teacher_path is not None:
-        from fg_edge.train.teacher import load_teacher
-
-        teacher = load_teacher(teacher_path, model_obj, trust_remote_code=trust_remote_code)
+    model_obj, tokenizer, teacher = _load_models(resolved, task, train_data, label_names, teacher_path,
+                                                 trust_remote_code, args.seed)
     result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)
     del teacher
 
