@@ -27,7 +27,7 @@ def summary_rows(report: dict) -> list[dict]:
             "params": report.get("baseline", {}).get("params") if dense else totals.get("params_after"),
             "flop_ratio": 1.0 if dense else totals.get("flop_ratio"),
             "max_abs_diff": None if p is None else p["max_abs_diff"],
-            "parity": None if p is None else ("pass" if p["passed"] else "report only"),
+            "parity": None if p is None else ("pass" if p.get("check", "gated") == "gated" else "report only"),
             "token_agreement": None if p is None else p.get("token_agreement"),
         })
     return rows
