@@ -192,3 +192,23 @@ def test_missing_shared_data_fails_under_ci(monkeypatch, tmp_path):
     monkeypatch.delenv("CI")
     assert needs_shared(missing).name == "skip"
     assert needs_shared(tmp_path)(len) is len          # present: the test is left as it is
+
+
+def test_headerless_file_is_detected_and_read_with_no_header(tmp_path):
+    """AG News ships as label<TAB>text with no header: say so instead of listing a data row as column names."""
+    from fg_edge.errors import DataError
+
+    path = tmp_path / "ag.tsv"
+    path.write_text("3\tWall St. Bears Claw Back Into the Black\n1\tOil prices soar to all-time record\n"
+                    "3\tStocks end up, but near year lows\n")
+    with pytest.raises(DataError, match="looks like a data row.*--no-header"):
+        load_classification(path)
+    data = load_classification(path, header=False, text_column="1", label_column="0")
+    assert data.texts[0].startswith("Wall St.") and len(data) == 3 and data.labels == [3, 1, 3]
+    texts = load_texts(path, header=False, text_column="1")
+    assert len(texts.texts) == 3
+    # a real header with a misspelt column still gets the plain message
+    named = tmp_path / "named.tsv"
+    named.write_text("sentence\tlabel\ngood film\t1\n")
+    with pytest.raises(DataError, match="has no column 'text'.*--text-column"):
+        load_classification(named)

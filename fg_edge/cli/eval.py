@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.options import emit_json, json_option
+from fg_edge.cli.options import emit_json, json_option, no_header_option
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -16,6 +16,7 @@ from fg_edge.cli.options import emit_json, json_option
 @click.option("--text-pair-column", default=None,
               help="Second text of a sentence-pair model [default: the pair column training read, if any].")
 @click.option("--label-column", default=None, help="[default: the column training read, else 'label']")
+@no_header_option
 @click.option("--max-rows", type=click.IntRange(1), default=None,
               help="Use at most this many rows (a seeded subsample) / documents.")
 @click.option("--models", default=None, metavar="LIST",
@@ -29,8 +30,8 @@ from fg_edge.cli.options import emit_json, json_option
               help="Also score this HF classifier folder (PyTorch; e.g. the dense finetuned teacher) on the same "
                    "rows, to show what removal cost. Needs the training install (torch).")
 @json_option("the results")
-def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_column, max_rows, models, provider,
-             threads, window, batch_size, reference, json_path):
+def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_column, no_header, max_rows, models,
+             provider, threads, window, batch_size, reference, json_path):
     """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
 
     \b
@@ -48,7 +49,8 @@ def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_colum
     variants = [m.strip() for m in models.split(",") if m.strip()] if models else None
     report = evaluate(compiled_dir, data_path, text_column=text_column, label_column=label_column,
                       max_rows=max_rows, variants=variants, provider=provider, threads=threads, window=window,
-                      batch_size=batch_size, reference=reference, text_pair_column=text_pair_column)
+                      batch_size=batch_size, reference=reference, text_pair_column=text_pair_column,
+                      header=not no_header)
     # unsorted: report["results"] keeps the side-by-side order of the table
     if emit_json(report, json_path, sort_keys=False):
         return

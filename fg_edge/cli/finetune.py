@@ -9,8 +9,8 @@ from typing import Optional
 
 import click
 
-from fg_edge.cli.options import (label_config, label_names_option, overwrite_option, progress_option, read_train_dev,
-                                show_progress)
+from fg_edge.cli.options import (label_config, label_names_option, no_header_option, overwrite_option, progress_option,
+                                read_train_dev, show_progress)
 
 
 def _help(name: str) -> str:
@@ -32,6 +32,7 @@ def _help(name: str) -> str:
 @click.option("--text-pair-column", default=None, help="Second text column for sentence-pair tasks.")
 @click.option("--label-column", default="label", show_default=True, help="Column holding the label.")
 @label_names_option
+@no_header_option
 @click.option("--max-train", type=click.IntRange(min=1), help="Use N training rows, sampled with --seed.")
 @click.option("--max-dev", type=click.IntRange(min=1), help="Use N dev rows.")
 @click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), help=_help("lr"))
@@ -44,7 +45,7 @@ def _help(name: str) -> str:
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
 @progress_option
 def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
-                 text_column: str, text_pair_column: Optional[str], label_column: str, label_names: Optional[str],
+                 text_column: str, text_pair_column: Optional[str], label_column: str, label_names: Optional[str], no_header: bool,
                  max_train: Optional[int],
                  max_dev: Optional[int], trust_remote_code: bool, **options) -> None:
     """Finetune MODEL densely (every weight) for classification and write a HF classifier folder.
@@ -74,7 +75,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     resolved = resolve_source(model)
     train_data, dev_data = read_train_dev("classification", train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
-        data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev))
+        data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev, no_header=no_header))
     labels = label_config(train_data, label_names)   # checked before the model is loaded
     model_obj, tokenizer = load_pretrained(resolved, "classification", num_labels=train_data.num_labels,
                                            trust_remote_code=trust_remote_code, seed=args.seed)

@@ -65,13 +65,15 @@ def read_train_dev(task: str, train_path: str, dev_path: Optional[str], opts: di
 
     if task == "classification":
         common = dict(text_column=opts["text_column"], label_column=opts["label_column"],
-                      text_pair_column=opts["text_pair_column"], fmt=opts["data_format"], seed=opts["seed"])
+                      text_pair_column=opts["text_pair_column"], fmt=opts["data_format"], seed=opts["seed"],
+                      header=not opts.get("no_header", False))
         train = load_classification(train_path, max_rows=opts["max_train"], what="--train file", **common)
         dev = None
         if dev_path is not None:
             dev = load_classification(dev_path, max_rows=opts["max_dev"], what="--dev file", reference=train, **common)
         return train, dev
-    common = dict(text_column=opts["text_column"], fmt=opts["data_format"], seed=opts["seed"])
+    common = dict(text_column=opts["text_column"], fmt=opts["data_format"], seed=opts["seed"],
+                  header=not opts.get("no_header", False))
     train = load_texts(train_path, max_blocks=opts["max_train"], what="--train file", **common)
     dev = None
     if dev_path is not None:
@@ -99,3 +101,9 @@ def label_config(train_data, label_names: Optional[str]) -> dict:
         raise click.UsageError(f"--label-names needs {train_data.num_labels} distinct names for labels "
                                f"0..{train_data.num_labels - 1}; got {label_names!r}")
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def no_header_option(f: Callable) -> Callable:
+    return click.option("--no-header", is_flag=True,
+                        help="The TSV / CSV files have no header line (AG News ships so): name the columns by "
+                             "position, e.g. --text-column 1 --label-column 0.")(f)

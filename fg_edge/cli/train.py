@@ -18,8 +18,8 @@ import click
 
 from fg_edge.formats.gate_config import ADAPTER_MODULES, GRANULARITIES
 from fg_edge.formats.names import TASKS
-from fg_edge.cli.options import (label_config, label_names_option, overwrite_option, progress_option, read_train_dev,
-                                show_progress)
+from fg_edge.cli.options import (label_config, label_names_option, no_header_option, overwrite_option, progress_option,
+                                read_train_dev, show_progress)
 from fg_edge.formats.train_args import SPARSITY_CONTROLS, SPARSITY_UNITS
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--label-column", default="label", show_default=True,
               help="Column holding the label (integers, or strings mapped to ids in sorted order).")
 @label_names_option
+@no_header_option
 @click.option("--granularity", type=click.Choice(GRANULARITIES), default="structured", show_default=True,
               help=_gate_help("granularity"))
 @click.option("--target-sparsity", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.4, show_default=True,
@@ -216,7 +217,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @progress_option
 def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
               data_format: str, text_column: str, text_pair_column: Optional[str], label_column: str,
-              label_names: Optional[str],
+              label_names: Optional[str], no_header: bool,
               granularity: str, target_sparsity: float, sparsity_lambda: float, adapter_rank: int,
               scale_gates: bool, target_modules: Optional[str], train_biases: bool, trust_remote_code: bool,
               max_train: Optional[int], max_dev: Optional[int], teacher_path: Optional[Path],
@@ -257,7 +258,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
 
     train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
-        data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev))
+        data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev, no_header=no_header))
     model_obj, tokenizer, teacher = _load_models(resolved, task, train_data, label_names, teacher_path,
                                                  trust_remote_code, args.seed)
     result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)

@@ -87,9 +87,24 @@ class TextData:
 
 
 # -- columns -------------------------------------------------------------------------------------------------
+def _looks_like_data(cell: str) -> bool:
+    """A header cell that reads like a value: a number (a label) or a sentence (four words or more)."""
+    text = str(cell).strip()
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return len(text.split()) >= 4
+
+
 def _require_columns(columns: Sequence[str], wanted: dict[str, Optional[str]], source: str, what: str) -> None:
     for option, col in wanted.items():
         if col is not None and col not in columns:
+            if any(_looks_like_data(c) for c in columns):
+                shown = ", ".join(repr(str(c)[:40]) for c in columns)
+                raise DataError(f"{what} {source}: its first line looks like a data row, not a header (columns "
+                                f"would be {shown}); add a header line naming the columns, or pass --no-header "
+                                f"and name the columns by position, e.g. --text-column 1 --label-column 0")
             raise DataError(f"{what} {source} has no column {col!r} (columns found: {', '.join(map(str, columns))}); "
                             f"pass {option} with one of them")
 
@@ -189,12 +204,12 @@ def subsample_indices(n: int, max_rows: Optional[int], seed: int) -> list[int]:
 def load_classification(path: str | Path, *, text_column: str = "text", label_column: str = "label",
                         text_pair_column: Optional[str] = None, fmt: Optional[str] = None,
                         max_rows: Optional[int] = None, seed: int = 0, what: Optional[str] = None,
-                        reference: Optional[ClassificationData] = None) -> ClassificationData:
+                        reference: Optional[ClassificationData] = None, header: bool = True) -> ClassificationData:
     """Read a classification file. `reference` (the training data) fixes the label mapping for a dev file.
     `what` names the file in error messages (default 'training file' / 'dev file')."""
     source = str(path)
     what = what or ("training file" if reference is None else "dev file")
-    columns, rows, label_names = read_rows(path, fmt, what,
+    columns, rows, label_names = read_rows(path, fmt, what, header=header,
                                            default_split="train" if reference is None else "validation")
     wanted = {"--text-column": text_column, "--label-column": label_column, "--text-pair-column": text_pair_column}
     _require_columns(columns, wanted, source, what)
@@ -233,7 +248,7 @@ def load_classification(path: str | Path, *, text_column: str = "text", label_co
 
 def load_texts(path: str | Path, *, text_column: str = "text", fmt: Optional[str] = None,
                max_blocks: Optional[int] = None, seed: int = 0, what: str = "training file",
-               default_split: str = "train") -> TextData:
+               default_split: str = "train", header: bool = True) -> TextData:
     """Documents for causal-LM training: paragraphs (blank-line separated) of a text file, or a column of rows.
 
     `max_blocks` limits the number of token blocks used once the text is chunked (see `lm_blocks`);
@@ -246,7 +261,7 @@ def load_texts(path: str | Path, *, text_column: str = "text", fmt: Optional[str
         docs = [d.strip() for d in re.split(r"\n\s*\n", content) if d.strip()]
         fmt_name = "text"
     else:
-        columns, rows, _ = read_rows(path, fmt, what, default_split=default_split)
+        columns, rows, _ = read_rows(path, fmt, what, default_split=default_split, header=header)
         _require_columns(columns, {"--text-column": text_column}, source, what)
         docs = []
         for lineno, row in rows:

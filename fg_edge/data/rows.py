@@ -65,8 +65,10 @@ def _wide_csv_fields() -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def _delimited_rows(path: Path, fmt: str, what: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
-    """Header + (line number, row dict) of a TSV (no quoting, as GLUE ships it) or CSV (standard quoting)."""
+def _delimited_rows(path: Path, fmt: str, what: str, header_line: bool = True
+                    ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    """Header + (line number, row dict) of a TSV (no quoting, as GLUE ships it) or CSV (standard quoting).
+    Without a header line (`header_line=False`) the columns are named by position: "0", "1", ..."""
     if fmt == "tsv":
         reader = csv.reader(read_lines(path, what), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
@@ -78,12 +80,17 @@ def _delimited_rows(path: Path, fmt: str, what: str) -> tuple[list[str], Iterato
         raise DataError(f"{what} {path} is empty; it needs a header line and at least one data row") from None
     except csv.Error as exc:
         raise DataError(f"{what} {path}: line 1 is not valid {fmt.upper()} ({exc})") from None
+    first = None
+    if not header_line:
+        first, header = header, [str(i) for i in range(len(header))]
     header = [h.strip() for h in header]
     if not any(header):
         raise DataError(f"{what} {path}: the first line must be a header naming the columns (e.g. "
                         f"text{'<TAB>' if fmt == 'tsv' else ','}label)")
 
     def rows() -> Iterator[tuple[int, dict]]:
+        if first is not None:
+            yield 1, dict(zip(header, first))
         while True:
             try:
                 with _wide_csv_fields():
@@ -163,16 +170,20 @@ def _hf_rows(spec: str, what: str, default_split: str) -> tuple[list[str], Itera
 
 
 def read_rows(path: str | Path, fmt: Optional[str] = None, what: str = "data file",
-              default_split: str = "train") -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
-    """(column names, iterator of (line number, row dict), {column: class names}) of a table-like source."""
+              default_split: str = "train", header: bool = True) -> tuple[list[str], Iterator[tuple[int, dict]], dict]:
+    """(column names, iterator of (line number, row dict), {column: class names}) of a table-like source.
+    `header=False`: a TSV / CSV without a header line, its columns named "0", "1", ... by position."""
     if str(path).startswith(HF_PREFIX):
         return _hf_rows(str(path), what, default_split)
     path = Path(path)
     fmt = detect_format(path, fmt)
     check_file(path, what)
     if fmt in ("tsv", "csv"):
-        header, rows = _delimited_rows(path, fmt, what)
-    elif fmt == "jsonl":
+        columns, rows = _delimited_rows(path, fmt, what, header_line=header)
+        return columns, rows, {}
+    if not header:
+        raise DataError(f"{what} {path}: --no-header applies to TSV / CSV files; a {fmt} file names its fields")
+    if fmt == "jsonl":
         header, rows = _jsonl_rows(path, what)
     else:
         raise DataError(f"{what} {path}: a plain text file has no columns; classification needs a TSV/CSV/JSONL "

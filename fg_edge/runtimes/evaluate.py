@@ -95,7 +95,8 @@ def perplexity(runner: Runner, texts: Sequence[str], window: Optional[int] = Non
 def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_column: Optional[str] = None,
              max_rows: Optional[int] = None, variants: Optional[Sequence[str]] = None, provider: str = "cpu",
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
-             seed: int = 0, reference: Optional[str] = None, text_pair_column: Optional[str] = None) -> dict[str, Any]:
+             seed: int = 0, reference: Optional[str] = None, text_pair_column: Optional[str] = None,
+             header: bool = True) -> dict[str, Any]:
     """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
     a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval). The columns default
     to those training read (config.json `fg_edge_inputs`), else 'text' / 'label'; a sentence-pair model is
@@ -118,12 +119,12 @@ def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_c
             if data is None:
                 data = load_classification(data_path, text_column=text_column, label_column=label_column,
                                            text_pair_column=text_pair_column, max_rows=max_rows, seed=seed,
-                                           what="evaluation file")
+                                           what="evaluation file", header=header)
             results[name] = accuracy(runner, data.texts, _label_ids(runner, data), batch_size,
                                      text_pairs=data.text_pairs or None)
         elif runner.kind == "causal-lm":
             if texts is None:
-                docs = load_texts(data_path, text_column=text_column, what="evaluation file").texts
+                docs = load_texts(data_path, text_column=text_column, what="evaluation file", header=header).texts
                 texts = docs[:max_rows] if max_rows else docs
             results[name] = perplexity(runner, texts, window)
         else:
