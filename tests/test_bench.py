@@ -35,8 +35,9 @@ def test_bench_writes_json_md_png(cls_dir, tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["schema_version"] == BENCH_SCHEMA_VERSION
     assert set(TOP_KEYS) <= set(data) and all(set(ROW_KEYS) <= set(r) for r in data["rows"])
-    for key in ("platform", "cpu_count", "processor"):
+    for key in ("platform", "cpu_count", "processor", "load_average_start", "load_average_end"):
         assert key in data["machine"]
+    assert len(data["machine"]["load_average_start"]) == 3                    # Linux has load averages
     assert data["onnxruntime"]["version"]
     assert data["flop_ratio"] == pytest.approx(ratio)
     assert data["layers"][1]["num_heads"] == 2
@@ -108,3 +109,12 @@ def test_chart_skipped_without_matplotlib(cls_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert write_chart(res, tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
+
+
+def test_busy_machine_is_flagged():
+    from fg_edge.runtimes.bench.machine import busy_note
+
+    assert busy_note({"cpu_count": 2, "load_average_start": [0.5, 0.4, 0.3], "load_average_end": [1.9, 1, 1]}) is None
+    note = busy_note({"cpu_count": 2, "load_average_start": [0.5, 0.4, 0.3], "load_average_end": [3.2, 1, 1]})
+    assert "busy" in note and "3.2" in note
+    assert busy_note({"cpu_count": 2, "load_average_start": None, "load_average_end": None}) is None

@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -33,6 +33,25 @@ def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "system": platform.system(), "machine": platform.machine(),
             "processor": platform.processor() or _cpu_model(), "cpu_count": os.cpu_count(),
             "python": platform.python_version()}
+
+
+def load_average() -> Optional[list[float]]:
+    """The 1 / 5 / 15-minute load averages (None where the OS has none): other work on the machine inflates
+    latencies, so bench.json records them at the start and the end of the run."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_note(machine: dict) -> Optional[str]:
+    """A warning when the 1-minute load was above the CPU count at the start or the end of the run."""
+    cpus = machine.get("cpu_count") or 1
+    loads = [x[0] for x in (machine.get("load_average_start"), machine.get("load_average_end")) if x]
+    if loads and max(loads) > cpus:
+        return (f"the machine was busy (1-minute load {max(loads):.1f} on {cpus} CPUs): other work inflated "
+                f"these latencies; rerun on an idle machine before trusting the ratios")
+    return None
 
 
 def _cpu_model() -> str:

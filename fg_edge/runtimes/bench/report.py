@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from fg_edge.runtimes.bench.chart import write_chart
+from fg_edge.runtimes.bench.machine import busy_note
 
 #: how every report explains its ratio columns
 RATIO_NOTE = ("speed-up = dense baseline median / variant median (same provider, threads, shape, precision "
@@ -56,6 +57,9 @@ def format_table(result: dict) -> str:
         lines.append("  ".join(c.rjust(w) if i >= 5 else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))))
     lines.append("")
     lines.append(RATIO_NOTE)
+    busy = busy_note(result["machine"])
+    if busy:
+        lines.append(f"WARNING: {busy}")
     return "\n".join(lines)
 
 
@@ -91,6 +95,9 @@ def format_markdown(result: dict) -> str:
                       "they are not measurements on a phone."]
     lines += ["", "speed-up = dense baseline median / variant median (same provider, threads, shape and precision "
                   "family); % ceil = speed-up / FLOP ratio.", ""]
+    busy = busy_note(result["machine"])
+    if busy:
+        lines += [f"**Warning:** {busy}.", ""]
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from fg_edge.errors import ConfigError
 from fg_edge.formats.compiled_dir import CompiledDir, ModelFile
-from fg_edge.runtimes.bench.machine import machine_info, memory_probe
+from fg_edge.runtimes.bench.machine import load_average, machine_info, memory_probe
 from fg_edge.runtimes.bench.rows import VariantRun, shape_rows
 from fg_edge.runtimes.bench.schema import BENCH_SCHEMA_VERSION
 from fg_edge.runtimes.providers import ProviderSpec, ResolvedProvider, parse_provider_list, resolve_provider
@@ -238,6 +238,7 @@ def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
     plan = plan_bench(compiled_dir, providers, batches, seqs, threads, no_baseline)
     mem_method, rss = memory_probe()
+    load_start = load_average()
     bench = _Bench(plan, repeats, warmup, gen_tokens, graph_optimization, no_baseline, seed, rss)
     bar = _Progress(bench.total_runs(), progress)
     try:
@@ -251,7 +252,7 @@ def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",
         "model_type": plan.cdir.model_type,
         "kind": bench.kind,
         "flop_ratio": plan.flop_ratio,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_average_start": load_start, "load_average_end": load_average()},
         "onnxruntime": {"version": ort.__version__, "available_providers": list(ort.get_available_providers())},
         "settings": {"providers": plan.provider_names, "batches": plan.batches, "seqs": plan.seqs,
                      "threads": plan.threads, "repeats": repeats, "warmup": warmup, "gen_tokens": gen_tokens,

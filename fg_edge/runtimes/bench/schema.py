@@ -8,7 +8,8 @@ bench.json schema (BENCH_SCHEMA_VERSION = 1), every key always present (null whe
     model_type            config.json model_type
     kind                  'classification' | 'embedding' | 'causal-lm'
     flop_ratio            FLOPs before / after from compile_report.json (speed-up ceiling), or null
-    machine               {platform, system, machine, processor, cpu_count, python}
+    machine               {platform, system, machine, processor, cpu_count, python, load_average_start,
+                           load_average_end} (1/5/15-minute load averages, None where the OS has none)
     onnxruntime           {version, available_providers}
     settings              {providers, batches, seqs, threads, repeats, warmup, gen_tokens, graph_optimization,
                            alternation, memory_method, no_baseline}
