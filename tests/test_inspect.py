@@ -294,3 +294,25 @@ def test_help_has_example():
     result = CliRunner().invoke(cli, ["inspect", "--help"])
     assert result.exit_code == 0
     assert "fg-edge inspect runs/minilm --plot" in result.output
+
+
+def test_plot_summary_row_shows_kept_shares_and_value_histogram():
+    """The top row of the plot: kept / removed shares per layer (heads and FFN channels) as the compiler plans them,
+    and a histogram that counts every head and channel gate."""
+    from matplotlib.figure import Figure
+
+    from fg_edge.inspect import inspect_model
+    from fg_edge.inspect.plot import _draw_histogram, _draw_kept_bars
+    from fg_edge.testing import gated_tiny_model
+
+    model, cfg = gated_tiny_model("bert", {1: [0, 1]}, {0: slice(None, None, 2)})   # 4 heads, 48 channels
+    report = inspect_model(model, gate_config=cfg)
+    ax = Figure().subplots()
+    _draw_kept_bars(ax, report)
+    kept = [p.get_width() for p in ax.patches]
+    # bars: heads kept (layer 0, 1), heads removed, FFN kept, FFN removed
+    assert kept[:2] == [100.0, 50.0] and kept[4:6] == [50.0, 100.0]
+    ax = Figure().subplots()
+    _draw_histogram(ax, report)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["head gates (2/8 exactly 0)", "FFN channel gates (24/96 exactly 0)"]

@@ -1,4 +1,11 @@
-"""`fg-edge inspect --plot`: a heatmap of the eval gate values of an `InspectionReport` (matplotlib, Agg)."""
+"""`fg-edge inspect --plot`: what the gates learned, as a PNG (matplotlib, Agg canvas, no pyplot).
+
+For a per-layer (architecture-table) model the top row answers "what does the compiler keep?" at a glance: kept
+and removed heads and FFN channels per layer as bars, and a histogram of the eval gate values. Below, heatmaps
+of the gate values (layers down, gates across; closed gates red); a pooled FFN panel shows each layer's channels
+sorted by value, since a channel's index means nothing and unsorted pooling reads as a barcode. Open gates start
+at a visible blue (the colour scale begins at 20 % of the map), so a small but open gate is not mistaken for white.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ from fg_edge.inspect.report import InspectionReport
 #: Panels wider than this are pooled into this many bins (one bin = several neighbouring gates).
 PLOT_MAX_WIDTH = {"heads": 128, "channels": 256, "module": 128, "fallback": 64}
 CLOSED_COLOR = (0.84, 0.15, 0.16)          # red
+KEPT_COLOR = "#0072B2"
+#: the colour map is used from this fraction on: eval value 0+ is already a visible blue
+CMAP_FLOOR = 0.2
 MISSING_COLOR = (0.87, 0.87, 0.87)         # grey: no gate there
 
 
@@ -81,9 +91,14 @@ def _plot_panels(report: InspectionReport) -> list[dict]:
                           f"{_removed(report.heads_removed, report)}/{report.heads_total:,} heads removed")
         panels.append(panel)
     if any(layer.channel_values is not None for layer in report.layers):
-        panel = _panel([layer.channel_values for layer in report.layers], PLOT_MAX_WIDTH["channels"],
-                       xlabel="FFN channel", ylabels=labels, ylabel="layer")
-        if report.has_plan:
+        values = [layer.channel_values for layer in report.layers]
+        width = max((len(v) for v in values if v is not None), default=0)
+        sort = width > PLOT_MAX_WIDTH["channels"]              # pooled: sort each layer's channels by value
+        if sort:
+            values = [sorted(v, reverse=True) if v is not None else None for v in values]
+        panel = _panel(values, PLOT_MAX_WIDTH["channels"], ylabels=labels, ylabel="layer",
+                       xlabel="FFN channels of the layer, sorted by gate value" if sort else "FFN channel")
+        if report.has_plan and not sort:
             removed = [(i, j) for i, layer in enumerate(report.layers) for j in layer.ffn_removed]
             panel["markers"] = {"removed": removed, "zeroed": []}
         panel["title"] = (f"FFN channel gates: {panel['n_closed']:,}/{panel['total']:,} closed; "
@@ -121,7 +136,7 @@ def _rgb(panel: dict, cmap):
     import numpy as np
 
     mean, closed = panel["mean"], panel["closed"]
-    blue = cmap(np.nan_to_num(mean, nan=0.0))[..., :3]
+    blue = cmap(CMAP_FLOOR + (1 - CMAP_FLOOR) * np.nan_to_num(mean, nan=0.0))[..., :3]
     f = np.nan_to_num(closed, nan=0.0)[..., None]
     rgb = (1 - f) * blue + f * np.asarray(CLOSED_COLOR)
     rgb[np.isnan(closed)] = MISSING_COLOR
@@ -134,31 +149,39 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     Draws on a `matplotlib.figure.Figure` with its own Agg canvas: no pyplot, the process-wide backend is untouched.
     """
     import matplotlib
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
     panels = _plot_panels(report)
     if not panels:
         raise ConfigError("nothing to plot: the model has no gate values")
     n_rows = max(len(p["ylabels"]) for p in panels)
-    ncols = 2 if len(panels) > 1 else 1
-    nrows = math.ceil(len(panels) / ncols)
+    summary = report.per_layer and report.has_plan
+    ncols = 2 if len(panels) > 1 or summary else 1
+    nrows = math.ceil(len(panels) / ncols) + (1 if summary else 0)
     label_width = max(len(s) for p in panels for s in p["ylabels"])
     panel_h = 1.5 + 0.14 * min(n_rows, 48)
     fig_w = 6.2 * ncols + (0.07 * label_width if not report.per_layer else 0)
     fig = Figure(figsize=(fig_w, panel_h * nrows + 1.2), layout="constrained")   # Agg canvas, no pyplot state
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    cmap = matplotlib.colormaps["Blues"]
+    base = matplotlib.colormaps["Blues"]
+    cmap = ListedColormap(base(np.linspace(CMAP_FLOOR, 1.0, 256)))
+    heat_axes = list(axes.flat)
+    if summary:
+        _draw_kept_bars(heat_axes[0], report)
+        _draw_histogram(heat_axes[1], report)
+        heat_axes = heat_axes[2:]
     pooled = False
     marker_kinds: set[str] = set()
-    for ax, panel in zip(axes.flat, panels):
-        pooled |= _draw_panel(ax, panel, cmap, marker_kinds)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax, panel in zip(heat_axes, panels):
+        pooled |= _draw_panel(ax, panel, base, marker_kinds)
+    for ax in heat_axes[len(panels):]:
         ax.set_visible(False)
-    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=axes, shrink=0.8,
+    fig.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap), ax=heat_axes[:len(panels)], shrink=0.8,
                  label="eval gate value (1 = open)")
     handles = _legend_handles(panels, pooled, marker_kinds)
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False)
@@ -167,6 +190,50 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def _draw_kept_bars(ax, report: InspectionReport) -> None:
+    """Per layer: the share of heads and of FFN channels the compiler keeps (solid) and removes (red)."""
+    import numpy as np
+
+    y = np.arange(len(report.layers))
+    for offset, what, total, removed in (
+            (-0.2, "heads", [lr.num_heads for lr in report.layers], [len(lr.heads_removed or []) for lr in report.layers]),
+            (0.2, "FFN channels", [lr.ffn_channels for lr in report.layers],
+             [len(lr.ffn_removed or []) for lr in report.layers])):
+        kept = [100.0 * (t - r) / t if t else 0.0 for t, r in zip(total, removed)]
+        ax.barh(y + offset, kept, 0.38, color=KEPT_COLOR, alpha=1.0 if what == "heads" else 0.55,
+                label=f"{what} kept")
+        ax.barh(y + offset, [100.0 - k for k in kept], 0.38, left=kept, color=CLOSED_COLOR,
+                alpha=1.0 if what == "heads" else 0.55, label=f"{what} removed")
+    ax.set_yticks(y, [str(lr.index) for lr in report.layers], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the layer (upper bar: heads, lower bar: FFN channels)", fontsize=8)
+    ax.set_ylabel("layer", fontsize=8)
+    ax.set_title(f"what the compiler keeps: {report.heads_total - report.heads_removed:,}/{report.heads_total:,} "
+                 f"heads, {report.channels_total - report.channels_removed:,}/{report.channels_total:,} channels",
+                 fontsize=9)
+    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+
+
+def _draw_histogram(ax, report: InspectionReport) -> None:
+    """Eval gate values of head and FFN-channel gates; exactly-closed gates counted in the first bar."""
+    import numpy as np
+
+    bins = np.linspace(0.0, 1.0, 21)
+    for what, values, colour in (
+            ("head gates", [v for lr in report.layers for v in (lr.head_values or [])], KEPT_COLOR),
+            ("FFN channel gates", [v for lr in report.layers for v in (lr.channel_values or [])], "#E69F00")):
+        if values:
+            closed = sum(1 for v in values if v == 0)
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.4, color=colour,
+                    label=f"{what} ({closed:,}/{len(values):,} exactly 0)")
+    ax.set_yscale("log")
+    ax.set_xlabel("eval gate value (0 = closed, removable; 1 = fully open)", fontsize=8)
+    ax.set_ylabel("gates", fontsize=8)
+    ax.set_title("distribution of the gate values", fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def _draw_panel(ax, panel: dict, cmap, marker_kinds: set[str]) -> bool:
