@@ -91,19 +91,7 @@ def _plot_panels(report: InspectionReport) -> list[dict]:
                           f"{_removed(report.heads_removed, report)}/{report.heads_total:,} heads removed")
         panels.append(panel)
     if any(layer.channel_values is not None for layer in report.layers):
-        values = [layer.channel_values for layer in report.layers]
-        width = max((len(v) for v in values if v is not None), default=0)
-        sort = width > PLOT_MAX_WIDTH["channels"]              # pooled: sort each layer's channels by value
-        if sort:
-            values = [sorted(v, reverse=True) if v is not None else None for v in values]
-        panel = _panel(values, PLOT_MAX_WIDTH["channels"], ylabels=labels, ylabel="layer",
-                       xlabel="FFN channels of the layer, sorted by gate value" if sort else "FFN channel")
-        if report.has_plan and not sort:
-            removed = [(i, j) for i, layer in enumerate(report.layers) for j in layer.ffn_removed]
-            panel["markers"] = {"removed": removed, "zeroed": []}
-        panel["title"] = (f"FFN channel gates: {panel['n_closed']:,}/{panel['total']:,} closed; "
-                          f"{_removed(report.channels_removed, report)}/{report.channels_total:,} removed")
-        panels.append(panel)
+        panels.append(_ffn_panel(report, labels))
     spec = ARCHITECTURES.get(report.model_type)
     roles: list[str] = []
     for m in report.modules:
@@ -125,6 +113,23 @@ def _plot_panels(report: InspectionReport) -> list[dict]:
             panel["title"] = f"{role} {what}: {panel['n_closed']:,}/{panel['total']:,} closed"
             panels.append(panel)
     return panels
+
+
+def _ffn_panel(report: InspectionReport, labels: list[str]) -> dict:
+    """The FFN channel heatmap; pooled rows are sorted by value (see the module docstring)."""
+    values = [layer.channel_values for layer in report.layers]
+    width = max((len(v) for v in values if v is not None), default=0)
+    sort = width > PLOT_MAX_WIDTH["channels"]              # pooled: sort each layer's channels by value
+    if sort:
+        values = [sorted(v, reverse=True) if v is not None else None for v in values]
+    panel = _panel(values, PLOT_MAX_WIDTH["channels"], ylabels=labels, ylabel="layer",
+                   xlabel="FFN channels of the layer, sorted by gate value" if sort else "FFN channel")
+    if report.has_plan and not sort:
+        removed = [(i, j) for i, layer in enumerate(report.layers) for j in layer.ffn_removed]
+        panel["markers"] = {"removed": removed, "zeroed": []}
+    panel["title"] = (f"FFN channel gates: {panel['n_closed']:,}/{panel['total']:,} closed; "
+                      f"{_removed(report.channels_removed, report)}/{report.channels_total:,} removed")
+    return panel
 
 
 def _removed(n: int, report: InspectionReport) -> str:
