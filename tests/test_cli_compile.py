@@ -70,6 +70,14 @@ def test_compile_bert_int8_ort(tmp_path, bert_dir):
     measured = evaluate(out, dev, variants=["int8"])["results"]["int8"]["value"]
     assert q["task_metric"]["model.int8.onnx"] == pytest.approx(measured) and "quantized_change" in q["task_metric"]
     assert "NNAPI" in report["mobile_partitions"]["model.onnx"]
+    # the mobile estimate also describes every shipped .ort: the graph ORT optimised into it, fused contrib ops
+    # (e.g. DynamicQuantizeMatMul) included, which the exported int8 ONNX does not show
+    parts = report["mobile_partitions"]
+    assert set(report["ort_format"]["files"]) <= set(parts)
+    shipped_ops = parts["model.int8.ort"]["NNAPI"]["as_exported"]["unsupported_ops"]
+    assert any(op.startswith("com.microsoft:") for op in shipped_ops), shipped_ops
+    assert not any(op.startswith("com.microsoft:")
+                   for op in parts["model.onnx"]["NNAPI"]["as_exported"]["unsupported_ops"])
     assert report["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
     assert "fg_edge_layers" in json.loads((out / "config.json").read_text())
     # summary table on the terminal

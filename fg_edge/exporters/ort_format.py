@@ -19,11 +19,15 @@ log = logging.getLogger(__name__)
 REQUIRED_OPERATORS_FILE = "required_operators.config"
 
 
-def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path) -> dict:
+def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path, partitions: bool = False) -> dict:
     """Write `<name>.ort` next to each graph in `out_dir` and one `required_operators.config` covering them all.
 
     Uses onnxruntime.tools.convert_onnx_models_to_ort (fixed optimisation style: graphs optimised offline, which
     is what ORT Mobile runs). Returns {"files": [...], "required_operators": name, "optimization_style": ...}.
+
+    `partitions`: also {"partitions": {<name>.ort: partition_summary}} of the graph each .ort really holds (ORT's
+    offline-optimised ONNX, with the fused contrib ops such as DynamicQuantizeMatMul or FusedMatMul that the
+    NNAPI / CoreML EPs cannot take), so the mobile estimate describes the shipped files, not the exported ones.
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -43,7 +47,8 @@ def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path) -> dic
         chatter = io.StringIO()
         try:
             with contextlib.redirect_stdout(chatter), quieter("ort_format_model", logging.WARNING):
-                convert_onnx_models_to_ort(src_dir, output_dir=dst_dir, optimization_styles=[OptimizationStyle.Fixed])
+                convert_onnx_models_to_ort(src_dir, output_dir=dst_dir, optimization_styles=[OptimizationStyle.Fixed],
+                                           save_optimized_onnx_model=partitions)
         except Exception as exc:
             raise ExportError(f"conversion to ORT format failed: {type(exc).__name__}: {exc}") from exc
         for p in onnx_paths:
@@ -58,9 +63,16 @@ def convert_to_ort(onnx_paths: Sequence[str | Path], out_dir: str | Path) -> dic
         log.debug("convert_onnx_models_to_ort: %s", chatter.getvalue())
         text = configs[0].read_text().replace(str(dst_dir) + "/", "").replace(str(dst_dir.resolve()) + "/", "")
         (out_dir / REQUIRED_OPERATORS_FILE).write_text(text)
+        shipped = {}
+        if partitions:
+            for name in written:
+                optimized = dst_dir / (Path(name).stem + ".optimized.onnx")
+                shipped[name] = (partition_summary(optimized) if optimized.exists()
+                                 else {"error": f"the converter wrote no {optimized.name}"})
     log.info("wrote %s and %s", ", ".join(written), REQUIRED_OPERATORS_FILE)
-    return {"files": written, "required_operators": REQUIRED_OPERATORS_FILE, "optimization_style": "Fixed",
+    info = {"files": written, "required_operators": REQUIRED_OPERATORS_FILE, "optimization_style": "Fixed",
             "tool": "onnxruntime.tools.convert_onnx_models_to_ort"}
+    return {**info, "partitions": shipped} if partitions else info
 
 
 def _summarise(info) -> dict:
