@@ -164,7 +164,8 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     if not panels:
         raise ConfigError("nothing to plot: the model has no gate values")
     n_rows = max(len(p["ylabels"]) for p in panels)
-    summary = report.per_layer and report.has_plan
+    summary = report.per_layer and report.has_plan and any(      # the summary row needs structured gates
+        lr.head_values is not None or lr.channel_values is not None for lr in report.layers)
     ncols = 2 if len(panels) > 1 or summary else 1
     nrows = math.ceil(len(panels) / ncols) + (1 if summary else 0)
     label_width = max(len(s) for p in panels for s in p["ylabels"])
