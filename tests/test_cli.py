@@ -65,3 +65,42 @@ def test_command_without_the_training_install_names_the_extra(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr
     assert "pip install 'fg-edge[train]'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    """An output that is / contains an input is refused, a --json FILE in a missing folder is refused up front,
+    and output folders get the usual (umask) mode, not mkdtemp's 0700."""
+    import os
+
+    import pytest
+
+    from fg_edge.errors import OutputPathError
+    from fg_edge.formats.atomic import atomic_output_dir, check_not_an_input, check_writable_location
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("text\tlabel\ngood\t1\n")
+    with pytest.raises(OutputPathError, match="contains the --train file"):
+        check_not_an_input(data, {"--train file": data / "train.tsv"})
+    with pytest.raises(OutputPathError, match="is the base model"):
+        check_not_an_input(data, {"base model": data, "hub id": "org/name"})
+    check_not_an_input(data / "out", {"base model": data})          # inside an input folder is fine
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputPathError, match="is a file, not a folder"):
+        check_writable_location(tmp_path / "afile" / "bench")
+    res = CliRunner().invoke(cli, ["env", "--json", str(tmp_path / "missing" / "env.json")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    with atomic_output_dir(tmp_path / "made") as tmp:
+        (tmp / "f").write_text("x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "made").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_train_refuses_to_overwrite_its_inputs(tiny_bert_dir, sentiment_files):
+    train, _ = sentiment_files
+    before = sorted(p.name for p in tiny_bert_dir.iterdir())
+    res = CliRunner().invoke(cli, ["train", str(tiny_bert_dir), "--task", "classification", "--train", train,
+                                   "--steps", "1", "--output", str(tiny_bert_dir), "--overwrite", "--no-progress"])
+    assert res.exit_code == 1 and "is the base model" in res.output
+    assert sorted(p.name for p in tiny_bert_dir.iterdir()) == before

@@ -142,7 +142,8 @@ def test_injected_mismatch_fails_and_writes_nothing(tmp_path, bert_dir, monkeypa
 
 
 @pytest.mark.parametrize("case", ["missing_dir", "missing_gates", "corrupt_config", "corrupt_weights",
-                                  "opset", "calibration_missing", "parent_is_file", "unwritable"])
+                                  "opset", "calibration_missing", "parent_is_file", "unwritable", "tolerance_inf",
+                                  "output_contains_model_dir"])
 def test_bad_input(tmp_path, bert_dir, case):
     out = tmp_path / "out"
     args = [bert_dir, "-o", out]
@@ -161,6 +162,13 @@ def test_bad_input(tmp_path, bert_dir, case):
     elif case == "opset":
         args += ["--opset", "9"]
         expect = "14–20"
+    elif case == "tolerance_inf":
+        args += ["--tolerance", "inf"]
+        expect = "finite"
+    elif case == "output_contains_model_dir":
+        args = [bert_dir, "-o", tmp_path, "--overwrite"]
+        out = tmp_path / "never-written"
+        expect = "contains the model_dir"
     elif case == "calibration_missing":
         args += ["--quantize", "qdq", "--calibration", tmp_path / "none.txt"]
         expect = "no such file"

@@ -516,3 +516,19 @@ def test_stories260k_structured_parity():
     assert report["parity"]["tokens_identical"] and report["parity"]["decoder_steps"] == 32
     assert report["totals"]["heads_removed"] + report["totals"]["heads_zeroed_not_removed"] == 5 * 3
     assert report["totals"]["flop_ratio"] > 1.1
+
+
+def test_every_gate_closed_gives_a_json_report():
+    """All heads and FFN channels closed: the blocks compute nothing, the ratios are null (not Infinity, which is
+    not JSON) and the report still renders."""
+    import json
+
+    from fg_edge.compiler import compile_model, format_report
+    from fg_edge.testing import gated_tiny_model
+
+    everything = {0: slice(None), 1: slice(None)}
+    gated, _ = gated_tiny_model("bert", everything, everything)
+    _, _, report = compile_model(gated, decoder_steps=2)
+    assert report["totals"]["block_flop_ratio"] is None
+    json.dumps(report, allow_nan=False, default=str)
+    assert "every block removed" in format_report(report)

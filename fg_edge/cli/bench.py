@@ -48,13 +48,17 @@ def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, rep
     from fg_edge.runtimes.bench import format_table, run_bench, write_outputs
     from fg_edge.runtimes.providers import register_ep_libraries
 
+    from fg_edge.formats.atomic import check_writable_location
+
+    out = Path(out_dir) if out_dir else Path(compiled_dir) / "bench"
+    check_writable_location(out)      # before the run, not after it (a read-only compiled folder, a file)
     if ep_libraries:
         register_ep_libraries(ep_libraries)
     result = run_bench(compiled_dir, providers=providers, batches=batches, seqs=seqs, threads=threads,
                        repeats=repeats, warmup=warmup, gen_tokens=gen_tokens, no_baseline=no_baseline,
                        graph_optimization=graph_optimization, progress=show_progress(progress))
     click.echo(format_table(result))
-    paths = write_outputs(result, Path(out_dir) if out_dir else Path(compiled_dir) / "bench")
+    paths = write_outputs(result, out)
     for kind, p in paths.items():
         if p is not None:
             click.echo(f"wrote {p}", err=True)

@@ -60,7 +60,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     from fg_edge.errors import ConfigError
     from fg_edge.train.finetune import finetune, save_finetuned
     from fg_edge.formats.finetune_args import FinetuneArgs
-    from fg_edge.formats.atomic import check_output_dir
+    from fg_edge.formats.atomic import check_not_an_input, check_output_dir
     from fg_edge.sources import load_pretrained, resolve_source
 
     check_output_dir(output, overwrite)
@@ -73,6 +73,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     resolved = resolve_source(model)
+    check_not_an_input(output, {"base model": resolved.path, "--train file": train_path, "--dev file": dev_path})
     train_data, dev_data = read_train_dev("classification", train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format="auto", seed=args.seed, max_train=max_train, max_dev=max_dev, no_header=no_header))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -16,9 +17,22 @@ from typing import Any, Callable, Optional
 import click
 
 
+def _json_target(ctx, param, value: Optional[str]) -> Optional[str]:
+    """Check --json FILE's folder before the command's work, not after it."""
+    if value not in (None, "-"):
+        parent = Path(value).resolve().parent
+        if not parent.is_dir():
+            raise click.BadParameter(f"{value}: the folder {parent} does not exist; create it or choose another FILE",
+                                     ctx=ctx, param=param)
+        if not os.access(parent, os.W_OK):
+            raise click.BadParameter(f"{value}: cannot write in {parent} (permission denied)", ctx=ctx, param=param)
+    return value
+
+
 def json_option(what: str = "the result") -> Callable:
     return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-                        metavar="FILE|-", help=f"Also write {what} as JSON to FILE ('-': print only the JSON).")
+                        metavar="FILE|-", callback=_json_target,
+                        help=f"Also write {what} as JSON to FILE ('-': print only the JSON).")
 
 
 def progress_option(f: Callable) -> Callable:

@@ -243,7 +243,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     plain .txt (paragraphs separated by blank lines), chunked into --max-length token blocks.
     Output: a model_dir (HF model + fg_edge_config.json + fg_edge_gates.safetensors + training.json).
     """
-    from fg_edge.formats.atomic import check_output_dir
+    from fg_edge.formats.atomic import check_not_an_input, check_output_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.sources import resolve_source
     from fg_edge.train.loop import train
@@ -255,6 +255,8 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         adapter_rank=adapter_rank, scale_gates=scale_gates, train_biases=train_biases, task=task,
         adapter_modules=adapter_modules, target_modules=target_modules))
     resolved = resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
+    check_not_an_input(output, {"base model": resolved.path, "--train file": train_path, "--dev file": dev_path,
+                                "--teacher folder": teacher_path})
 
     train_data, dev_data = read_train_dev(task, train_path, dev_path, dict(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,

@@ -102,9 +102,10 @@ def build_report(model: nn.Module, spec: ArchSpec, plan: CompilePlan, before: di
         "params_zeroed_by_gates": sum(z["params_zeroed_by_gates"] for z in zeros),
         "params_zeroed_not_removed": sum(z["params_zeroed_not_removed"] for z in zeros),
         "flops_before": flops_before, "flops_after": flops_after,
-        "flop_ratio": flops_before / flops_after if flops_after else float("inf"),
+        # None (JSON null), never Infinity (not JSON), when nothing is left to compute
+        "flop_ratio": flops_before / flops_after if flops_after else None,
         "block_flops_before": block_before, "block_flops_after": block_after,
-        "block_flop_ratio": block_before / block_after if block_after else float("inf"),
+        "block_flop_ratio": block_before / block_after if block_after else None,
         **plan.summary(),
     }
     return {"format_version": REPORT_FORMAT_VERSION, "model_type": plan.model_type, "task": model_task(model),
@@ -116,6 +117,10 @@ def _human(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
+
+
+def _ratio(value) -> str:
+    return "inf (every block removed)" if value is None else f"{value:.3f}"
 
 
 def format_report(report: dict) -> str:
@@ -139,8 +144,8 @@ def format_report(report: dict) -> str:
         f"heads removed {t['heads_removed']}/{t['heads_total']} (+{t['heads_zeroed_not_removed']} closed but kept), "
         f"kv heads removed {t['kv_heads_removed']}/{t['kv_heads_total']}, FFN channels removed "
         f"{t['ffn_channels_removed']}/{t['ffn_channels_total']}",
-        f"FLOPs: {_human(t['flops_before'])} -> {_human(t['flops_after'])}, ratio {t['flop_ratio']:.3f} "
-        f"(blocks only {t['block_flop_ratio']:.3f}) = speed-up ceiling",
+        f"FLOPs: {_human(t['flops_before'])} -> {_human(t['flops_after'])}, ratio {_ratio(t['flop_ratio'])} "
+        f"(blocks only {_ratio(t['block_flop_ratio'])}) = speed-up ceiling",
     ]
     parity = report.get("parity")
     if parity:

@@ -7,9 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
-from fg_edge.errors import OutputExistsError
+from fg_edge.errors import OutputExistsError, OutputPathError
 
 
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
@@ -19,13 +19,48 @@ def check_output_dir(path: str | Path, overwrite: bool) -> Path:
         raise OutputExistsError(f"output folder {path} already exists; pass --overwrite to replace it")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output path {path} exists and is not a folder")
-    parent = path.resolve().parent
-    probe = parent
+    check_writable_location(path.resolve().parent, path)
+    return path
+
+
+def check_writable_location(folder: str | Path, target: Optional[str | Path] = None) -> Path:
+    """Fail before any work when `folder` (or, if it does not exist yet, the folder that would hold it) is a file or
+    cannot be written; `target` names the output in the message (default: `folder`)."""
+    path = Path(target if target is not None else folder)
+    probe = Path(folder).resolve()
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(f"cannot create output folder {path}: {probe} is a file, not a folder; choose another "
+                              f"--output")
     if not os.access(probe, os.W_OK):
         raise OutputExistsError(f"cannot write under {probe}: permission denied; choose another --output")
-    return path
+    try:   # os.access does not see a read-only file system
+        tempfile.TemporaryDirectory(prefix=".fg-probe-", dir=probe).cleanup()
+    except OSError as exc:
+        raise OutputPathError(f"cannot write under {probe} ({exc.strerror or exc}); choose another --output") from None
+    return probe
+
+
+def check_not_an_input(output: str | Path, inputs: dict[str, Optional[str | Path]], option: str = "--output") -> None:
+    """Refuse an output folder that is, or contains, one of the command's inputs ({role: path}): replacing it
+    would delete the base model or the training data. Inputs that are not local paths (hub ids, hf:) are skipped."""
+    out = Path(output).resolve()
+    for role, value in inputs.items():
+        if value is None or not Path(value).exists():
+            continue
+        src = Path(value).resolve()
+        if out == src or out in src.parents:
+            relation = "is" if out == src else "contains"
+            raise OutputPathError(f"{option} {output} {relation} the {role} {value}; writing the output there would "
+                                  f"delete it; choose another {option}")
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -34,6 +69,7 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     path = check_output_dir(path, overwrite)
     path.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.resolve().parent))
+    os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes it 0700; the output gets the usual mode, as mkdir would
     try:
         yield tmp
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -40,8 +41,9 @@ class CompileOptions:
                 raise ConfigError(f"{opt} {value}: no such file")
         if self.calibration is not None and self.quantize != "qdq":
             log.warning("--calibration is only used by --quantize qdq; ignoring it")
-        if not (self.tol > 0):
-            raise ConfigError(f"parity tolerance must be > 0; got {self.tol}")
+        if not (self.tol > 0) or not math.isfinite(self.tol):
+            raise ConfigError(f"--tolerance must be a finite number > 0 (inf would switch the parity gate off); "
+                              f"got {self.tol}")
         return self
 
 

@@ -47,7 +47,7 @@ def format_summary(report: dict) -> str:
         lines.append(f"{r['file']:<24} {r['bytes'] / 1e6:>8.2f}MB {params:>12} {ratio:>10} {diff:>11} {parity:>12}")
     if t:
         lines.append(f"params {t.get('params_before', 0):,} -> {t.get('params_after', 0):,} "
-                     f"({t.get('params_removed', 0):,} removed); FLOP ratio {t.get('flop_ratio', 1.0):.2f}x "
+                     f"({t.get('params_removed', 0):,} removed); FLOP ratio {t.get('flop_ratio') or float('inf'):.2f}x "
                      f"(the speed-up ceiling); ONNX parity tolerance {report.get('options', {}).get('tol', DEFAULT_TOL):.0e}")
     metric = report.get("quantization", {}).get("task_metric")
     if metric:
