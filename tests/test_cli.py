@@ -104,3 +104,25 @@ def test_train_refuses_to_overwrite_its_inputs(tiny_bert_dir, sentiment_files):
                                    "--steps", "1", "--output", str(tiny_bert_dir), "--overwrite", "--no-progress"])
     assert res.exit_code == 1 and "is the base model" in res.output
     assert sorted(p.name for p in tiny_bert_dir.iterdir()) == before
+
+
+def test_runtime_commands_refuse_bad_values_up_front(cls_dir, tmp_path):
+    """Integer labels that are not class ids, non-UTF-8 text and --threads below 1 get one message each."""
+    from conftest import write_tsv
+
+    bad = write_tsv(tmp_path / "bad.tsv", [("good fine", 1), ("bad", 5)])
+    res = CliRunner().invoke(cli, ["eval", str(cls_dir.path), "--data", bad])
+    assert res.exit_code == 1 and "labels [5] are not class ids" in res.output
+    res = CliRunner().invoke(cli, ["run", str(cls_dir.path), "caf\udce9"])      # the byte 0xe9 of a Latin-1 'é'
+    assert res.exit_code == 2 and "UTF-8" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["run", str(cls_dir.path), "good", "--threads", "-1"])
+    assert res.exit_code == 2 and "--threads" in res.output
+
+
+def test_train_takes_an_explicit_tokenizer(tiny_bert_dir, sentiment_files, tmp_path):
+    train, _ = sentiment_files
+    res = CliRunner().invoke(cli, ["train", str(tiny_bert_dir), "--task", "classification", "--train", train,
+                                   "--steps", "1", "--tokenizer", str(tiny_bert_dir),
+                                   "--output", str(tmp_path / "md"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "md" / "tokenizer.json").is_file()

@@ -64,3 +64,13 @@ def test_gate_config_is_frozen_and_injection_leaves_it_alone():
     inject_gates(tiny_model("bert"), cfg)
     assert cfg == GateConfig() and cfg.model_type is None
     assert dataclasses.replace(cfg, target_sparsity=0.5).target_sparsity == 0.5
+
+
+@pytest.mark.parametrize("version, words", [("2", "positive integer"), (99, "newer than this fg-edge"),
+                                             (0, "positive integer")])
+def test_bad_format_version_names_the_file(tmp_path, version, words):
+    path = tmp_path / "fg_edge_config.json"
+    path.write_text(json.dumps({**GateConfig().to_dict(), "format_version": version}))
+    with pytest.raises(ConfigError, match=words) as exc:
+        GateConfig.load(path)
+    assert str(path) in str(exc.value)

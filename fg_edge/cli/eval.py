@@ -22,7 +22,7 @@ from fg_edge.cli.options import emit_json, json_option, no_header_option
 @click.option("--models", default=None, metavar="LIST",
               help="Comma-separated variants (default: every one present of baseline, compiled, int8, baseline-int8).")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider (see `fg-edge run --help`).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads.")
 @click.option("--window", type=click.IntRange(2), default=None,
               help="Causal LM: tokens per perplexity window (default min(max positions, 256)).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)

@@ -19,7 +19,7 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
               help="Execution provider: cpu, cuda, tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu, "
                    "mobile (CPU EP emulation), or a full ORT EP name.")
 @ep_library_option
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: ORT's choice).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: ORT's choice).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=20, show_default=True, help="Decoders only.")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True,
               help="Decoders: sample from the k most likely tokens (0 = all).")
@@ -48,6 +48,12 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
     from fg_edge.runtimes.providers import register_ep_libraries
     from fg_edge.runtimes.runner import Runner
 
+    for name, value in (("TEXT", text), ("--pair", pair)):
+        try:
+            value is not None and value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter("not valid UTF-8 (the terminal or file passed other bytes); re-encode it as "
+                                     "UTF-8", param_hint=name) from None
     if ep_libraries:
         register_ep_libraries(ep_libraries)
     if temperature is None:

@@ -77,14 +77,14 @@ def _configs(task: str, teacher_path: Optional[Path], train_options: dict, gate_
 
 
 def _load_models(resolved, task: str, train_data, label_names: Optional[str], teacher_path: Optional[Path],
-                 trust_remote_code: bool, seed: int):
+                 trust_remote_code: bool, seed: int, tokenizer: Optional[str] = None):
     """(model with its label names, tokenizer, teacher or None); label names are checked before anything loads."""
     from fg_edge.sources import load_pretrained
 
     num_labels = train_data.num_labels if task == "classification" else None
     labels = label_config(train_data, label_names) if task == "classification" else None
     model, tokenizer = load_pretrained(resolved, task, num_labels=num_labels, trust_remote_code=trust_remote_code,
-                                       seed=seed)
+                                       seed=seed, tokenizer=tokenizer)
     if labels is not None:
         model.config.update(labels)
     teacher = None
@@ -214,6 +214,9 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))
 @click.option("--base-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("base_lr"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
+@click.option("--tokenizer", "tokenizer_source", default=None, metavar="PATH|ID",
+              help="Tokenizer to use instead of the model's own: a llama2.c tokenizer .bin, a GGUF file, a "
+                   "tokenizer.json, a HF folder or a hub id.")
 @progress_option
 def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], output: Path, overwrite: bool,
               data_format: str, text_column: str, text_pair_column: Optional[str], label_column: str,
@@ -221,7 +224,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
               granularity: str, target_sparsity: float, sparsity_lambda: float, adapter_rank: int,
               scale_gates: bool, target_modules: Optional[str], train_biases: bool, trust_remote_code: bool,
               max_train: Optional[int], max_dev: Optional[int], teacher_path: Optional[Path],
-              adapter_modules: str, **train_options) -> None:
+              adapter_modules: str, tokenizer_source: Optional[str], **train_options) -> None:
     """Learn FineGates on MODEL (a local HF folder, GGUF file, llama2c .bin, or hub id) and write a model_dir.
 
     \b
@@ -262,7 +265,7 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev, no_header=no_header))
     model_obj, tokenizer, teacher = _load_models(resolved, task, train_data, label_names, teacher_path,
-                                                 trust_remote_code, args.seed)
+                                                 trust_remote_code, args.seed, tokenizer_source)
     result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)
     del teacher
 

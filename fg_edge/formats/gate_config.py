@@ -88,11 +88,16 @@ class GateConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}")
         data = dict(data)
-        if data.get("format_version", FORMAT_VERSION) < 2:
+        version = data.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ConfigError(f"{source}: format_version must be a positive integer; got {version!r}")
+        if version < 2:
             data.setdefault("adapter_modules", "gated")  # what version 1 meant
         try:
             return cls(**data)
         except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except ConfigError as exc:      # name the file the bad value came from
             raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> None:

@@ -32,6 +32,12 @@ VARIANT_MEANING = {
 def _label_ids(runner: Runner, data) -> list[int]:
     """Data labels as the model's class ids (string labels mapped through config.json label2id)."""
     if not data.string_labels:
+        classes = len(runner.cdir.id2label()) or runner.cdir.config.get("num_labels")
+        outside = sorted({lab for lab in data.labels if not (0 <= lab < classes)}) if classes else []
+        if outside:
+            raise DataError(f"{data.source}: labels {outside[:5]} are not class ids of this model (0..{classes - 1}, "
+                            f"config.json id2label); check --label-column, or label the rows with the model's names "
+                            f"{sorted(runner.cdir.id2label().values())[:5]}")
         return list(data.labels)
     model_ids = {name: i for i, name in runner.cdir.id2label().items()}
     out = []
