@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fg_edge.formats.parity import (ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL,  # noqa: F401
-                                    PARITY_DECODER_STEPS, TORCH_PARITY_LENGTHS, TORCH_PARITY_TOL)
+from fg_edge.formats.parity import TORCH_PARITY_LENGTHS
 
 
 def padded_batch(vocab_size: int, lengths=TORCH_PARITY_LENGTHS, seed: int = 0, left: bool = False):

@@ -14,12 +14,12 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from fg_edge.compiler.inputs import PARITY_DECODER_STEPS, TORCH_PARITY_LENGTHS, TORCH_PARITY_TOL, padded_batch
+from fg_edge.compiler.inputs import padded_batch
+from fg_edge.formats.parity import PARITY_DECODER_STEPS, TORCH_PARITY_LENGTHS, TORCH_PARITY_TOL
 from fg_edge.errors import ParityError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LENGTHS = TORCH_PARITY_LENGTHS
 
 
 def scaled_tolerance(tol: float, reference_max_abs: float) -> float:
@@ -114,7 +114,7 @@ def _check_generation(reference: dict, compiled: nn.Module, ids, mask, steps: in
 
 
 def gated_reference(gated_model: nn.Module, *, decoder_steps: int = PARITY_DECODER_STEPS,
-                    lengths: Sequence[int] = DEFAULT_LENGTHS, seed: int = 0) -> dict:
+                    lengths: Sequence[int] = TORCH_PARITY_LENGTHS, seed: int = 0) -> dict:
     """The gated model's side of `check_parity` (inputs, logits, hidden states, greedy tokens and step logits),
     so the gated model may be changed (compiled in place) before the comparison."""
     decoder = _generates(gated_model) and decoder_steps > 0
@@ -159,7 +159,7 @@ def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: flo
 
 
 def check_parity(gated_model: nn.Module, compiled_model: nn.Module, *, tol: float = TORCH_PARITY_TOL,
-                 decoder_steps: int = PARITY_DECODER_STEPS, lengths: Sequence[int] = DEFAULT_LENGTHS,
+                 decoder_steps: int = PARITY_DECODER_STEPS, lengths: Sequence[int] = TORCH_PARITY_LENGTHS,
                  seed: int = 0) -> dict:
     """Compare `compiled_model` to `gated_model` (eval gates); raise ParityError beyond `tol`, else return figures."""
     decoder_steps = decoder_steps if _generates(compiled_model) else 0

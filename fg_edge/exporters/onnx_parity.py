@@ -22,18 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fg_edge.compiler.inputs import (ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL, PARITY_DECODER_STEPS,
-                                     padded_batch)
+from fg_edge.compiler.inputs import padded_batch
 from fg_edge.compiler.parity import scaled_tolerance
 from fg_edge.errors import ConfigError, ExportError, ParityError
+from fg_edge.formats.parity import ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 
 log = logging.getLogger(__name__)
 
-# the defaults live in fg_edge.compiler.inputs (with why the torch-vs-ORT tolerance is looser); names kept here
-DEFAULT_TOL = ONNX_PARITY_TOL
-DEFAULT_STEPS = PARITY_DECODER_STEPS
-ENCODER_LENGTHS = ONNX_ENCODER_LENGTHS
-DECODER_LENGTHS = ONNX_DECODER_LENGTHS
 
 
 @contextlib.contextmanager
@@ -86,7 +81,7 @@ class ParityReference:
     use (or `.compute()`), after which the model may be freed (`.release_model()`).
     """
 
-    def __init__(self, model: nn.Module, *, kind: str, steps: int = DEFAULT_STEPS, seed: int = 0):
+    def __init__(self, model: nn.Module, *, kind: str, steps: int = PARITY_DECODER_STEPS, seed: int = 0):
         self.model, self.kind, self.steps, self.seed = model, kind, steps, seed
         self.vocab = int(getattr(model.config, "vocab_size", 100) or 100)
         self._encoder: dict[bool, dict] = {}
@@ -127,7 +122,7 @@ class ParityReference:
         return self._decoder
 
     def _encoder_reference(self, token_type_ids: bool) -> dict:
-        ids, mask = padded_batch(self.vocab, lengths=ENCODER_LENGTHS, seed=self.seed)
+        ids, mask = padded_batch(self.vocab, lengths=ONNX_ENCODER_LENGTHS, seed=self.seed)
         feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         kwargs = dict(input_ids=ids, attention_mask=mask)
         if token_type_ids:
@@ -143,7 +138,7 @@ class ParityReference:
 
     def _decoder_reference(self) -> dict:
         model, steps = self.model, self.steps
-        ids, mask = padded_batch(self.vocab, lengths=DECODER_LENGTHS, seed=self.seed, left=True)
+        ids, mask = padded_batch(self.vocab, lengths=ONNX_DECODER_LENGTHS, seed=self.seed, left=True)
         batch = ids.shape[0]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
@@ -181,7 +176,7 @@ def _encoder_parity(reference: ParityReference, session) -> tuple[float, dict]:
     if diff.ndim == 3:  # per-token outputs: only real positions count
         diff = diff * mask[..., None]
         scale = scale * mask[..., None]
-    detail = {"batch": len(ENCODER_LENGTHS), "lengths": list(ENCODER_LENGTHS), "output": out_name,
+    detail = {"batch": len(ONNX_ENCODER_LENGTHS), "lengths": list(ONNX_ENCODER_LENGTHS), "output": out_name,
               "reference_max_abs": float(scale.max())}
     if out_name == "logits" and ref.ndim == 2:
         detail["argmax_agreement"] = float((got.argmax(-1) == ref.argmax(-1)).mean())
@@ -231,7 +226,7 @@ def _decoder_parity(reference: ParityReference, session, steps: int, tol: float)
         outs = session.run(None, feeds)
         o_logits = outs[0][:, -1]
     total = batch * (steps + 1)
-    detail = {"batch": batch, "prompt_lengths": list(DECODER_LENGTHS), "padding": "left", "steps": steps,
+    detail = {"batch": batch, "prompt_lengths": list(ONNX_DECODER_LENGTHS), "padding": "left", "steps": steps,
               "kv_shapes": [list(s) for s in kv_shapes], "greedy_tokens": total,
               "token_agreement": agree / total, "token_mismatches": mismatches, "token_ties": ties,
               "first_mismatch": first_mismatch, "reference_max_abs": ref_max}
@@ -239,7 +234,7 @@ def _decoder_parity(reference: ParityReference, session, steps: int, tol: float)
 
 
 def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *, kind: str,
-                      tol: float = DEFAULT_TOL, steps: int = DEFAULT_STEPS, what: Optional[str] = None,
+                      tol: float = ONNX_PARITY_TOL, steps: int = PARITY_DECODER_STEPS, what: Optional[str] = None,
                       raise_on_fail: bool = True, seed: int = 0,
                       reference: Optional[ParityReference] = None) -> dict:
     """Compare `onnx_path` (ORT CPU) with the gated torch model; returns the figures (and raises on failure).

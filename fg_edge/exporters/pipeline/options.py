@@ -10,7 +10,7 @@ from typing import Optional
 
 from fg_edge.errors import ConfigError
 from fg_edge.exporters.onnx_export import DEFAULT_OPSET, validate_opset
-from fg_edge.exporters.onnx_parity import DEFAULT_STEPS, DEFAULT_TOL
+from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 from fg_edge.exporters.quantize import QUANTIZE_MODES
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ class CompileOptions:
     ort_format: bool = False
     baseline: bool = True
     external_data: Optional[bool] = None
-    tol: float = DEFAULT_TOL
-    decoder_steps: int = DEFAULT_STEPS
+    tol: float = ONNX_PARITY_TOL
+    decoder_steps: int = PARITY_DECODER_STEPS
     eval_data: Optional[str] = None
     eval_max_rows: int = 256
 

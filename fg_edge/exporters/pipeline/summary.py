@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fg_edge.exporters.onnx_parity import DEFAULT_TOL
+from fg_edge.formats.parity import ONNX_PARITY_TOL
 
 
 def quantized_name(graph: str, mode: str) -> str:
@@ -48,7 +48,7 @@ def format_summary(report: dict) -> str:
     if t:
         lines.append(f"params {t.get('params_before', 0):,} -> {t.get('params_after', 0):,} "
                      f"({t.get('params_removed', 0):,} removed); FLOP ratio {t.get('flop_ratio') or float('inf'):.2f}x "
-                     f"(the speed-up ceiling); ONNX parity tolerance {report.get('options', {}).get('tol', DEFAULT_TOL):.0e}")
+                     f"(the speed-up ceiling); ONNX parity tolerance {report.get('options', {}).get('tol', ONNX_PARITY_TOL):.0e}")
     metric = report.get("quantization", {}).get("task_metric")
     if metric:
         mode = report["quantization"]["settings"]["mode"]
