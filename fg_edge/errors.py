@@ -78,3 +78,41 @@ class OutputExistsError(FgEdgeError):
 
 class ResultFileError(FgEdgeError, ValueError):
     """A result file fg-edge wrote (bench.json) lacks a documented key or has another schema version."""
+
+
+class StorageError(FgEdgeError, OSError):
+    """The file system refused a read or write: disk full, read-only, permission denied (names the path)."""
+
+
+class Terminated(BaseException):
+    """The process got SIGTERM / SIGHUP. A BaseException, like KeyboardInterrupt, so every atomic-output block
+    removes its temporary files on the way out; `fg-edge` then exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"terminated by signal {self.signum}")
+
+
+#: errno -> (what happened, what to do), for file-system errors that reach the command line
+_OS_ERRORS = {
+    "ENOSPC": ("no space left on the device", "free some space or write somewhere else"),
+    "EDQUOT": ("disk quota exceeded", "free some space or write somewhere else"),
+    "EROFS": ("read-only file system", "write somewhere else (e.g. choose another output)"),
+    "EACCES": ("permission denied", "check the permissions or choose another path"),
+    "EPERM": ("operation not permitted", "check the permissions or choose another path"),
+    "ENOTDIR": ("a part of the path is a file, not a folder", "choose another path"),
+    "EISDIR": ("is a folder, not a file", "name a file"),
+    "ENOENT": ("no such file or folder", "check the path"),
+    "EIO": ("input/output error", "check the device"),
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for a file-system error: the path, what happened and what to do (no traceback)."""
+    import errno as _errno
+
+    name = _errno.errorcode.get(exc.errno or -1, "")
+    what, todo = _OS_ERRORS.get(name, (exc.strerror or str(exc) or type(exc).__name__, "check the path"))
+    path = exc.filename if exc.filename is not None else None
+    where = f"{path}: " if path is not None else ""
+    return f"cannot read or write {where}{what}; {todo}" if path is None else f"{where}{what}; {todo}"

@@ -26,6 +26,8 @@ from fg_edge.errors import ConfigError, GateStateError, ModelDirError
 from fg_edge.formats.names import GATE_CONFIG_FILE, GATES_FILE, TRAINING_FILE  # noqa: F401 (re-exported)
 from fg_edge.gates.inject import gate_state_dict, inject_gates, load_gate_state, unwrapped
 from fg_edge.formats.atomic import atomic_output_dir
+from fg_edge.formats.files import (check_safetensors, check_tokenizer_files, check_weight_files, read_json,
+                                   weights_mismatch_message)
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +83,19 @@ def load(model_dir: str | Path, attn_implementation: str = "eager"):
     model_dir = Path(model_dir)
     _check_files(model_dir, ("config.json", GATE_CONFIG_FILE, GATES_FILE))
     gate_config = read_gate_config(model_dir)
+    read_json(model_dir / "config.json", what="model config")
+    check_weight_files(model_dir)
+    check_safetensors(model_dir / GATES_FILE, GateStateError)
     try:
         model = auto_class(gate_config.task, f"{model_dir / GATE_CONFIG_FILE}: task").from_pretrained(
             model_dir, use_safetensors=True, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
         raise ModelDirError(f"{model_dir}: cannot load the HF model ({exc})") from None
+    except RuntimeError as exc:
+        msg = weights_mismatch_message(exc, model_dir)
+        if msg is None:
+            raise
+        raise ModelDirError(msg) from None
     inject_gates(model, gate_config)
     try:
         state = load_file(str(model_dir / GATES_FILE))
@@ -96,9 +106,11 @@ def load(model_dir: str | Path, attn_implementation: str = "eager"):
 
 
 def load_tokenizer(model_dir: str | Path):
-    """The tokenizer saved in a model_dir, or None when it has none."""
+    """The tokenizer saved in a model_dir, or None when it has none (ModelDirError naming the file when its
+    tokenizer files are corrupt: a compile must not quietly ship a folder without one)."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(model_dir)
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError, AttributeError):  # transformers raises AttributeError for some folders

@@ -21,12 +21,20 @@ class FgEdgeGroup(click.Group):
     torch-free device install that needs the training install."""
 
     def invoke(self, ctx):
-        from fg_edge.errors import FgEdgeError
+        from fg_edge.errors import FgEdgeError, os_error_message
 
         try:
             return super().invoke(ctx)
         except FgEdgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory; use a smaller --batch-size / --max-length / model, or a "
+                                       "machine with more memory") from None
+        except OSError as exc:   # disk full, read-only, permission denied where no check could see it coming
+            if isinstance(exc, (BrokenPipeError, click.exceptions.ClickException)):
+                raise
+            logging.getLogger("fg_edge").debug("file-system error", exc_info=True)
+            raise click.ClickException(os_error_message(exc)) from None
         except ModuleNotFoundError as exc:
             top = (exc.name or "").split(".")[0]
             if top not in TRAIN_MODULES:
@@ -88,8 +96,27 @@ def _register() -> None:
 _register()
 
 
+def _on_signal(signum, frame) -> None:
+    from fg_edge.errors import Terminated
+
+    raise Terminated(signum)
+
+
 def main() -> None:  # console-script entry point
-    cli(prog_name="fg-edge")
+    """Run the CLI. SIGTERM and SIGHUP unwind like Ctrl-C: every temporary output is removed and a worker process
+    is stopped before fg-edge exits with 128 + the signal number."""
+    import signal
+
+    from fg_edge.errors import Terminated
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
+    try:
+        cli(prog_name="fg-edge")
+    except Terminated as exc:
+        click.echo(f"fg-edge: stopped by signal {exc.signum}; nothing partial was left behind", err=True)
+        sys.exit(128 + exc.signum)
 
 
 if __name__ == "__main__":

@@ -45,13 +45,14 @@ def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, rep
     """
     from pathlib import Path
 
+    from fg_edge.formats.atomic import check_writable_location
     from fg_edge.runtimes.bench import format_table, run_bench, write_outputs
     from fg_edge.runtimes.providers import register_ep_libraries
 
-    from fg_edge.formats.atomic import check_writable_location
-
     out = Path(out_dir) if out_dir else Path(compiled_dir) / "bench"
-    check_writable_location(out)      # before the run, not after it (a read-only compiled folder, a file)
+    # before the run, not after it (a read-only compiled folder, a file in the way)
+    check_writable_location(out, option="-o/--output", role="benchmark folder" + ("" if out_dir else
+                            " (default: inside the compiled folder)"))
     if ep_libraries:
         register_ep_libraries(ep_libraries)
     result = run_bench(compiled_dir, providers=providers, batches=batches, seqs=seqs, threads=threads,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.options import emit_json, json_option, no_header_option
+from fg_edge.cli.options import emit_json, json_option, no_header_option, truncate_option
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -29,9 +29,10 @@ from fg_edge.cli.options import emit_json, json_option, no_header_option
 @click.option("--reference", type=click.Path(file_okay=False), default=None,
               help="Also score this HF classifier folder (PyTorch; e.g. the dense finetuned teacher) on the same "
                    "rows, to show what removal cost. Needs the training install (torch).")
+@truncate_option
 @json_option("the results")
 def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_column, no_header, max_rows, models,
-             provider, threads, window, batch_size, reference, json_path):
+             provider, threads, window, batch_size, reference, truncate, json_path):
     """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
 
     \b
@@ -50,7 +51,7 @@ def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_colum
     report = evaluate(compiled_dir, data_path, text_column=text_column, label_column=label_column,
                       max_rows=max_rows, variants=variants, provider=provider, threads=threads, window=window,
                       batch_size=batch_size, reference=reference, text_pair_column=text_pair_column,
-                      header=not no_header)
+                      header=not no_header, truncate=truncate)
     # unsorted: report["results"] keeps the side-by-side order of the table
     if emit_json(report, json_path, sort_keys=False):
         return

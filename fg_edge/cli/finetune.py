@@ -62,6 +62,7 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     from fg_edge.formats.finetune_args import FinetuneArgs
     from fg_edge.formats.atomic import check_not_an_input, check_output_dir
     from fg_edge.sources import load_pretrained, resolve_source
+    from fg_edge.train.setup import fit_max_length
 
     check_output_dir(output, overwrite)
     options["progress"] = show_progress(options.get("progress"))
@@ -81,6 +82,8 @@ def finetune_cmd(model: str, train_path: str, dev_path: Optional[str], output: P
     model_obj, tokenizer = load_pretrained(resolved, "classification", num_labels=train_data.num_labels,
                                            trust_remote_code=trust_remote_code, seed=args.seed)
     model_obj.config.update(labels)
+    args = dataclasses.replace(args, max_length=fit_max_length(model_obj, args.max_length,
+                                                               options.get("max_length") is not None, model))
     model_obj, result = finetune(model_obj, tokenizer, train_data, dev_data, args)
     metadata = {"command": " ".join(["fg-edge"] + sys.argv[1:]), "model": model, "args": args.to_dict(),
                 "data": {"train": train_data.summary(), "dev": dev_data.summary() if dev_data else None},

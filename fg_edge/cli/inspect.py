@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from fg_edge.cli.options import json_option
+
+
+def _plot_target(ctx, param, value):
+    """Check --plot FILE's folder before the work (the plot is written last)."""
+    if value is not None:
+        from fg_edge.errors import OutputPathError
+        from fg_edge.formats.atomic import check_writable_location
+
+        try:
+            check_writable_location(Path(value).resolve().parent, value, option="--plot", role="plot")
+        except OutputPathError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
 
 
 @click.command()
 @click.argument("model_dir", type=click.Path(file_okay=True, dir_okay=True, path_type=str))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=_plot_target,
               metavar="FILE.png", help="Also write a heatmap of the eval gate values (layers x heads / FFN "
                                        "channels, or x rows / columns per module for paper granularity).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              metavar="FILE", help="Also write the report as JSON ('-' prints the JSON instead of the table).")
+@json_option("the report")
 @click.option("--modules", "show_modules", is_flag=True,
               help="Also list every gated linear (always done for architectures outside the table).")
 def inspect_cmd(model_dir: str, plot_path: str | None, json_path: str | None, show_modules: bool) -> None:
@@ -31,7 +47,6 @@ def inspect_cmd(model_dir: str, plot_path: str | None, json_path: str | None, sh
       fg-edge inspect runs/minilm --json - | jq .heads
     """
     import json
-    from pathlib import Path
 
     from fg_edge.inspect import format_table, inspect_model, plot_report
     from fg_edge.model_dir import load, read_gate_config, read_training_metadata
@@ -63,8 +78,11 @@ def inspect_cmd(model_dir: str, plot_path: str | None, json_path: str | None, sh
 
 
 def _write(path, text: str) -> None:
+    from fg_edge.errors import os_error_message
+    from fg_edge.formats.atomic import write_text_atomic
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_text_atomic(path, text)
     except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc}") from None
+        raise click.ClickException(f"cannot write the --json file {path}: {os_error_message(exc)}") from None

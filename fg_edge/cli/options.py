@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,14 +17,19 @@ import click
 
 
 def _json_target(ctx, param, value: Optional[str]) -> Optional[str]:
-    """Check --json FILE's folder before the command's work, not after it."""
+    """Check --json FILE's folder (created when missing, like output folders) before the command's work, not
+    after it."""
     if value not in (None, "-"):
+        from fg_edge.errors import OutputPathError
+        from fg_edge.formats.atomic import check_writable_location
+
         parent = Path(value).resolve().parent
-        if not parent.is_dir():
-            raise click.BadParameter(f"{value}: the folder {parent} does not exist; create it or choose another FILE",
-                                     ctx=ctx, param=param)
-        if not os.access(parent, os.W_OK):
-            raise click.BadParameter(f"{value}: cannot write in {parent} (permission denied)", ctx=ctx, param=param)
+        try:
+            check_writable_location(parent, value, option="--json", role="JSON file")
+        except OutputPathError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        if Path(value).is_dir():
+            raise click.BadParameter(f"{value} is a folder; name a file", ctx=ctx, param=param)
     return value
 
 
@@ -68,7 +72,10 @@ def emit_json(data: Any, json_path: Optional[str], sort_keys: bool = True) -> bo
     if json_path == "-":
         click.echo(text)
         return True
-    Path(json_path).write_text(text + "\n")
+    from fg_edge.formats.atomic import write_text_atomic
+
+    Path(json_path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json_path, text + "\n")
     click.echo(f"wrote {json_path}", err=True)
     return False
 
@@ -121,3 +128,12 @@ def no_header_option(f: Callable) -> Callable:
     return click.option("--no-header", is_flag=True,
                         help="The TSV / CSV files have no header line (AG News ships so): name the columns by "
                              "position, e.g. --text-column 1 --label-column 0.")(f)
+
+
+def truncate_option(f: Callable) -> Callable:
+    from fg_edge.formats.positions import TRUNCATE_CHOICES
+
+    return click.option("--truncate", type=click.Choice(TRUNCATE_CHOICES), default="auto", show_default=True,
+                        help="A text longer than the model takes: 'right' keeps the start, 'left' keeps the end, "
+                             "'error' refuses; auto = right for classifiers / embedders (as in training), left for "
+                             "decoder prompts (room is left for the new tokens). A cut is always reported.")(f)

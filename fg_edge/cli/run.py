@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.options import emit_json, ep_library_option, json_option
+from fg_edge.cli.options import emit_json, ep_library_option, json_option, truncate_option
 from fg_edge.formats.compiled_dir import MODEL_CHOICES
 
 
@@ -27,9 +27,10 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
               help="Decoders: sampling temperature; 0 = greedy. Default: greedy, or 1.0 when --top-k is given.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--normalize", is_flag=True, help="Embedding models: L2-normalise the embedding.")
+@truncate_option
 @json_option("the full result")
 def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, max_new_tokens, top_k, temperature,
-            seed, normalize, json_path):
+            seed, normalize, truncate, json_path):
     """Run TEXT through COMPILED_DIR (a folder written by `fg-edge compile`).
 
     \b
@@ -58,7 +59,7 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
         register_ep_libraries(ep_libraries)
     if temperature is None:
         temperature = 1.0 if top_k > 0 else 0.0
-    runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads)
+    runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads, truncate=truncate)
     result = runner.run(text, pair, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, seed=seed,
                         normalize=normalize)
     if emit_json(result, json_path):

@@ -249,7 +249,10 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     from fg_edge.formats.atomic import check_not_an_input, check_output_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.sources import resolve_source
+    import dataclasses
+
     from fg_edge.train.loop import train
+    from fg_edge.train.setup import fit_max_length
 
     check_output_dir(output, overwrite)
     train_options["progress"] = show_progress(train_options.get("progress"))
@@ -266,6 +269,8 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         data_format=data_format, seed=args.seed, max_train=max_train, max_dev=max_dev, no_header=no_header))
     model_obj, tokenizer, teacher = _load_models(resolved, task, train_data, label_names, teacher_path,
                                                  trust_remote_code, args.seed, tokenizer_source)
+    args = dataclasses.replace(args, max_length=fit_max_length(model_obj, args.max_length,
+                                                               train_options.get("max_length") is not None, model))
     result = train(model_obj, tokenizer, gate_config, train_data, dev_data, args, teacher=teacher)
     del teacher
 

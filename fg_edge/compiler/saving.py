@@ -16,6 +16,7 @@ from fg_edge.errors import CompileError, ModelDirError
 from fg_edge.formats.names import (LAYERS_KEY, LEGACY_WEIGHTS_FILE, NOTE_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY,
                                    WEIGHTS_FILE)
 from fg_edge.formats.atomic import atomic_output_dir
+from fg_edge.formats.files import check_safetensors, read_json
 from fg_edge.compiler.plan import CompilePlan
 from fg_edge.compiler.shapes import apply_layer_shapes_, layer_shapes
 
@@ -87,6 +88,8 @@ def load_compiled(path: str | Path) -> nn.Module:
     for name in ("config.json", weights.name):
         if not (path / name).is_file():
             raise ModelDirError(f"{path}: missing {name}; is this a folder written by `fg-edge compile`?")
+    read_json(path / "config.json", what="model config")
+    check_safetensors(weights)
     config = AutoConfig.from_pretrained(path)
     shapes = getattr(config, LAYERS_KEY, None)
     if not isinstance(shapes, list):

@@ -7,7 +7,8 @@ Two kinds of data:
 
 * `ClassificationData` — text (and optionally a second text for sentence pairs) + an integer label per row.
   Labels may be integers (used as class ids) or strings (sorted unique strings → ids 0..n−1; the mapping is kept
-  as ``id2label`` so it can be stored in the model config).
+  as ``id2label`` so it can be stored in the model config). Integers are names too when they are negative or
+  sparse (the largest + 1 is more than twice the number of distinct values, e.g. 0 / 1700000000).
 * `TextData` — documents for causal-LM training; `fg_edge.data.tokenize.lm_blocks` tokenises them, joins them
   with EOS and cuts the token stream into blocks of ``max_length`` tokens.
 
@@ -142,7 +143,14 @@ def _label_mapping(raw: list[tuple[int, Any]], source: str,
         good = int_like[0]
         raise DataError(f"{what} {source}: label {bad[2]!r} on line {bad[0]} is not an integer while other labels "
                         f"are (e.g. {good[2]!r} on line {good[0]}); use one kind of label throughout")
-    if int_like and all(t[1] >= 0 for t in ints):
+    dense = bool(int_like) and all(t[1] >= 0 for t in ints)
+    if dense:
+        top, used = max(t[1] for t in ints), len({t[1] for t in ints})
+        if top + 1 > 2 * used:   # e.g. 0 and 1700000000: ids that far apart are names, not a class count
+            log.warning("%s %s: integer labels go up to %d but only %d distinct values occur; treating them as "
+                        "names (class ids 0..%d, id2label keeps the values)", what, source, top, used, used - 1)
+            dense = False
+    if dense:
         ids = [t[1] for t in ints]
         num_labels = max(ids) + 1
         distinct = len(set(ids))

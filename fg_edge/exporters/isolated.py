@@ -30,6 +30,12 @@ try:
 except FgEdgeError as e:
     print("FG_EDGE_ERROR " + json.dumps([type(e).__name__, str(e)]), file=sys.stderr)
     sys.exit(3)
+except OSError as e:   # disk full, read-only: the parent reports it like its own, without this traceback
+    print("FG_EDGE_ERROR " + json.dumps(["OSError", [e.errno, e.strerror, e.filename]]), file=sys.stderr)
+    sys.exit(3)
+except MemoryError:
+    print("FG_EDGE_ERROR " + json.dumps(["MemoryError", ""]), file=sys.stderr)
+    sys.exit(3)
 print("FG_EDGE_RESULT " + json.dumps(result))
 """
 
@@ -45,6 +51,10 @@ def run_isolated(target: str, what: str, **kwargs):
             error = json.loads(line[len(_ERROR):])
         else:
             sys.stderr.write(line + "\n")
+    if error is not None and error[0] == "OSError":
+        raise OSError(*error[1])
+    if error is not None and error[0] == "MemoryError":
+        raise MemoryError(f"{what}: out of memory in the worker process")
     if error is not None:
         cls = getattr(errors, error[0], None)
         try:

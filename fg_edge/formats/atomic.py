@@ -12,33 +12,34 @@ from typing import Iterator, Optional
 from fg_edge.errors import OutputExistsError, OutputPathError
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+def check_output_dir(path: str | Path, overwrite: bool, option: str = "--output") -> Path:
     """Fail early (before any work) when `path` exists and overwrite is off, or its parent is not writable."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output folder {path} already exists; pass --overwrite to replace it")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output path {path} exists and is not a folder")
-    check_writable_location(path.resolve().parent, path)
+    check_writable_location(path.resolve().parent, path, option=option)
     return path
 
 
-def check_writable_location(folder: str | Path, target: Optional[str | Path] = None) -> Path:
+def check_writable_location(folder: str | Path, target: Optional[str | Path] = None, option: str = "--output",
+                            role: str = "output folder") -> Path:
     """Fail before any work when `folder` (or, if it does not exist yet, the folder that would hold it) is a file or
-    cannot be written; `target` names the output in the message (default: `folder`)."""
+    cannot be written; `target` names the output in the message (default: `folder`), `option` and `role` say which
+    of the command's outputs it is."""
     path = Path(target if target is not None else folder)
     probe = Path(folder).resolve()
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputPathError(f"cannot create output folder {path}: {probe} is a file, not a folder; choose another "
-                              f"--output")
-    if not os.access(probe, os.W_OK):
-        raise OutputExistsError(f"cannot write under {probe}: permission denied; choose another --output")
-    try:   # os.access does not see a read-only file system
+        raise OutputPathError(f"cannot create the {role} {path} ({option}): {probe} is a file, not a folder; choose "
+                              f"another {option}")
+    try:   # a real write says why (read-only file system, permission denied, no space), os.access does not
         tempfile.TemporaryDirectory(prefix=".fg-probe-", dir=probe).cleanup()
     except OSError as exc:
-        raise OutputPathError(f"cannot write under {probe} ({exc.strerror or exc}); choose another --output") from None
+        raise OutputPathError(f"cannot write the {role} {path} ({option}): {probe} is not writable "
+                              f"({(exc.strerror or str(exc)).lower()}); choose another {option}") from None
     return probe
 
 
@@ -82,3 +83,30 @@ def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Pat
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix, so writers that go by it still work); on success it is
+    renamed onto `path`, so a reader never sees a partial file; on any error it is deleted and `path` is untouched."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.resolve().parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes it 0600; a finished file gets the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through `atomic_file` (complete or not at all)."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)

@@ -180,11 +180,10 @@ class CompiledDir:
         return dict(rec) if isinstance(rec, dict) else {}
 
     def max_positions(self) -> Optional[int]:
-        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-            val = self.config.get(key)
-            if isinstance(val, int) and val > 0:
-                return val
-        return None
+        """The most tokens one sequence can hold (fg_edge.formats.positions.position_limit), or None."""
+        from fg_edge.formats.positions import position_limit
+
+        return position_limit(self.config)
 
     def kv_shape(self, layer: int) -> Optional[tuple[int, int]]:
         """(kv heads, head dim) that layer `layer` caches per token, from `fg_edge_layers` (None if unknown)."""

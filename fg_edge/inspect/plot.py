@@ -15,6 +15,7 @@ from typing import Optional
 
 from fg_edge.arch import ARCHITECTURES
 from fg_edge.errors import ConfigError
+from fg_edge.formats.atomic import atomic_file
 from fg_edge.inspect.render import pct
 from fg_edge.inspect.report import InspectionReport
 
@@ -194,7 +195,8 @@ def plot_report(report: InspectionReport, path: str | Path, dpi: int = 110) -> P
     fig.suptitle(_title(report), fontsize=11)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     return path
 
 

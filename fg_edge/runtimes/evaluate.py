@@ -7,6 +7,7 @@ keys, or plain text for perplexity.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any, Optional, Sequence
 
@@ -16,6 +17,7 @@ from fg_edge.errors import DataError, ModelDirError
 from fg_edge.formats.compiled_dir import CompiledDir
 from fg_edge.runtimes.runner import Runner
 
+_INT = re.compile(r"^[+-]?\d+$")
 EVAL_VARIANTS = ("baseline", "compiled", "int8", "baseline-int8")
 #: What each row is. "baseline" is the gated model with its gates folded and nothing removed, so its outputs
 #: equal "compiled" by construction (the compiler's parity gate); the cost of removal shows only against a
@@ -29,16 +31,28 @@ VARIANT_MEANING = {
 }
 
 
+def _integer_labels(runner: Runner, data) -> Optional[list[int]]:
+    """The rows' labels as integers when they are integers: class ids, or (negative / sparse values, which the
+    reader keeps as names) integers that are not the model's label names either."""
+    if not data.string_labels:
+        return list(data.labels)
+    names = [data.id2label[lab] for lab in data.labels]
+    if set(names) <= set(runner.cdir.id2label().values()) or not all(_INT.match(n) for n in names):
+        return None
+    return [int(n) for n in names]
+
+
 def _label_ids(runner: Runner, data) -> list[int]:
     """Data labels as the model's class ids (string labels mapped through config.json label2id)."""
-    if not data.string_labels:
+    ints = _integer_labels(runner, data)
+    if ints is not None:
         classes = len(runner.cdir.id2label()) or runner.cdir.config.get("num_labels")
-        outside = sorted({lab for lab in data.labels if not (0 <= lab < classes)}) if classes else []
+        outside = sorted({lab for lab in ints if not (0 <= lab < classes)}) if classes else []
         if outside:
             raise DataError(f"{data.source}: labels {outside[:5]} are not class ids of this model (0..{classes - 1}, "
                             f"config.json id2label); check --label-column, or label the rows with the model's names "
                             f"{sorted(runner.cdir.id2label().values())[:5]}")
-        return list(data.labels)
+        return ints
     model_ids = {name: i for i, name in runner.cdir.id2label().items()}
     out = []
     for lab in data.labels:
@@ -102,7 +116,7 @@ def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_c
              max_rows: Optional[int] = None, variants: Optional[Sequence[str]] = None, provider: str = "cpu",
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
              seed: int = 0, reference: Optional[str] = None, text_pair_column: Optional[str] = None,
-             header: bool = True) -> dict[str, Any]:
+             header: bool = True, truncate: Optional[str] = None) -> dict[str, Any]:
     """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
     a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval). The columns default
     to those training read (config.json `fg_edge_inputs`), else 'text' / 'label'; a sentence-pair model is
@@ -120,7 +134,7 @@ def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_c
     results: dict[str, Any] = {}
     data = texts = None
     for name in names:
-        runner = Runner(cdir.path, model=name, provider=provider, threads=threads)
+        runner = Runner(cdir.path, model=name, provider=provider, threads=threads, truncate=truncate)
         if runner.kind == "classification":
             if data is None:
                 data = load_classification(data_path, text_column=text_column, label_column=label_column,

@@ -23,9 +23,11 @@ import numpy as np
 from fg_edge.errors import InputMismatchError, ModelDirError
 from fg_edge.formats.names import KINDS
 from fg_edge.formats.compiled_dir import PAST_RE, PRESENT_RE, CompiledDir, ModelFile
+from fg_edge.formats.positions import truncation_side
 from fg_edge.runtimes.generate import GenerationOutput, generate, left_pad, softmax
 from fg_edge.runtimes.providers import ResolvedProvider, resolve_provider
 from fg_edge.runtimes.session import SessionSettings, build_feeds, create_session, numpy_dtype
+from fg_edge.runtimes.truncation import check_lengths, fit_prompt
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +185,8 @@ class Runner:
 
     def __init__(self, compiled_dir: str | Path, model: str = "compiled", provider: str = "cpu",
                  threads: Optional[int] = None, settings: Optional[SessionSettings] = None,
-                 provider_options: Optional[dict] = None, max_length: Optional[int] = None):
+                 provider_options: Optional[dict] = None, max_length: Optional[int] = None,
+                 truncate: Optional[str] = None):
         self.cdir = CompiledDir(compiled_dir)
         self.provider = resolve_provider(provider, provider_options)     # checked before any file is read
         settings = settings or SessionSettings()
@@ -199,12 +202,17 @@ class Runner:
         self.kind = self.model.kind
         self.tokenizer = self.cdir.tokenizer()
         self.inputs = self.cdir.inputs()          # how training fed the model (max_length, pair column)
-        limit = self.cdir.max_positions()
-        if limit and self.cdir.model_type in ("roberta", "xlm-roberta", "camembert"):
-            limit -= 2
+        #: the most tokens one sequence can hold (position embeddings), None when config.json does not say
+        self.position_limit = self.cdir.max_positions()
+        limit = self.position_limit
         self.max_length = max_length or self.inputs.get("max_length") or (min(limit, 512) if limit else 512)
-        if self.kind != "causal-lm":   # encoders: truncate as the HF tokenizer did in training (special tokens kept)
-            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first")
+        if limit:
+            self.max_length = min(self.max_length, limit)
+        #: what happens to a longer text: 'right' (keep the start), 'left' (keep the end) or 'error' (refuse)
+        self.truncate = truncation_side(truncate, decoder=self.kind == "causal-lm")
+        if self.kind != "causal-lm" and self.truncate != "error":
+            # encoders: truncate as the HF tokenizer did in training (special tokens kept)
+            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first", direction=self.truncate)
 
     @property
     def label(self) -> str:
@@ -219,8 +227,9 @@ class Runner:
         return self.cdir.pad_token_id()
 
     def encode(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, whole (a decoder's prompt is fitted to the position limit by `generate`)."""
         encs = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        return [list(e.ids)[: self.max_length] for e in encs]
+        return [list(e.ids) for e in encs]
 
     @property
     def pair_column(self) -> Optional[str]:
@@ -241,6 +250,7 @@ class Runner:
         self._check_pairs(texts, pairs)
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         encs = self.tokenizer.encode_batch(inputs)
+        check_lengths(encs, self.max_length, self.truncate)
         n = max(1, max(len(e.ids) for e in encs))
         ids = np.full((len(encs), n), self._pad_id(), dtype=np.int64)
         mask = np.zeros((len(encs), n), dtype=np.int64)
@@ -299,9 +309,9 @@ class Runner:
 
     def generate(self, prompt: str, max_new_tokens: int = 20, top_k: int = 0, temperature: float = 0.0,
                  seed: int = 0, on_token=None) -> GenerationResult:
-        prompt_ids = self.encode([prompt])[0]
-        if not prompt_ids:
-            raise ModelDirError("the prompt tokenises to nothing; give some text")
+        # what the template puts first (BOS) stays when a long prompt is cut on the left
+        lead = self.tokenizer.encode("").ids
+        prompt_ids = fit_prompt(self.encode([prompt])[0], self.position_limit, max_new_tokens, self.truncate, lead)
         out = self.generate_ids([prompt_ids], max_new_tokens, top_k, temperature, seed, on_token)
         eos = self.cdir.eos_token_ids()
         new = [int(t) for t in out.new_tokens[0]]
@@ -317,6 +327,9 @@ class Runner:
         """The task's answer for one text (and its `pair`, for a sentence-pair classifier) as a JSON-able dict
         (what `fg-edge run` prints)."""
         base = {"model": self.variant, "file": str(self.file.path), "provider": self.label, "kind": self.kind}
+        for what, value in (("TEXT", text), ("--pair", pair)):
+            if value is not None and not value.strip():
+                raise InputMismatchError(f"{what} is empty; give some text")
         if pair is not None and self.kind != "classification":
             raise InputMismatchError(f"--pair applies to classifiers; {self.file.path} is a {self.kind} model")
         if self.kind == "classification":

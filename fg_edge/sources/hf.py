@@ -13,6 +13,7 @@ import torch
 from fg_edge.arch import auto_class
 from fg_edge.data.tokenize import ensure_pad_token, set_pad_token_id
 from fg_edge.errors import SourceError
+from fg_edge.formats.files import check_tokenizer_files, check_weight_files, read_json, weights_mismatch_message
 from fg_edge.sources.resolve import ResolvedSource
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,18 @@ def load_hf_model(resolved: ResolvedSource, task, num_labels, trust_remote_code,
     kwargs["use_safetensors"] = True  # never unpickle, also for hub repos
     if resolved.local_files_only:
         kwargs["local_files_only"] = True
+    if resolved.kind == "hf-dir":   # corrupt files: one message naming the file, before transformers sees them
+        read_json(resolved.path / "config.json", SourceError, "model config")
+        check_weight_files(resolved.path, SourceError)
     try:
         return auto_class(task).from_pretrained(where, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as exc:
         raise _wrap_load_error(resolved, "model", exc) from None
+    except RuntimeError as exc:   # weights that do not fit config.json
+        msg = weights_mismatch_message(exc, resolved.path) if resolved.path is not None else None
+        if msg is None:
+            raise
+        raise SourceError(msg) from None
 
 
 def load_hf_tokenizer(resolved: ResolvedSource, trust_remote_code: bool):
@@ -60,9 +69,11 @@ def load_hf_tokenizer(resolved: ResolvedSource, trust_remote_code: bool):
     if resolved.local_files_only:
         kwargs["local_files_only"] = True
     where = str(resolved.path) if resolved.path is not None else resolved.hub_id
+    if resolved.kind == "hf-dir":
+        check_tokenizer_files(resolved.path, SourceError)
     try:
         return AutoTokenizer.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - tokenizer back ends raise bare Exception / TypeError / OSError
         raise SourceError(f"{resolved.source!r} ({resolved.describe()}): no usable tokenizer "
                           f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); pass tokenizer=... "
                           "(fg-edge train --tokenizer) with a tokenizer folder, file or hub id") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fg_edge.errors import ConfigError, SourceError
+from fg_edge.formats.files import check_tokenizer_file, check_tokenizer_files
 from fg_edge.formats.names import TASKS
 from fg_edge.sources import llama2c
 from fg_edge.sources.gguf import gguf_metadata, gguf_tokenizer, load_gguf_model, require_gguf_package
@@ -34,6 +35,7 @@ def load_tokenizer(tokenizer: str, trust_remote_code: bool = False):
         if path.name == "tokenizer.json":
             from transformers import PreTrainedTokenizerFast
 
+            check_tokenizer_file(path, SourceError)
             return PreTrainedTokenizerFast(tokenizer_file=str(path))
         return llama2c.load_tokenizer(path)
     from transformers import AutoTokenizer
@@ -47,9 +49,11 @@ def load_tokenizer(tokenizer: str, trust_remote_code: bool = False):
         where = str(resolved.path) if resolved.path is not None else tokenizer
         if resolved.local_files_only:
             kwargs["local_files_only"] = True
+    if path.is_dir():
+        check_tokenizer_files(path, SourceError)
     try:
         return AutoTokenizer.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - tokenizer back ends raise bare Exception / TypeError / OSError
         raise SourceError(f"cannot load tokenizer {tokenizer!r}: {str(exc).splitlines()[0] if str(exc) else exc}") \
             from None
 

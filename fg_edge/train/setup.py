@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from fg_edge.errors import DataError
+from fg_edge.errors import ConfigError, DataError
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.formats.train_args import DEFAULT_EPOCHS, TrainArgs
 from fg_edge.gates.inject import inject_gates, task_head_names
 from fg_edge.gates.stats import adapter_param_ids, gate_param_ids, mark_trainable_, numel
 from fg_edge.train.losses import DenseTeacher, ModelTeacher
 from fg_edge.train.teacher import CachedTeacher
+
+log = logging.getLogger(__name__)
 
 
 def prepare_model(model: nn.Module, gate_config: GateConfig, args: TrainArgs) -> int:
@@ -102,3 +105,19 @@ def make_teacher(model: nn.Module, args: TrainArgs, teacher: Optional[nn.Module]
         return fn, fn
     fn = DenseTeacher(model) if args.distill else None
     return fn, fn
+
+
+def fit_max_length(model: nn.Module, max_length: int, explicit: bool, source: str) -> int:
+    """The --max-length to train with: refused above the model's position limit when the user gave it, lowered to
+    the limit (with a note) when it is the default. `source` names the model in the message."""
+    from fg_edge.formats.positions import position_limit
+
+    limit = position_limit(model.config.to_dict())
+    if limit is None or max_length <= limit:
+        return max_length
+    if explicit:
+        raise ConfigError(f"--max-length {max_length} is more than {source}'s position limit of {limit} tokens "
+                          f"(config.json); use --max-length {limit} or less")
+    log.info("--max-length lowered from the default %d to %s's position limit of %d tokens", max_length, source,
+             limit)
+    return limit

@@ -54,6 +54,9 @@ def load_teacher(path: str | Path, student: nn.Module, trust_remote_code: bool =
                           f"re-save the model with save_pretrained(..., safe_serialization=True))")
     from transformers import AutoModelForSequenceClassification
 
+    from fg_edge.formats.files import check_weight_files
+
+    check_weight_files(path, ConfigError)
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         teacher = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True,

@@ -34,6 +34,8 @@ def load_tokenizer(model_dir: Path):
 
     try:
         return _load(model_dir)
+    except FgEdgeError:   # tokenizer files that are there but corrupt: refuse rather than ship without them
+        raise
     except Exception as exc:  # noqa: BLE001 - transformers raises assorted errors for folders without tokenizer
         log.debug("no usable tokenizer in %s (%s: %s)", model_dir, type(exc).__name__, exc)
         return None

@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from fg_edge.formats.atomic import atomic_file
 from fg_edge.runtimes.bench.machine import busy_note
 
 log = logging.getLogger(__name__)
@@ -88,5 +89,6 @@ def write_chart(result: dict, path: str | Path) -> Optional[Path]:
                  fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from fg_edge.formats.atomic import write_text_atomic
 from fg_edge.runtimes.bench.chart import write_chart
 from fg_edge.runtimes.bench.machine import busy_note
 
@@ -107,7 +108,7 @@ def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Optional[Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Optional[Path]] = {"json": out / "bench.json", "md": out / "bench.md"}
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
-    paths["md"].write_text(format_markdown(result))
+    write_text_atomic(paths["json"], json.dumps(result, indent=2) + "\n")
+    write_text_atomic(paths["md"], format_markdown(result))
     paths["png"] = write_chart(result, out / "bench.png")
     return paths
