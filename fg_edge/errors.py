@@ -116,3 +116,7 @@ def os_error_message(exc: OSError) -> str:
     path = exc.filename if exc.filename is not None else None
     where = f"{path}: " if path is not None else ""
     return f"cannot read or write {where}{what}; {todo}" if path is None else f"{where}{what}; {todo}"
+
+
+class DistributedError(FgEdgeError, RuntimeError):
+    """Training processes disagree (diverged parameters, different checkpoints): nothing is written."""

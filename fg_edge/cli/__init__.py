@@ -44,6 +44,16 @@ class FgEdgeGroup(click.Group):
                                        f"pip install 'fg-edge[train]'") from None
 
 
+def _launched_rank() -> int:
+    """This process's rank as a launcher set it (torchrun / accelerate launch / MPI); 0 when not launched."""
+    import os
+
+    for key in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def _print_version(ctx: click.Context, param, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -76,6 +86,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
                         stream=sys.stderr)
     if verbose == 0:   # the command line's own choice of verbosity: fg-edge's progress notes at INFO
         logging.getLogger("fg_edge").setLevel(logging.WARNING if quiet else logging.INFO)
+    if _launched_rank() > 0:   # torchrun / accelerate launch: the main process alone logs (and writes)
+        logging.getLogger("fg_edge").setLevel(logging.ERROR)
 
 
 def _register() -> None:

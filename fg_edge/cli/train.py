@@ -20,7 +20,7 @@ from fg_edge.formats.gate_config import ADAPTER_MODULES, GRANULARITIES
 from fg_edge.formats.names import TASKS
 from fg_edge.cli.options import (label_config, label_names_option, no_header_option, overwrite_option, progress_option,
                                 read_train_dev, show_progress)
-from fg_edge.formats.train_args import SPARSITY_CONTROLS, SPARSITY_UNITS
+from fg_edge.formats.train_args import MIXED_PRECISIONS, SPARSITY_CONTROLS, SPARSITY_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "steps": result.steps,
         "epochs": result.epochs,
         "wall_time_s": round(result.wall_time_s, 2),
+        "processes": _process_count(),
         "metrics": {"dev_metric": result.dev_metric_name, "dev": result.dev_metrics, "best_step": result.best_step,
                     "best_at_target": result.best_at_target, "train_loss": result.train_loss,
                     "train_loss_start": result.train_loss_start},
@@ -133,6 +134,12 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "history": history,
         "result": metrics,
     }
+
+
+def _process_count() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
 
 
 def _summary_lines(result, output: Path) -> list[str]:
@@ -213,6 +220,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--final-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), help=_arg_help("final_fraction"))
 @click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))
 @click.option("--base-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("base_lr"))
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISIONS), help=_arg_help("mixed_precision"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
 @click.option("--tokenizer", "tokenizer_source", default=None, metavar="PATH|ID",
               help="Tokenizer to use instead of the model's own: a llama2.c tokenizer .bin, a GGUF file, a "
@@ -249,8 +257,6 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
     from fg_edge.formats.atomic import check_not_an_input, check_output_dir
     from fg_edge.model_dir import save_model_dir
     from fg_edge.sources import resolve_source
-    import dataclasses
-
     from fg_edge.train.loop import train
     from fg_edge.train.setup import fit_max_length
 

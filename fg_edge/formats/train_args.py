@@ -21,6 +21,7 @@ DEFAULT_WARMUP_FRACTION = 0.25
 TARGET_RAMP_FRACTION = 2 / 3
 SPARSITY_UNITS = ("auto", "params", "gates")
 SPARSITY_CONTROLS = ("lagrangian", "penalty")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
 # -- arguments -----------------------------------------------------------------------------------------------
@@ -48,7 +49,9 @@ class TrainArgs:
     epochs: Optional[float] = field(default=None, metadata={
         "help": f"Passes over the training data (default {DEFAULT_EPOCHS:g} when steps is not given)."})
     steps: Optional[int] = field(default=None, metadata={"help": "Optimiser steps (instead of epochs)."})
-    batch_size: int = field(default=16, metadata={"help": "Training batch size per process (paper: 16)."})
+    batch_size: int = field(default=16, metadata={
+        "help": "Training batch size (paper: 16): the global batch, split evenly over the processes of a "
+                "multi-process run, so N processes train what one would."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size of dev evaluation."})
     max_length: int = field(default=128, metadata={
         "help": "Classification: truncate inputs to this many tokens. Causal LM: block length of the chunked "
@@ -101,6 +104,9 @@ class TrainArgs:
     max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Clip gradients to this norm; None = off."})
     seed: int = field(default=0, metadata={"help": "Seed of torch, numpy, random and the data order."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
+    mixed_precision: str = field(default="no", metadata={
+        "help": "Autocast of the training forward: no, bf16 (CPUs and recent GPUs) or fp16 (GPUs); gates and "
+                "saved weights stay float32."})
 
     def __post_init__(self) -> None:
         def number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = True, optional: bool = False):
@@ -148,6 +154,9 @@ class TrainArgs:
         if self.final_fraction >= 1:
             raise ConfigError(f"final_fraction must be in [0, 1); got {self.final_fraction!r}")
         integer("seed", self.seed, minimum=0)
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}; got "
+                              f"{self.mixed_precision!r}")
 
     def warmup_steps(self, total_steps: int) -> int:
         """sparsity_warmup_steps, or its default share of `total_steps` (penalty: of the run; Lagrangian: of the

@@ -38,6 +38,7 @@ the best one is restored at the end and recorded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -57,6 +58,8 @@ from fg_edge.train.checkpoint import BestCheckpoint
 from fg_edge.train.dev_eval import evaluate, primary_metric
 from fg_edge.train.losses import DenseTeacher, task_loss
 from fg_edge.train.result import TrainResult, learning_warnings
+from fg_edge.train.distributed import (check_batch_size, check_same_on_every_rank, eval_batch_for, make_accelerator,
+                                       quiet_other_ranks)
 from fg_edge.train.setup import build_loaders, make_teacher, param_groups, prepare_model, total_steps
 from fg_edge.train.sparsity import SparsityTerm, snap_to_target_
 
@@ -120,14 +123,17 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     ('causal-lm'). `teacher`: optional frozen model whose logits are distilled (classification: a fine-tuned
     classifier, see fg_edge.train.teacher; otherwise, with args.distill, the dense base model for causal LMs).
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     args = args or TrainArgs()
     task = gate_config.task
     set_seed(args.seed)
-    accelerator = Accelerator()
-    train_loader, dev_loader = build_loaders(task, tokenizer, train_data, dev_data, args)
+    accelerator = make_accelerator(args.mixed_precision)
+    quiet_other_ranks(accelerator)
+    check_batch_size(args.batch_size, accelerator.num_processes)
+    loader_args = dataclasses.replace(args, eval_batch_size=eval_batch_for(args.eval_batch_size,
+                                                                            accelerator.num_processes))
+    train_loader, dev_loader = build_loaders(task, tokenizer, train_data, dev_data, loader_args)
     if task == "classification":
         set_pad_token_id(model, tokenizer)
     prepare_model(model, gate_config, args)
@@ -168,6 +174,7 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     wall = time.perf_counter() - start
     chosen = run.best.restore()
     inner.eval()
+    check_same_on_every_rank(accelerator, inner, chosen["step"] if chosen is not None else None)
     return _result(run, chosen, metric, total / len(train_loader), wall, trainable, base, teacher_seconds)
 
 
@@ -242,7 +249,10 @@ def _train_step(run: _Run, batch, step: int) -> float:
     run.optimizer.zero_grad(set_to_none=True)
     if not run.frozen:
         run.sparsity.after_step()
-    return float(loss_task.detach())
+    loss_task = loss_task.detach()
+    if run.accelerator.num_processes > 1:   # the loss of the global batch, not of this process's share
+        loss_task = run.accelerator.reduce(loss_task, reduction="mean")
+    return float(loss_task)
 
 
 def _eval_record(run: _Run, step: int) -> None:
