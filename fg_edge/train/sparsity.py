@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fg_edge.arch import get_spec, head_layout, layers_of
+from fg_edge.arch import head_layout, layers_of, spec_for
 from fg_edge.errors import ConfigError
 from fg_edge.gates.math import StochasticGate, open_probability
 from fg_edge.formats.gate_config import GateConfig
@@ -123,7 +123,7 @@ class GateCosts:
 
 def gate_costs(model: nn.Module) -> GateCosts:
     """The cost of every structured gate of a gated model (structured granularity; architecture table)."""
-    spec = get_spec(getattr(model.config, "model_type", None))
+    spec = spec_for(model)
     layout = head_layout(model.config, spec)
     group = layout.num_heads // layout.num_kv_heads
     hd = layout.head_dim
