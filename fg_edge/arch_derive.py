@@ -258,13 +258,14 @@ def derive_spec(model: nn.Module) -> ArchSpec:
 # -- checking -------------------------------------------------------------------------------------------------
 def _expected(spec: ArchSpec, layout, ffn: int) -> dict[str, tuple[int, int]]:
     nq, nkv, hd, hidden = layout.num_heads, layout.num_kv_heads, layout.head_dim, layout.hidden_size
-    want = {spec.o: (nq * hd, hidden), spec.ffn_out: (ffn, hidden)}
     if spec.qkv:
-        want[spec.qkv] = (hidden, (nq + 2 * nkv) * hd)
+        want = {spec.qkv: (hidden, (nq + 2 * nkv) * hd)}
     else:
-        want.update({spec.q: (hidden, nq * hd), spec.k: (hidden, nkv * hd), spec.v: (hidden, nkv * hd)})
+        want = {spec.q: (hidden, nq * hd), spec.k: (hidden, nkv * hd), spec.v: (hidden, nkv * hd)}
+    want[spec.o] = (nq * hd, hidden)
     for p in spec.ffn_in:
         want[p] = (hidden, 2 * ffn if spec.ffn_fused else ffn)
+    want[spec.ffn_out] = (ffn, hidden)
     return want
 
 

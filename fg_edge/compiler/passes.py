@@ -71,17 +71,38 @@ def merge_adapters_(model: nn.Module) -> int:
 def fold_gates_(model: nn.Module) -> int:
     """Replace every GatedLinear by its plain layer holding W' = diag(r)(W+sBA)diag(c), b' = r ⊙ b."""
     gated = gated_modules(model)
+    tied = _tied_parameter_ids(model)
     for name, g in gated.items():
         w, b = g.folded()
         _check_finite(f"{name}.weight", w)
         _check_finite(f"{name}.bias", b)
         base = g.base_layer
+        if id(base.weight) in tied and g.gates():
+            _untie_(model, name, base)
         _set_weight_out_in_(base, w)
         if b is not None:
             base.bias.data.copy_(b)
         replace_module(model, name, base)
     log.info("folded the gates of %d layer(s)", len(gated))
     return len(gated)
+
+
+def _tied_parameter_ids(model: nn.Module) -> set[int]:
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+def _untie_(model: nn.Module, name: str, base: nn.Module) -> None:
+    """Give a gated layer whose weight is shared (an LM head tied to the input embedding) its own copy before
+    the gates are folded into it: the gates act on this layer only, never on the embedding lookup."""
+    base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and base in (out, getattr(out, "base_layer", None)) and \
+            getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False     # saved so: the reloaded model keeps the two apart
+    log.info("%s shared its weight with another layer; folded into a copy of its own", name)
 
 
 def _check_no_gates(model: nn.Module, what: str) -> None:

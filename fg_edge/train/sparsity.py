@@ -66,6 +66,14 @@ def _has_bias(layer: nn.Module) -> int:
     return int(getattr(_plain(layer), "bias", None) is not None)
 
 
+def _has(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
 def _base_param_count(block: nn.Module) -> int:
     """Parameters of a block as the plain HF model holds them (gate logits and adapters excluded)."""
     extra = set()
@@ -143,15 +151,20 @@ def gate_costs(model: nn.Module) -> GateCosts:
                     layer = block.get_submodule(path)
                     rows.append(hd * (in_out_features(_plain(layer))[0] + _has_bias(layer)))
                 q_rows, k_rows, v_rows = rows
-            per_head = hidden_out * hd + q_rows + (k_rows + v_rows) / group
+            for path in spec.head_extra:   # DeBERTa's pos projections lose the head's rows too
+                if _has(block, path):
+                    layer = block.get_submodule(path)
+                    q_rows += hd * (in_out_features(_plain(layer))[0] + _has_bias(layer))
+            per_head = 0.0 if spec.heads_fixed else hidden_out * hd + q_rows + (k_rows + v_rows) / group
             gates.append(o.group_gate)
             costs.append(torch.full((o.group_gate.logits.numel(),), float(per_head)))
         down = block.get_submodule(spec.ffn_out)
         if isinstance(down, GatedLinear) and down.group_gate is not None:
             per_channel = down.out_features
+            halves = 2 if spec.ffn_fused else 1   # a fused GLU input loses one row in each half
             for path in spec.ffn_in:
                 layer = block.get_submodule(path)
-                per_channel += in_out_features(_plain(layer))[0] + _has_bias(layer)
+                per_channel += halves * (in_out_features(_plain(layer))[0] + _has_bias(layer))
             gates.append(down.group_gate)
             costs.append(torch.full((down.group_gate.logits.numel(),), float(per_channel)))
     if not gates:
