@@ -45,9 +45,16 @@ HINT = ("Name the modules yourself with fg_edge.arch.register_architecture(model
         "a,b` (compile then folds the gates exactly and removes nothing it cannot prove removable)")
 
 
-def _fail(model: nn.Module, what: str) -> UnsupportedArchitectureError:
+def _fail(model: nn.Module, what: str, derived: bool = True) -> UnsupportedArchitectureError:
+    from fg_edge.arch import ARCHITECTURES
+
     model_type = getattr(model.config, "model_type", None)
-    return UnsupportedArchitectureError(f"model_type {model_type!r}: {what}. {HINT}")
+    if derived:
+        where = (f"model_type {model_type!r} is not in fg-edge's architecture table "
+                 f"({', '.join(sorted(ARCHITECTURES))}) and no spec could be derived from its module tree: ")
+    else:
+        where = f"model_type {model_type!r}: "
+    return UnsupportedArchitectureError(f"{where}{what}. {HINT}")
 
 
 def plain(module: nn.Module) -> nn.Module:
@@ -223,6 +230,8 @@ def derive_spec(model: nn.Module) -> ArchSpec:
     from fg_edge.arch import model_kind
 
     config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise _fail(model, "encoder-decoder models are not derived (one stack of blocks: encoder-only or decoder-only)")
     layers_path, blocks = _find_layers(model)
     block = blocks[0]
     probe = ArchSpec(family="?", layers=layers_path, attention="", q=None, k=None, v=None, qkv=None, o="",
@@ -271,38 +280,41 @@ def _expected(spec: ArchSpec, layout, ffn: int) -> dict[str, tuple[int, int]]:
 
 def check_spec(model: nn.Module, spec: ArchSpec) -> None:
     """Every module of `spec` exists in every block of `model` with the shape the config's head layout implies."""
+    def fail(what: str) -> UnsupportedArchitectureError:
+        return _fail(model, what, derived=False)
+
     try:
         blocks = layers_of(model, spec)
     except AttributeError:
-        raise _fail(model, f"{spec.family} spec: no layer list {spec.layers!r} under "
-                           f"{type(model.base_model).__name__}") from None
-    layout = head_layout(model.config, spec)
-    if layout.num_heads % layout.num_kv_heads:
-        raise _fail(model, f"{layout.num_heads} query heads do not split into {layout.num_kv_heads} kv heads")
+        raise fail(f"{spec.family} spec: no layer list {spec.layers!r} under {type(model.base_model).__name__}") \
+            from None
+    lay = head_layout(model.config, spec)
+    if lay.num_heads % lay.num_kv_heads:
+        raise fail(f"{lay.num_heads} query heads do not split into {lay.num_kv_heads} kv heads")
     for i, block in enumerate(blocks):
         where = f"{spec.family} spec, layer {i}"
         try:
             attention = get_submodule(block, spec.attention)
             mods = {p: block.get_submodule(p) for p in spec.linear_names()}
         except AttributeError as exc:
-            raise _fail(model, f"{where}: module missing ({exc})") from None
+            raise fail(f"{where}: module missing ({exc})") from None
         bad = [p for p, m in mods.items() if not is_linear(m)]
         if bad:
-            raise _fail(model, f"{where}: {bad[0]} is a {type(mods[bad[0]]).__name__}, not a linear")
-        want = _expected(spec, layout, dims(mods[spec.ffn_out])[0])
+            raise fail(f"{where}: {bad[0]} is a {type(mods[bad[0]]).__name__}, not a linear")
+        want = _expected(spec, lay, dims(mods[spec.ffn_out])[0])
         for p in spec.head_extra:
             if _has(block, p):
-                want[p] = (layout.hidden_size, layout.num_heads * layout.head_dim)
+                want[p] = (lay.hidden_size, lay.num_heads * lay.head_dim)
                 mods[p] = block.get_submodule(p)
         for p, shape in want.items():
             if dims(mods[p]) != shape:
-                raise _fail(model, f"{where}: {p} maps {dims(mods[p])[0]} -> {dims(mods[p])[1]} features, the head "
-                                   f"layout ({layout.num_heads} heads, {layout.num_kv_heads} kv heads, head_dim "
-                                   f"{layout.head_dim}, hidden {layout.hidden_size}) needs {shape[0]} -> {shape[1]}")
+                raise fail(f"{where}: {p} maps {dims(mods[p])[0]} -> {dims(mods[p])[1]} features, the head layout "
+                           f"({lay.num_heads} heads, {lay.num_kv_heads} kv heads, head_dim {lay.head_dim}, hidden "
+                           f"{lay.hidden_size}) needs {shape[0]} -> {shape[1]}")
         missing = [a for a in spec.head_attrs if not hasattr(attention, a)]
         if missing:
-            raise _fail(model, f"{where}: {type(attention).__name__} has no attribute {missing[0]!r} (the spec is "
-                               f"out of date for this transformers version)")
+            raise fail(f"{where}: {type(attention).__name__} has no attribute {missing[0]!r} (the spec is out of "
+                       f"date for this transformers version)")
 
 
 def _has(block: nn.Module, path: str) -> bool:

@@ -35,6 +35,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
                                 num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
                                 original_max_position_embeddings=128, partial_rotary_factor=0.5,
                                 sliding_window=None, bos_token_id=4, eos_token_id=5)),
+    "gemma": ("GemmaConfig", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, intermediate_size=48,
+                                  max_position_embeddings=128, bos_token_id=4, eos_token_id=5)),
     # head_dim 16, both soft-cappings, layer 0 sliding (window 4 < the parity sequences), scaled embeddings, tied head
     "gemma2": ("Gemma2Config", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                     num_key_value_heads=2, head_dim=16, intermediate_size=48,
@@ -61,9 +64,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "modernbert", "deberta-v2")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "phi3", "gemma2", "gemma3_text")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
 #: the families issue 10 added (tests/test_architectures.py covers them end to end)
-NEW_FAMILIES = ("xlm-roberta", "qwen3", "phi3", "gemma2", "gemma3_text", "modernbert", "deberta-v2")
+NEW_FAMILIES = ("xlm-roberta", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "modernbert", "deberta-v2")
 
 
 def tiny_config(model_type: str, **overrides):
