@@ -185,6 +185,7 @@ def spec_for(model: nn.Module) -> ArchSpec:
         return spec
     from fg_edge.arch_derive import check_spec, derive_spec
 
+    load_env_specs()
     model_type = getattr(model.config, "model_type", None)
     spec = ARCHITECTURES.get(model_type) or derive_spec(model)
     check_spec(model, spec)
@@ -205,9 +206,18 @@ def attach_spec(model: nn.Module, spec: ArchSpec) -> None:
 
 
 def register_architecture(model_type: str, spec: "ArchSpec | dict") -> ArchSpec:
-    """Add (or override) the table entry of `model_type`: an ArchSpec, or its `to_dict` form (data, e.g. JSON)."""
+    """Add (or override) the table entry of `model_type`: an ArchSpec, or its `to_dict` form (data, e.g. JSON);
+    a dict may start from an existing entry with {"like": "llama", <fields that differ>}."""
     if isinstance(spec, dict):
-        spec = ArchSpec.from_dict(spec, source=f"architecture spec for {model_type!r}")
+        where = f"architecture spec for {model_type!r}"
+        fields_ = dict(spec)
+        like = fields_.pop("like", None)
+        if like is not None:
+            if like not in ARCHITECTURES:
+                raise ConfigError(f"{where}: 'like' names {like!r}, which is not in the table "
+                                  f"({', '.join(sorted(ARCHITECTURES))})")
+            fields_ = {**ARCHITECTURES[like].to_dict(), "family": model_type, **fields_}
+        spec = ArchSpec.from_dict(fields_, source=where)
     if not isinstance(spec, ArchSpec):
         raise ConfigError(f"register_architecture({model_type!r}, ...) needs an ArchSpec or a dict, got "
                           f"{type(spec).__name__}")
@@ -273,6 +283,31 @@ def head_layout(config, spec: ArchSpec) -> HeadLayout:
         kv = 1
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     return HeadLayout(num_heads=heads, num_kv_heads=kv, head_dim=head_dim, hidden_size=hidden)
+
+
+#: environment variable naming a JSON file {model_type: spec fields} added to the table (the CLI's way to name
+#: modules for an architecture whose layout fg-edge cannot derive)
+ENV_SPECS = "FG_EDGE_ARCH_SPECS"
+_loaded_env: set[str] = set()
+
+
+def load_env_specs() -> None:
+    """Register the entries of the JSON file named by $FG_EDGE_ARCH_SPECS (once per file)."""
+    import json
+    import os
+
+    path = os.environ.get(ENV_SPECS)
+    if not path or path in _loaded_env:
+        return
+    try:
+        entries = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"${ENV_SPECS}={path}: cannot read the architecture specs ({exc})") from None
+    if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+        raise ConfigError(f"${ENV_SPECS}={path}: expected a JSON object {{model_type: {{spec fields}}}}")
+    for model_type, fields_ in entries.items():
+        register_architecture(model_type, fields_)
+    _loaded_env.add(path)
 
 
 # ----------------------------------------------------------------------------------------------- tasks

@@ -40,9 +40,11 @@ _GATE = ("gate_proj", "gate", "w1", "wi_0", "fc_gate", "gate_up_proj", "Wi")
 _ACT = ("act", "act_fn", "activation", "activation_fn", "intermediate_act_fn", "act_func", "hidden_act")
 _WIDTH = ("all_head_size", "inner_dim", "embed_dim", "split_size", "dim", "hidden_size", "inner_size",
           "projection_size", "d_model")
-HINT = ("Name the modules yourself with fg_edge.arch.register_architecture(model_type, ArchSpec(...)) (a few "
-        "lines of data, see fg_edge/arch.py), or gate linears by name with `--granularity paper --target-modules "
-        "a,b` (compile then folds the gates exactly and removes nothing it cannot prove removable)")
+HINT = ("Name the modules yourself: a JSON file {model_type: {spec fields}} named by $FG_EDGE_ARCH_SPECS, or "
+        "fg_edge.arch.register_architecture(model_type, ...) (the fields of fg_edge.arch.ArchSpec; "
+        "{\"like\": \"llama\", ...} starts from a table entry); or gate linears by name with `--granularity "
+        "paper --target-modules a,b` (compile then folds the gates exactly and removes nothing it cannot prove "
+        "removable)")
 
 
 def _fail(model: nn.Module, what: str, derived: bool = True) -> UnsupportedArchitectureError:

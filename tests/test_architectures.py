@@ -182,7 +182,7 @@ def test_nonstandard_layout_is_a_clear_error(model_type):
     with pytest.raises(UnsupportedArchitectureError) as exc:
         inject_gates(model, GateConfig(task=task))     # structured gates need a spec
     message = str(exc.value)
-    assert repr(model_type) in message and "register_architecture" in message and "--target-modules" in message
+    assert repr(model_type) in message and "FG_EDGE_ARCH_SPECS" in message and "--target-modules" in message
     assert ("query_key_value" in message) if model_type == "gpt_neox" else ("experts" in message)
 
 
@@ -276,3 +276,23 @@ def test_gated_lm_head_tied_to_the_embedding_folds_into_its_own_copy(tmp_path):
     reloaded = load_compiled(out)
     assert reloaded.lm_head.weight is not reloaded.model.embed_tokens.weight
     assert check_parity(model, reloaded, tol=1e-5, decoder_steps=8)["max_abs_diff"] <= 1e-5
+
+
+def test_specs_from_a_json_file_named_by_the_environment(tmp_path, monkeypatch):
+    """The CLI's way to name modules: $FG_EDGE_ARCH_SPECS, here granite declared "like" llama."""
+    from fg_edge import arch
+
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps({"granite": {"like": "llama"}}))
+    monkeypatch.setenv(arch.ENV_SPECS, str(path))
+    try:
+        model = unlisted_model("granite")[0]
+        spec = spec_for(model)
+        assert spec.source == "table" and spec.family == "granite" and spec.o == "self_attn.o_proj"
+    finally:
+        ARCHITECTURES.pop("granite", None)
+        arch._loaded_env.discard(str(path))
+    path.write_text("[1, 2]")
+    monkeypatch.setenv(arch.ENV_SPECS, str(path))
+    with pytest.raises(Exception, match="expected a JSON object"):
+        spec_for(unlisted_model("granite")[0])
