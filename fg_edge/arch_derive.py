@@ -234,6 +234,10 @@ def derive_spec(model: nn.Module) -> ArchSpec:
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise _fail(model, "encoder-decoder models are not derived (one stack of blocks: encoder-only or decoder-only)")
+    missing = [a for a in ("hidden_size", "num_attention_heads", "num_hidden_layers")
+               if not isinstance(getattr(config, a, None), int)]
+    if missing:
+        raise _fail(model, f"its config has no integer {', '.join(missing)} (or an attribute_map entry for it)")
     layers_path, blocks = _find_layers(model)
     block = blocks[0]
     probe = ArchSpec(family="?", layers=layers_path, attention="", q=None, k=None, v=None, qkv=None, o="",
@@ -253,7 +257,7 @@ def derive_spec(model: nn.Module) -> ArchSpec:
     fixed = _per_head_params(attention, attn_path, {p[len(attn_path) + 1:] if attn_path else p for p in slices},
                              nq, hd)
     inside = bool(attn_path) and o.startswith(attn_path + ".")
-    decoder = model_kind(model) == "causal-lm" or hasattr(attention, "layer_idx")
+    decoder = model_kind(model) == "causal-lm"      # only a causal LM's attention appends to a KV cache
     spec = ArchSpec(
         family=str(getattr(config, "model_type", "unknown")), layers=layers_path, attention=attn_path,
         q=attn["q"], k=attn["k"], v=attn["v"], qkv=attn["qkv"], o=o, ffn_in=ffn["ffn_in"], ffn_out=ffn["ffn_out"],
