@@ -149,6 +149,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _QWEN3,
+    "smollm3": replace(_LLAMA, family="smollm3"),   # LLaMA layout; NoPE layers only skip the rotation
     "gemma": _GEMMA,
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA,

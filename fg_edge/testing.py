@@ -30,6 +30,10 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "qwen3": ("Qwen3Config", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   num_key_value_heads=2, head_dim=16, intermediate_size=48,
                                   max_position_embeddings=128)),
+    # LLaMA layout with NoPE layers (no_rope_layers[i] == 0: no rotary embedding in that layer)
+    "smollm3": ("SmolLM3Config", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
+                                      no_rope_layers=[1, 0], bos_token_id=4, eos_token_id=5)),
     # fused qkv_proj (GQA sizes) and gate_up_proj, partial RoPE
     "phi3": ("Phi3Config", dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                 num_key_value_heads=2, intermediate_size=48, max_position_embeddings=128,
@@ -64,9 +68,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
 }
 
 ENCODERS = ("bert", "roberta", "distilbert", "xlm-roberta", "modernbert", "deberta-v2")
-DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text")
+DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "smollm3", "phi3", "gemma", "gemma2", "gemma3_text")
 #: the families issue 10 added (tests/test_architectures.py covers them end to end)
-NEW_FAMILIES = ("xlm-roberta", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "modernbert", "deberta-v2")
+NEW_FAMILIES = ("xlm-roberta", "qwen3", "smollm3", "phi3", "gemma", "gemma2", "gemma3_text", "modernbert", "deberta-v2")
 
 
 def tiny_config(model_type: str, **overrides):
