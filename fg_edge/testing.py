@@ -73,6 +73,39 @@ DECODERS = ("llama", "mistral", "qwen2", "gpt2", "qwen3", "smollm3", "phi3", "ge
 NEW_FAMILIES = ("xlm-roberta", "qwen3", "smollm3", "phi3", "gemma", "gemma2", "gemma3_text", "modernbert", "deberta-v2")
 
 
+#: tiny random configs of model types that are *not* in the architecture table (fg_edge.arch): the general path.
+#: model_type -> (config class name, kwargs, task)
+_UNLISTED_COMMON = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=128, pad_token_id=0)
+UNLISTED_CONFIGS: dict[str, tuple[str, dict, str]] = {
+    "starcoder2": ("Starcoder2Config", dict(num_key_value_heads=2), "causal-lm"),   # c_fc / c_proj, biases
+    "opt": ("OPTConfig", dict(ffn_dim=48, word_embed_proj_dim=32), "causal-lm"),    # fc1 / fc2 on the block
+    "phi": ("PhiConfig", dict(), "causal-lm"),                       # parallel attention + MLP, o named dense
+    "granite": ("GraniteConfig", dict(num_key_value_heads=2), "causal-lm"),        # residual multipliers
+    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2), "causal-lm"),   # q_norm over all heads: heads stay
+    "electra": ("ElectraConfig", dict(embedding_size=32), "classification"),       # BERT layout, own type
+    "mpnet": ("MPNetConfig", dict(), "classification"),  # per-head relative bias outside the blocks: heads stay
+}
+#: layouts no spec can be derived for
+NONSTANDARD_CONFIGS: dict[str, tuple[str, dict, str]] = {
+    "gpt_neox": ("GPTNeoXConfig", dict(), "causal-lm"),                      # per-head interleaved query_key_value
+    "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=2), "causal-lm"),   # MoE FFN
+}
+
+
+def unlisted_model(model_type: str, seed: int = 0):
+    """(tiny random model in eval mode, task) of a type in UNLISTED_CONFIGS or NONSTANDARD_CONFIGS."""
+    import transformers
+
+    cls, overrides, task = {**UNLISTED_CONFIGS, **NONSTANDARD_CONFIGS}[model_type]
+    config = getattr(transformers, cls)(**{**_UNLISTED_COMMON, **overrides})
+    config.num_labels = 2
+    torch.manual_seed(seed)
+    auto = (transformers.AutoModelForCausalLM if task == "causal-lm"
+            else transformers.AutoModelForSequenceClassification)
+    return auto.from_config(config, attn_implementation="eager").eval(), task
+
+
 def tiny_config(model_type: str, **overrides):
     import transformers
 

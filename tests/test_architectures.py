@@ -19,7 +19,8 @@ from fg_edge.formats.gate_config import GateConfig
 from fg_edge.formats.train_args import TrainArgs
 from fg_edge.gates.inject import gated_modules, inject_gates
 from fg_edge.model_dir import save_model_dir
-from fg_edge.testing import DECODERS, NEW_FAMILIES, task_of, tiny_model
+from fg_edge.testing import (DECODERS, NEW_FAMILIES, NONSTANDARD_CONFIGS, UNLISTED_CONFIGS, task_of, tiny_model,
+                             unlisted_model)
 
 PARITY = 1e-4          # the rule: max |Δ| <= 1e-4 · max(1, max |gated|)
 CLOSED = -3.0
@@ -120,34 +121,7 @@ def test_deberta_v3_shared_attention_keys():
 
 
 # -- the general path: model types that appear nowhere in fg-edge's code -------------------------------------
-_COMMON = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-               max_position_embeddings=128, pad_token_id=0)
-#: model_type -> (config class, overrides, task); none of these is in fg_edge.arch.ARCHITECTURES
-UNLISTED = {
-    "starcoder2": ("Starcoder2Config", dict(num_key_value_heads=2), "causal-lm"),   # c_fc / c_proj, biases
-    "opt": ("OPTConfig", dict(ffn_dim=48, word_embed_proj_dim=32), "causal-lm"),    # fc1 / fc2 on the block
-    "phi": ("PhiConfig", dict(), "causal-lm"),                       # parallel attention + MLP, o named dense
-    "granite": ("GraniteConfig", dict(num_key_value_heads=2), "causal-lm"),        # residual multipliers
-    "olmo2": ("Olmo2Config", dict(num_key_value_heads=2), "causal-lm"),   # q_norm over all heads: heads stay
-    "electra": ("ElectraConfig", dict(embedding_size=32), "classification"),       # BERT layout, own type
-    "mpnet": ("MPNetConfig", dict(), "classification"),  # per-head relative bias outside the blocks: heads stay
-}
-#: layouts that are not the usual one (no spec can be derived)
-NONSTANDARD = {
-    "gpt_neox": ("GPTNeoXConfig", dict(), "causal-lm"),                      # per-head interleaved query_key_value
-    "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=2), "causal-lm"),   # MoE FFN
-}
-
-
-def unlisted_model(model_type: str, table=UNLISTED, seed: int = 0):
-    import transformers
-
-    cls, overrides, task = table[model_type]
-    config = getattr(transformers, cls)(**{**_COMMON, **overrides})
-    config.num_labels = 2
-    torch.manual_seed(seed)
-    auto = transformers.AutoModelForCausalLM if task == "causal-lm" else transformers.AutoModelForSequenceClassification
-    return auto.from_config(config, attn_implementation="eager").eval(), task
+UNLISTED, NONSTANDARD = UNLISTED_CONFIGS, NONSTANDARD_CONFIGS
 
 
 @pytest.mark.parametrize("model_type", sorted(UNLISTED))
@@ -178,7 +152,7 @@ def test_derived_spec_compiles_with_removal(tmp_path, model_type):
 
 @pytest.mark.parametrize("model_type", sorted(NONSTANDARD))
 def test_nonstandard_layout_is_a_clear_error(model_type):
-    model, task = unlisted_model(model_type, NONSTANDARD)
+    model, task = unlisted_model(model_type)
     with pytest.raises(UnsupportedArchitectureError) as exc:
         inject_gates(model, GateConfig(task=task))     # structured gates need a spec
     message = str(exc.value)
@@ -207,7 +181,7 @@ def _paper(model, task, targets, closed_rows=()):
 
 
 def test_paper_fallback_on_a_nonstandard_layout_folds_exactly(tmp_path):
-    model, task = unlisted_model("gpt_neox", NONSTANDARD)
+    model, task = unlisted_model("gpt_neox")
     model, gate_config = _paper(model, task, ["query_key_value", "dense_h_to_4h", "dense_4h_to_h"])
     out, report = _compile_dir(tmp_path, model, gate_config, tiny_tokenizer("decoder"))
     _check_report(report, True, None)
@@ -257,7 +231,7 @@ def test_inspect_names_the_spec():
         report = inspect_model(model, config)
         assert report.architecture.startswith(words) and report.to_dict()["architecture"] == report.architecture
         assert "architecture" in format_table(report) and words in format_table(report)
-    model, task = unlisted_model("mixtral", NONSTANDARD)
+    model, task = unlisted_model("mixtral")
     model, config = _paper(model, task, ["q_proj"])
     report = inspect_model(model, config)
     assert report.architecture is None and "experts" in report.architecture_error

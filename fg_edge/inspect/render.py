@@ -63,6 +63,9 @@ def _header_lines(report: InspectionReport) -> list[str]:
         if report.gqa:
             text += f", {report.kv_heads_removed:,}/{report.kv_heads_total:,} kv heads"
         text += f", {report.channels_removed:,}/{report.channels_total:,} FFN channels ({REMOVAL_SOURCE})"
+        if report.architecture and "derived from the module tree" in report.architecture:
+            text += ("; with a derived spec compile confirms this by parity, else keeps the heads (then folds "
+                     "only) and says so")
         rows.append(("compiler removes", text))
     elif report.per_layer:
         rows.append(("compiler removes", f"unknown: the removal planner refused ({report.plan_error})"))
