@@ -230,7 +230,7 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path) if path else root
 
 
-def _has_path(root: nn.Module, path: str) -> bool:
+def has_submodule(root: nn.Module, path: str) -> bool:
     try:
         get_submodule(root, path)
         return True
@@ -245,10 +245,10 @@ def backbone(model: nn.Module, spec: ArchSpec) -> tuple[str, nn.Module]:
     base = model.base_model
     if base is not model:
         return model.base_model_prefix, base
-    if not _has_path(model, spec.layers):
+    if not has_submodule(model, spec.layers):
         for name in ("model", "transformer"):
             child = getattr(model, name, None)
-            if isinstance(child, nn.Module) and _has_path(child, spec.layers):
+            if isinstance(child, nn.Module) and has_submodule(child, spec.layers):
                 return name, child
     return "", model
 

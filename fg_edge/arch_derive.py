@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fg_edge.arch import ArchSpec, get_submodule, head_layout, layers_of
+from fg_edge.arch import ArchSpec, get_submodule, has_submodule, head_layout, layers_of
 from fg_edge.errors import UnsupportedArchitectureError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _V = ("v_proj", "value", "v_lin", "value_proj", "wv", "v", "to_v")
 _QKV = ("qkv_proj", "Wqkv", "c_attn", "W_pack", "qkv")
 _O = ("o_proj", "out_proj", "dense", "c_proj", "Wo", "out_lin", "wo", "o", "to_out", "proj", "out")
 _GATE = ("gate_proj", "gate", "w1", "wi_0", "fc_gate", "gate_up_proj", "Wi")
+_DOWN = ("down_proj", "fc2", "c_proj", "lin2", "dense", "w2", "wo", "Wo", "dense_4h_to_h", "fc_out", "out_proj")
 _ACT = ("act", "act_fn", "activation", "activation_fn", "intermediate_act_fn", "act_func", "hidden_act")
 _WIDTH = ("all_head_size", "inner_dim", "embed_dim", "split_size", "dim", "hidden_size", "inner_size",
           "projection_size", "d_model")
@@ -146,6 +147,8 @@ def _gate_first(paths: list[str]) -> tuple[list[str], bool]:
 def _find_ffn(model, lin: dict, taken: set, hidden: int) -> dict:
     rest = {p: m for p, m in lin.items() if p not in taken}
     outs = [p for p, m in rest.items() if dims(m)[1] == hidden]
+    if len(outs) > 1:   # e.g. intermediate_size == hidden_size: the output projection is the down-named one
+        outs = [p for p in outs if _last(p) in _DOWN] or outs
     if len(outs) != 1:
         raise _fail(model, f"block 0 has {len(outs)} linears besides the attention that write the hidden size "
                            f"{hidden} ({sorted(outs)}); the usual layout has one FFN output projection")
@@ -309,7 +312,7 @@ def check_spec(model: nn.Module, spec: ArchSpec) -> None:
             raise fail(f"{where}: {bad[0]} is a {type(mods[bad[0]]).__name__}, not a linear")
         want = _expected(spec, lay, dims(mods[spec.ffn_out])[0])
         for p in spec.head_extra:
-            if _has(block, p):
+            if has_submodule(block, p):
                 want[p] = (lay.hidden_size, lay.num_heads * lay.head_dim)
                 mods[p] = block.get_submodule(p)
         for p, shape in want.items():
@@ -322,10 +325,3 @@ def check_spec(model: nn.Module, spec: ArchSpec) -> None:
             raise fail(f"{where}: {type(attention).__name__} has no attribute {missing[0]!r} (the spec is out of "
                        f"date for this transformers version)")
 
-
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-        return True
-    except AttributeError:
-        return False

@@ -90,6 +90,7 @@ UNLISTED_CONFIGS: dict[str, tuple[str, dict, str]] = {
 NONSTANDARD_CONFIGS: dict[str, tuple[str, dict, str]] = {
     "gpt_neox": ("GPTNeoXConfig", dict(), "causal-lm"),                      # per-head interleaved query_key_value
     "mixtral": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=2), "causal-lm"),   # MoE FFN
+    "mamba": ("MambaConfig", dict(), "causal-lm"),                           # no attention at all
 }
 
 

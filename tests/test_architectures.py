@@ -157,7 +157,20 @@ def test_nonstandard_layout_is_a_clear_error(model_type):
         inject_gates(model, GateConfig(task=task))     # structured gates need a spec
     message = str(exc.value)
     assert repr(model_type) in message and "FG_EDGE_ARCH_SPECS" in message and "--target-modules" in message
-    assert ("query_key_value" in message) if model_type == "gpt_neox" else ("experts" in message)
+    expected = {"gpt_neox": "query_key_value", "mixtral": "experts", "mamba": "no q/k/v linears"}[model_type]
+    assert expected in message
+
+
+def test_gated_model_that_does_not_run_is_a_clear_error():
+    """Mamba's forward reads lm_head.weight itself (its dtype), so a gate cannot wrap it: a CompileError naming the
+    model and the cause, before anything is folded."""
+    from fg_edge.errors import CompileError
+
+    model, task = unlisted_model("mamba")
+    model, _ = _paper(model, task, ["lm_head"])
+    with pytest.raises(CompileError, match=r"the gated MambaForCausalLM does not run on the parity inputs.*"
+                                           r"AttributeError"):
+        compile_model(model)
 
 
 def test_spec_that_does_not_fit_names_the_module():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fg_edge.arch import ArchSpec, find_spec, head_layout, layers_of, spec_for
-from fg_edge.errors import FgEdgeError, GateStateError, ParityError
+from fg_edge.errors import CompileError, FgEdgeError, GateStateError, ParityError
 from fg_edge.formats.parity import PARITY_DECODER_STEPS, TORCH_PARITY_TOL
 from fg_edge.gates.inject import gate_state_dict, gated_modules
 from fg_edge.compiler.plan import CompilePlan, fold_only_plan, plan_removal
@@ -162,7 +162,14 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     validate_gate_values(gated_model)
     reference = None
     if check:
-        reference = gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
+        try:
+            reference = gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
+        except FgEdgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any library error: the gated model itself does not run
+            raise CompileError(f"the gated {type(gated_model).__name__} does not run on the parity inputs (a padded "
+                               f"batch of input_ids + attention_mask): {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
     attempts = _attempts(spec, why)
     spare = copy.deepcopy(gated_model) if inplace and len(attempts) > 1 else None
     for n, (spec, why) in enumerate(attempts):
@@ -173,7 +180,7 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
             model = copy.deepcopy(spare if spare is not None else gated_model) if not last or spare is None else spare
         try:
             return _compile(model.eval(), spec, why, reference, tol)
-        except (ParityError, RuntimeError, ValueError, IndexError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a derived spec's removal may break the forward in any way
             if last or (isinstance(exc, FgEdgeError) and not isinstance(exc, ParityError)):
                 raise
             attempts[n + 1] = _after_failure(attempts[n + 1], spec, exc)

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from fg_edge.arch import ArchSpec, HeadLayout
+from fg_edge.arch import ArchSpec, HeadLayout, has_submodule
 from fg_edge.errors import CompileError
 from fg_edge.gates.layer import in_out_features, replace_module  # noqa: F401 (re-exported)
 
@@ -155,17 +155,10 @@ def attention_keep(spec: ArchSpec, layout: HeadLayout, heads: Sequence[int], kv_
         keep = {spec.q: (q_idx, None), spec.k: (kv_idx, None), spec.v: (kv_idx, None)}
     keep[spec.o] = (None, q_idx)
     for path in spec.head_extra:
-        if block is not None and _has(block, path):
+        if block is not None and has_submodule(block, path):
             keep[path] = (q_idx, None)
     return keep
 
-
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
 
 
 def ffn_keep(spec: ArchSpec, channels: Sequence[int], ffn_size: int) -> Keep:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fg_edge.arch import head_layout, layers_of, spec_for
+from fg_edge.arch import has_submodule, head_layout, layers_of, spec_for
 from fg_edge.errors import ConfigError
 from fg_edge.gates.math import StochasticGate, open_probability
 from fg_edge.formats.gate_config import GateConfig
@@ -65,13 +65,6 @@ def _plain(layer: nn.Module) -> nn.Module:
 def _has_bias(layer: nn.Module) -> int:
     return int(getattr(_plain(layer), "bias", None) is not None)
 
-
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
 
 
 def _base_param_count(block: nn.Module) -> int:
@@ -152,7 +145,7 @@ def gate_costs(model: nn.Module) -> GateCosts:
                     rows.append(hd * (in_out_features(_plain(layer))[0] + _has_bias(layer)))
                 q_rows, k_rows, v_rows = rows
             for path in spec.head_extra:   # DeBERTa's pos projections lose the head's rows too
-                if _has(block, path):
+                if has_submodule(block, path):
                     layer = block.get_submodule(path)
                     q_rows += hd * (in_out_features(_plain(layer))[0] + _has_bias(layer))
             per_head = 0.0 if spec.heads_fixed else hidden_out * hd + q_rows + (k_rows + v_rows) / group
