@@ -150,34 +150,25 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     for the parity check are computed first), and is unusable if this raises.
 
     The architecture spec is the table entry or one derived from the module tree (fg_edge.arch.spec_for). When
-    none fits, the gates are folded and nothing is removed. When a *derived* spec's removal does not reproduce
-    the gated model (the model runs its heads in a way the usual layout does not show), the compile falls back
-    to folding only, and the report says why; a table entry that fails is an error.
+    none fits, the gates are folded and nothing is removed. When removal under a *derived* spec does not
+    reproduce the gated model (the model runs its heads in a way the usual layout does not show), the compile is
+    repeated with every head kept, then with folding only, and the report says why; a table entry that fails is
+    an error.
     """
-    from fg_edge.compiler.parity import gated_reference
-
     spec, why = find_spec(gated_model)
     if spec is None:
         log.warning("no architecture spec fits this model, so the gates are folded and nothing is removed: %s", why)
     validate_gate_values(gated_model)
-    reference = None
-    if check:
-        try:
-            reference = gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
-        except FgEdgeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any library error: the gated model itself does not run
-            raise CompileError(f"the gated {type(gated_model).__name__} does not run on the parity inputs (a padded "
-                               f"batch of input_ids + attention_mask): {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+    reference = _reference(gated_model, decoder_steps) if check else None
     attempts = _attempts(spec, why)
     spare = copy.deepcopy(gated_model) if inplace and len(attempts) > 1 else None
+    untouched = spare if spare is not None else gated_model
     for n, (spec, why) in enumerate(attempts):
         last = n == len(attempts) - 1
-        if n == 0:
-            model = gated_model if inplace else copy.deepcopy(gated_model)
+        if n == 0 and inplace:
+            model = gated_model
         else:
-            model = copy.deepcopy(spare if spare is not None else gated_model) if not last or spare is None else spare
+            model = spare if last and spare is not None else copy.deepcopy(untouched)
         try:
             return _compile(model.eval(), spec, why, reference, tol)
         except Exception as exc:  # noqa: BLE001 - a derived spec's removal may break the forward in any way
@@ -185,6 +176,24 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
                 raise
             attempts[n + 1] = _after_failure(attempts[n + 1], spec, exc)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _reference(gated_model: nn.Module, decoder_steps: int) -> dict:
+    """The gated model's outputs for the parity gate; a model that does not run is a CompileError."""
+    from fg_edge.compiler.parity import gated_reference
+
+    try:
+        return gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
+    except FgEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library error: the gated model itself does not run
+        raise CompileError(f"the gated {type(gated_model).__name__} does not run on the parity inputs (a padded "
+                           f"batch of input_ids + attention_mask): {_first_line(exc)}") from exc
 
 
 def _attempts(spec: Optional[ArchSpec], why: Optional[str]) -> list[tuple[Optional[ArchSpec], Optional[str]]]:
@@ -202,7 +211,7 @@ def _attempts(spec: Optional[ArchSpec], why: Optional[str]) -> list[tuple[Option
 def _after_failure(attempt: tuple, failed: ArchSpec, exc: Exception) -> tuple:
     what = "head removal" if not failed.heads_fixed else "FFN channel removal"
     why = (f"{what} with the derived spec ({failed.describe()}) does not reproduce the gated model "
-           f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+           f"({_first_line(exc)})")
     nxt, _ = attempt
     log.warning("%s; compiling again %s", why, "with every head kept" if nxt is not None else
                 "with the gates folded and nothing removed")
