@@ -22,10 +22,10 @@ def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: 
     """Close `fraction` of query heads (the same count in every kv group, so they are removable) and of FFN
     channels in every layer; returns what was closed. With `whole_groups_odd_layers`, odd layers instead lose
     one whole kv group (all its query heads), so kv-head counts differ between layers."""
-    from fg_edge.arch import get_spec, head_layout
+    from fg_edge.arch import head_layout, spec_for
     from fg_edge.gates.inject import gated_modules
 
-    spec = get_spec(model.config.model_type)
+    spec = spec_for(model)
     layout = head_layout(model.config, spec)
     g = torch.Generator().manual_seed(seed)
     closed = {"heads": 0, "heads_total": 0, "channels": 0, "channels_total": 0}

@@ -162,9 +162,20 @@ def expected_removed(gated, plan):
             total += q_rows * (hidden + _has_bias(gated, i, spec.q))
             total += kv_rows * (2 * hidden + _has_bias(gated, i, spec.k) + _has_bias(gated, i, spec.v))
         total += q_rows * hidden                                    # o columns
-        n = len(lp.ffn_removed)
-        total += sum(n * (hidden + _has_bias(gated, i, p)) for p in spec.ffn_in) + n * hidden
+        for path in spec.head_extra:                                # DeBERTa's pos projections, per query head
+            if _exists(gated, i, path):
+                total += q_rows * (hidden + _has_bias(gated, i, path))
+        n = len(lp.ffn_removed) * (2 if spec.ffn_fused else 1)      # a fused GLU loses a row in each half
+        total += sum(n * (hidden + _has_bias(gated, i, p)) for p in spec.ffn_in) + len(lp.ffn_removed) * hidden
     return total
+
+
+def _exists(model, layer, path):
+    try:
+        _module(model, layer, path)
+        return True
+    except AttributeError:
+        return False
 
 
 def stored_elements(model):

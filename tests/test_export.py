@@ -62,7 +62,7 @@ def test_export_parity_every_architecture(tmp_path, model_type):
         assert [o.name for o in proto.graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
     else:
         assert info.kind == "classification"
-        assert ("token_type_ids" in info.input_names) == (model_type in ("bert", "roberta"))
+        assert ("token_type_ids" in info.input_names) == (model_type in ("bert", "roberta", "xlm-roberta"))
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])

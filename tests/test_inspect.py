@@ -198,6 +198,7 @@ def test_module_listing_flag(tmp_path):
 
 # -- architectures outside the table --------------------------------------------------------------------------
 def test_target_modules_outside_table(tmp_path):
+    """electra is not in the table: its spec is derived from the module tree, and inspect names it."""
     import transformers
 
     config = transformers.ElectraConfig(vocab_size=120, embedding_size=16, hidden_size=32, num_hidden_layers=2,
@@ -212,17 +213,42 @@ def test_target_modules_outside_table(tmp_path):
     save_model_dir(model, cfg, tmp_path / "electra")
 
     png = tmp_path / "electra.png"
-    result = _run(tmp_path / "electra", "--plot", png, "--json", tmp_path / "electra.json")
+    result = _run(tmp_path / "electra", "--modules", "--plot", png, "--json", tmp_path / "electra.json")
     assert result.exit_code == 0, result.output
-    assert "per-module listing" in result.stdout
+    assert "electra (derived from the module tree)" in result.stdout
     row = next(line for line in result.stdout.splitlines()
                if line.startswith("electra.encoder.layer.1.attention.self.value"))
     assert "3/32 (9.4%)" in row
     data = json.loads((tmp_path / "electra.json").read_text())
-    assert data["per_layer"] is False and data["layers"] == [] and data["plan"] is None
+    assert data["per_layer"] is True and data["plan"]["spec"]["source"] == "derived"
+    assert data["architecture"].startswith("electra (derived")
     assert [m["name"].rsplit(".", 1)[-1] for m in data["modules"]] == ["query", "value"] * 2
     assert data["gates_closed"] == 3
     assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_target_modules_on_a_layout_no_spec_fits(tmp_path):
+    """GPT-NeoX's per-head interleaved query_key_value fits no spec: a per-module listing, and why."""
+    import transformers
+
+    config = transformers.GPTNeoXConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=48, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    cfg = GateConfig(granularity="paper", target_modules=["query_key_value"], task="causal-lm")
+    inject_gates(model.eval(), cfg)
+    with torch.no_grad():
+        model.gpt_neox.layers[1].attention.query_key_value.row_gate.logits[:3] = CLOSED
+    save_model_dir(model, cfg, tmp_path / "neox")
+    result = _run(tmp_path / "neox", "--json", tmp_path / "neox.json")
+    assert result.exit_code == 0, result.output
+    assert "per-module listing" in result.stdout and "no spec fits" in result.stdout
+    row = next(line for line in result.stdout.splitlines()
+               if line.startswith("gpt_neox.layers.1.attention.query_key_value"))
+    assert "3/96 (3.1%)" in row
+    data = json.loads((tmp_path / "neox.json").read_text())
+    assert data["per_layer"] is False and data["layers"] == [] and data["plan"] is None
+    assert data["architecture"] is None and "query_key_value" in data["architecture_error"]
 
 
 # -- library ----------------------------------------------------------------------------------------------------

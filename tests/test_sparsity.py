@@ -39,10 +39,14 @@ def _close_some(model, seed=0, whole_groups=False):
         f[torch.randperm(f.numel(), generator=g)[:f.numel() // 3]] = CLOSED_LOGIT
 
 
-@pytest.mark.parametrize("model_type", ["bert", "distilbert", "gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "gpt2", "llama", "phi3", "qwen3", "gemma2",
+                                        "modernbert", "deberta-v2"])
 def test_hard_count_equals_compiler_removal(model_type):
+    """Also for fused GLU inputs (phi3, modernbert: a channel is a row in each half), head_dim != hidden / heads
+    (qwen3, gemma2) and DeBERTa's per-head pos projections."""
     model = _gated(model_type).eval()
-    _close_some(model, whole_groups=model_type == "llama")   # GQA: uneven groups keep zeroed heads
+    gqa = ARCHITECTURES[model_type].gqa
+    _close_some(model, whole_groups=gqa)   # GQA: uneven groups keep zeroed heads
     costs = gate_costs(model)
     _, _, report = compile_model(model, tol=1e-5, decoder_steps=4)
     block_removed = sum(layer["params_removed"] for layer in report["layers"])

@@ -33,10 +33,15 @@ Compiled folder format (format version 1)
 ``compile_plan.json``
     Per layer: original ``num_heads``, ``num_kv_heads``, ``head_dim``, ``ffn_size`` and the removed indices
     ``heads_removed``, ``kv_heads_removed``, ``ffn_removed``, plus ``heads_zeroed`` (closed heads kept so GQA groups
-    stay even: zeroed, not removed).
+    stay even: zeroed, not removed); ``spec``: the architecture spec used (``fg_edge.arch.ArchSpec.to_dict``, a table
+    entry or derived from the module tree; reloading uses it), ``null`` with no ``layers`` when no spec fit and the
+    gates were only folded; ``removal``: what was removed ("heads and FFN channels", "FFN channels only (heads
+    kept: why)", or "none: why").
 ``compile_report.json``
     Params and FLOPs before/after per layer (reference shape batch 1 × 128 tokens), params zeroed by gates vs
-    physically removed, the FLOP ratio (speed-up ceiling), heads / channels removed and the parity figures.
+    physically removed, the FLOP ratio (speed-up ceiling), heads / channels removed and the parity figures;
+    ``architecture`` (the spec used: one line, its source "table" / "derived", its fields, what was removed) and
+    ``modules`` (per gated module: "fold + removal" or "fold only", rows / columns closed and removed).
 ``tokenizer files``
     When a tokenizer was given.
 

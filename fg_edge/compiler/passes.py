@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import replace
 from typing import Optional
 
 import torch
 from torch import nn
 
-from fg_edge.arch import ArchSpec, get_spec, head_layout, layers_of
-from fg_edge.errors import GateStateError
+from fg_edge.arch import ArchSpec, find_spec, head_layout, layers_of, spec_for
+from fg_edge.errors import CompileError, FgEdgeError, GateStateError, ParityError
 from fg_edge.formats.parity import PARITY_DECODER_STEPS, TORCH_PARITY_TOL
 from fg_edge.gates.inject import gate_state_dict, gated_modules
-from fg_edge.compiler.plan import CompilePlan, plan_removal
+from fg_edge.compiler.plan import CompilePlan, fold_only_plan, plan_removal
 from fg_edge.compiler.surgery import is_conv1d, replace_module, resize_attention_, resize_ffn_
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,38 @@ def merge_adapters_(model: nn.Module) -> int:
 def fold_gates_(model: nn.Module) -> int:
     """Replace every GatedLinear by its plain layer holding W' = diag(r)(W+sBA)diag(c), b' = r ⊙ b."""
     gated = gated_modules(model)
+    tied = _tied_parameter_ids(model)
     for name, g in gated.items():
         w, b = g.folded()
         _check_finite(f"{name}.weight", w)
         _check_finite(f"{name}.bias", b)
         base = g.base_layer
+        if id(base.weight) in tied and g.gates():
+            _untie_(model, name, base)
         _set_weight_out_in_(base, w)
         if b is not None:
             base.bias.data.copy_(b)
         replace_module(model, name, base)
     log.info("folded the gates of %d layer(s)", len(gated))
     return len(gated)
+
+
+def _tied_parameter_ids(model: nn.Module) -> set[int]:
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {k for k, n in seen.items() if n > 1}
+
+
+def _untie_(model: nn.Module, name: str, base: nn.Module) -> None:
+    """Give a gated layer whose weight is shared (an LM head tied to the input embedding) its own copy before
+    the gates are folded into it: the gates act on this layer only, never on the embedding lookup."""
+    base.weight = nn.Parameter(base.weight.detach().clone(), requires_grad=base.weight.requires_grad)
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and base in (out, getattr(out, "base_layer", None)) and \
+            getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False     # saved so: the reloaded model keeps the two apart
+    log.info("%s shared its weight with another layer; folded into a copy of its own", name)
 
 
 def _check_no_gates(model: nn.Module, what: str) -> None:
@@ -92,7 +114,9 @@ def _check_no_gates(model: nn.Module, what: str) -> None:
 def prune_ffn_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] = None) -> int:
     """Physically remove the plan's FFN channels (rows of the input projections, columns of the output one)."""
     _check_no_gates(model, "prune_ffn_")
-    spec = spec or get_spec(model.config.model_type)
+    if not plan.layers:
+        return 0
+    spec = spec or spec_for(model)
     removed = 0
     for lp, block in zip(plan.layers, layers_of(model, spec), strict=True):
         resize_ffn_(block, spec, lp.kept_ffn, lp.ffn_size)
@@ -104,7 +128,9 @@ def prune_ffn_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] = N
 def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] = None) -> int:
     """Physically remove the plan's query / kv heads and update the attention modules' head counts."""
     _check_no_gates(model, "prune_heads_")
-    spec = spec or get_spec(model.config.model_type)
+    if not plan.layers:
+        return 0
+    spec = spec or spec_for(model)
     layout = head_layout(model.config, spec)
     removed = 0
     for lp, block in zip(plan.layers, layers_of(model, spec), strict=True):
@@ -122,18 +148,85 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     ParityError is raised, with the numbers, when they disagree beyond `tol`; the input model is left untouched.
     inplace: compile `gated_model` itself (no copy: half the memory); the gated model is consumed (its outputs
     for the parity check are computed first), and is unusable if this raises.
-    """
-    from fg_edge.compiler.parity import check_parity_against, gated_reference
-    from fg_edge.compiler.report import build_report, gate_zero_counts, measure_blocks
 
-    spec = get_spec(getattr(gated_model.config, "model_type", None))
+    The architecture spec is the table entry or one derived from the module tree (fg_edge.arch.spec_for). When
+    none fits, the gates are folded and nothing is removed. When removal under a *derived* spec does not
+    reproduce the gated model (the model runs its heads in a way the usual layout does not show), the compile is
+    repeated with every head kept, then with folding only, and the report says why; a table entry that fails is
+    an error.
+    """
+    spec, why = find_spec(gated_model)
+    if spec is None:
+        log.warning("no architecture spec fits this model, so the gates are folded and nothing is removed: %s", why)
     validate_gate_values(gated_model)
-    reference = None
-    if check:
-        reference = gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
-    model = (gated_model if inplace else copy.deepcopy(gated_model)).eval()
-    plan = plan_removal(model, spec)
+    reference = _reference(gated_model, decoder_steps) if check else None
+    attempts = _attempts(spec, why)
+    spare = copy.deepcopy(gated_model) if inplace and len(attempts) > 1 else None
+    untouched = spare if spare is not None else gated_model
+    for n, (spec, why) in enumerate(attempts):
+        last = n == len(attempts) - 1
+        if n == 0 and inplace:
+            model = gated_model
+        else:
+            model = spare if last and spare is not None else copy.deepcopy(untouched)
+        try:
+            return _compile(model.eval(), spec, why, reference, tol)
+        except Exception as exc:  # noqa: BLE001 - a derived spec's removal may break the forward in any way
+            if last or (isinstance(exc, FgEdgeError) and not isinstance(exc, ParityError)):
+                raise
+            attempts[n + 1] = _after_failure(attempts[n + 1], spec, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _reference(gated_model: nn.Module, decoder_steps: int) -> dict:
+    """The gated model's outputs for the parity gate; a model that does not run is a CompileError."""
+    from fg_edge.compiler.parity import gated_reference
+
+    try:
+        return gated_reference(gated_model, decoder_steps=decoder_steps if _generates(gated_model) else 0)
+    except FgEdgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any library error: the gated model itself does not run
+        raise CompileError(f"the gated {type(gated_model).__name__} does not run on the parity inputs (a padded "
+                           f"batch of input_ids + attention_mask): {_first_line(exc)}") from exc
+
+
+def _attempts(spec: Optional[ArchSpec], why: Optional[str]) -> list[tuple[Optional[ArchSpec], Optional[str]]]:
+    """What to compile with, in order: the spec; for a derived spec that fails, the same with every head kept,
+    then folding only."""
+    if spec is None or spec.source != "derived":
+        return [(spec, why)]
+    attempts = [(spec, None)]
+    if not spec.heads_fixed:
+        attempts.append((replace(spec, heads_fixed="removing heads under the derived spec failed"), None))
+    attempts.append((None, None))
+    return attempts
+
+
+def _after_failure(attempt: tuple, failed: ArchSpec, exc: Exception) -> tuple:
+    what = "head removal" if not failed.heads_fixed else "FFN channel removal"
+    why = (f"{what} with the derived spec ({failed.describe()}) does not reproduce the gated model "
+           f"({_first_line(exc)})")
+    nxt, _ = attempt
+    log.warning("%s; compiling again %s", why, "with every head kept" if nxt is not None else
+                "with the gates folded and nothing removed")
+    return (replace(nxt, heads_fixed=why) if nxt is not None else None, why)
+
+
+def _compile(model: nn.Module, spec: Optional[ArchSpec], why: Optional[str], reference: Optional[dict],
+             tol: float) -> tuple[nn.Module, CompilePlan, dict]:
+    """The passes on `model` (gated, consumed): plan, fold, prune, report, and parity against `reference`."""
+    from fg_edge.compiler.parity import check_parity_against
+    from fg_edge.compiler.report import build_report, gate_zero_counts, measure_blocks, module_treatments
+
+    plan = plan_removal(model, spec) if spec else fold_only_plan(getattr(model.config, "model_type", None), why)
     zeros = gate_zero_counts(model, spec, plan)
+    modules = module_treatments(model, spec, plan)
     merge_adapters_(model)
     fold_gates_(model)
     before = measure_blocks(model, spec, plan, after=False)
@@ -141,7 +234,8 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     prune_heads_(model, plan, spec)
     after = measure_blocks(model, spec, plan, after=True)
     report = build_report(model, spec, plan, before, after, zeros)
-    if check:
+    report["modules"] = modules
+    if reference is not None:
         report["parity"] = check_parity_against(reference, model, tol=tol)
     return model, plan, report
 

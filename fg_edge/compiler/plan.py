@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fg_edge.arch import ArchSpec, HeadLayout, get_spec, head_layout, layers_of
+from fg_edge.arch import ArchSpec, HeadLayout, head_layout, layers_of, spec_for
 from fg_edge.errors import CompileError
 from fg_edge.gates.layer import GatedLinear, in_out_features
 
@@ -99,6 +99,8 @@ class CompilePlan:
     model_type: str
     layers: list[LayerPlan]
     format_version: int = PLAN_FORMAT_VERSION
+    spec: Optional[dict] = None          # the ArchSpec used (ArchSpec.to_dict); None: gates folded, nothing removed
+    removal: str = "heads and FFN channels"   # or why nothing was removed (no spec fits the model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +113,8 @@ class CompilePlan:
                                    f"fg-edge understands ({PLAN_FORMAT_VERSION})")
             layers = [LayerPlan(**layer) for layer in data["layers"]]
             plan = cls(model_type=data["model_type"], layers=layers,
-                       format_version=data.get("format_version", PLAN_FORMAT_VERSION))
+                       format_version=data.get("format_version", PLAN_FORMAT_VERSION), spec=data.get("spec"),
+                       removal=data.get("removal", "heads and FFN channels"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise CompileError(f"{source}: malformed plan ({exc!r})") from None
         for layer in plan.layers:
@@ -201,14 +204,28 @@ def resolve_groups(closed: list[int], num_heads: int, num_kv_heads: int) -> tupl
     return sorted(removed), sorted(zeroed), kv_removed
 
 
+def _ffn_rows(block: nn.Module, spec: ArchSpec, ffn_size: int) -> list[torch.Tensor]:
+    """Closed rows per FFN input, as channel masks: [input] or (GLU) [activated half, linear half]."""
+    rows = [row_scale(block.get_submodule(p)) == 0 for p in spec.ffn_in]
+    if spec.ffn_fused:
+        fused = rows[0]
+        if fused.numel() != 2 * ffn_size:
+            raise CompileError(f"{spec.family}: fused FFN input {spec.ffn_in[0]} has {fused.numel()} rows, "
+                               f"expected 2 x {ffn_size}")
+        rows = [fused[:ffn_size], fused[ffn_size:]]
+    return rows
+
+
 def dead_ffn_channels(block: nn.Module, spec: ArchSpec) -> list[int]:
     """FFN channels whose contribution to the block output is exactly zero for every input."""
     dead = column_scale(block.get_submodule(spec.ffn_out)) == 0
-    rows = [row_scale(block.get_submodule(p)) == 0 for p in spec.ffn_in]
+    rows = _ffn_rows(block, spec, dead.numel())
     act_zero = activation_is_zero_at_zero(block, spec)
-    if spec.glu:
+    if spec.glu and spec.glu_order_known:
         gate_rows, up_rows = rows
         dead_in = up_rows | (gate_rows & act_zero)
+    elif spec.glu:   # which half is activated is not known: either row suffices only when act(0) == 0
+        dead_in = (rows[0] | rows[1]) & act_zero
     else:
         dead_in = rows[0] & act_zero
     if not act_zero and any(bool(r.any()) for r in rows[:1]):
@@ -218,8 +235,11 @@ def dead_ffn_channels(block: nn.Module, spec: ArchSpec) -> list[int]:
 
 
 def plan_layer(index: int, block: nn.Module, spec: ArchSpec, layout: HeadLayout) -> LayerPlan:
-    removed, zeroed, kv_removed = resolve_groups(closed_heads(block, spec, layout), layout.num_heads,
-                                                 layout.num_kv_heads)
+    closed = closed_heads(block, spec, layout)
+    if spec.heads_fixed:   # every head stays; the closed ones are zeroed, not removed
+        removed, zeroed, kv_removed = [], closed, []
+    else:
+        removed, zeroed, kv_removed = resolve_groups(closed, layout.num_heads, layout.num_kv_heads)
     ffn_size = in_out_features(_plain(block.get_submodule(spec.ffn_out)))[0]
     plan = LayerPlan(index=index, num_heads=layout.num_heads, num_kv_heads=layout.num_kv_heads,
                      head_dim=layout.head_dim, ffn_size=ffn_size, heads_removed=removed, heads_zeroed=zeroed,
@@ -232,14 +252,20 @@ def _plain(layer: nn.Module) -> nn.Module:
     return layer.base_layer if isinstance(layer, GatedLinear) else layer
 
 
+def fold_only_plan(model_type: Optional[str], why: str) -> CompilePlan:
+    """The plan of a model no spec fits: gates folded, nothing removed (`removal` says why)."""
+    return CompilePlan(model_type=model_type, layers=[], spec=None, removal=f"none: {why}")
+
+
 @torch.no_grad()
 def plan_removal(gated_model: nn.Module, spec: Optional[ArchSpec] = None) -> CompilePlan:
     """The removal plan of `gated_model` (its eval gate values; the model is not modified)."""
     model_type = getattr(gated_model.config, "model_type", None)
-    spec = spec or get_spec(model_type)
+    spec = spec or spec_for(gated_model)
     layout = head_layout(gated_model.config, spec)
     layers = [plan_layer(i, block, spec, layout) for i, block in enumerate(layers_of(gated_model, spec))]
-    plan = CompilePlan(model_type=model_type, layers=layers)
+    removal = f"FFN channels only (heads kept: {spec.heads_fixed})" if spec.heads_fixed else "heads and FFN channels"
+    plan = CompilePlan(model_type=model_type, layers=layers, spec=spec.to_dict(), removal=removal)
     s = plan.summary()
     log.info("plan: %d/%d heads, %d/%d kv heads, %d/%d FFN channels removed; %d closed heads kept for GQA",
              s["heads_removed"], s["heads_total"], s["kv_heads_removed"], s["kv_heads_total"],

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from typing import Optional
+
 from fg_edge.arch import ArchSpec, head_layout, layers_of, layers_prefix, model_task
+from fg_edge.gates.inject import gated_modules
 from fg_edge.gates.layer import GatedLinear
 from fg_edge.compiler.plan import CompilePlan, column_scale, row_scale
 from fg_edge.compiler.surgery import attention_keep, ffn_keep, is_conv1d
@@ -38,38 +41,81 @@ def _linear_flops(root: nn.Module, tokens: int, skip_prefix: str = "") -> int:
     return total
 
 
-def gate_zero_counts(gated_model: nn.Module, spec: ArchSpec, plan: CompilePlan) -> list[dict]:
-    """Per layer: weight + bias entries zeroed by closed gates, and how many of those the plan keeps."""
+def _block_keeps(gated_model: nn.Module, spec: ArchSpec, plan: CompilePlan):
+    """(layer plan, block, {linear path: (kept rows, kept cols)}) per block."""
     layout = head_layout(gated_model.config, spec)
-    counts = []
     for lp, block in zip(plan.layers, layers_of(gated_model, spec), strict=True):
-        keep = {**attention_keep(spec, layout, lp.kept_heads, lp.kept_kv_heads), **ffn_keep(spec, lp.kept_ffn)}
+        keep = {**attention_keep(spec, layout, lp.kept_heads, lp.kept_kv_heads, block),
+                **ffn_keep(spec, lp.kept_ffn, lp.ffn_size)}
+        yield lp, block, keep
+
+
+def _zeros(layer: GatedLinear, rows, cols) -> tuple[int, int]:
+    """(entries zeroed by closed gates, of those the ones still present after keeping rows / cols)."""
+    r, c = row_scale(layer) == 0, column_scale(layer) == 0
+    mask = r[:, None] | c[None, :]
+    bias = layer.base_layer.bias is not None
+    zeroed = int(mask.sum()) + (int(r.sum()) if bias else 0)
+    kept_mask = mask if rows is None else mask[rows]
+    kept_mask = kept_mask if cols is None else kept_mask[:, cols]
+    return zeroed, int(kept_mask.sum()) + (int((r if rows is None else r[rows]).sum()) if bias else 0)
+
+
+def gate_zero_counts(gated_model: nn.Module, spec: Optional[ArchSpec], plan: CompilePlan) -> list[dict]:
+    """Per layer: weight + bias entries zeroed by closed gates, and how many of those the plan keeps. Without a
+    spec (fold only) one entry for the whole model: every zero stays."""
+    if spec is None or not plan.layers:
+        zeroed = sum(_zeros(g, None, None)[0] for g in gated_modules(gated_model).values())
+        return [{"params_zeroed_by_gates": zeroed, "params_zeroed_not_removed": zeroed}]
+    counts = []
+    for _, block, keep in _block_keeps(gated_model, spec, plan):
         zeroed = kept = 0
         for path, (rows, cols) in keep.items():
             layer = block.get_submodule(path)
-            if not isinstance(layer, GatedLinear):
-                continue
-            r, c = row_scale(layer) == 0, column_scale(layer) == 0
-            mask = r[:, None] | c[None, :]
-            bias = layer.base_layer.bias is not None
-            zeroed += int(mask.sum()) + (int(r.sum()) if bias else 0)
-            kept_mask = mask if rows is None else mask[rows]
-            kept_mask = kept_mask if cols is None else kept_mask[:, cols]
-            kept += int(kept_mask.sum()) + (int((r if rows is None else r[rows]).sum()) if bias else 0)
+            if isinstance(layer, GatedLinear):
+                z, k = _zeros(layer, rows, cols)
+                zeroed, kept = zeroed + z, kept + k
         counts.append({"params_zeroed_by_gates": zeroed, "params_zeroed_not_removed": kept})
     return counts
 
 
-def measure_blocks(model: nn.Module, spec: ArchSpec, plan: CompilePlan, after: bool) -> dict:
-    """Parameters and FLOPs (REFERENCE_SHAPE) per block, of the whole model and of the layers outside blocks."""
+def module_treatments(gated_model: nn.Module, spec: Optional[ArchSpec], plan: CompilePlan) -> dict[str, dict]:
+    """Per gated module: "fold + removal" (a linear the compiler cuts: closed rows / columns go wherever the rules
+    of docs/DESIGN.md §3 allow) or "fold only" (gates folded into the weights, zeros kept), with counts."""
+    roles: dict[str, tuple[int, str, tuple]] = {}
+    if spec is not None and plan.layers:
+        prefix = layers_prefix(gated_model, spec)
+        for lp, _, keep in _block_keeps(gated_model, spec, plan):
+            for path, kept in keep.items():
+                roles[f"{prefix}.{lp.index}.{path}"] = (lp.index, path, kept)
+    out = {}
+    for name, g in gated_modules(gated_model).items():
+        r, c = row_scale(g) == 0, column_scale(g) == 0
+        entry = {"treatment": "fold only", "rows_closed": int(r.sum()), "cols_closed": int(c.sum()),
+                 "rows_removed": 0, "cols_removed": 0}
+        if name in roles:
+            index, path, (rows, cols) = roles[name]
+            entry.update(treatment="fold + removal", layer=index, role=path,
+                         rows_removed=0 if rows is None else g.out_features - len(rows),
+                         cols_removed=0 if cols is None else g.in_features - len(cols))
+        out[name] = entry
+    return out
+
+
+def measure_blocks(model: nn.Module, spec: Optional[ArchSpec], plan: CompilePlan, after: bool) -> dict:
+    """Parameters and FLOPs (REFERENCE_SHAPE) per block, of the whole model and of the layers outside blocks
+    (without a spec, every linear counts as outside: nothing is removed, the ratio is 1)."""
     batch, seq = REFERENCE_SHAPE["batch"], REFERENCE_SHAPE["seq_len"]
+    tokens = batch * seq if model_task(model) == "causal-lm" else batch
+    if spec is None or not plan.layers:
+        return {"layers": [], "model_params": sum(p.numel() for p in model.parameters()),
+                "other_flops": _linear_flops(model, tokens)}
     layers = []
     for lp, block in zip(plan.layers, layers_of(model, spec), strict=True):
         heads = len(lp.kept_heads) if after else lp.num_heads
         attention = 2 * 2 * batch * heads * seq * seq * lp.head_dim
         layers.append({"params": sum(p.numel() for p in block.parameters()),
                        "flops": _linear_flops(block, batch * seq) + attention})
-    tokens = batch * seq if model_task(model) == "causal-lm" else batch
     return {"layers": layers, "model_params": sum(p.numel() for p in model.parameters()),
             "other_flops": _linear_flops(model, tokens, skip_prefix=layers_prefix(model, spec) + ".")}
 
@@ -88,10 +134,18 @@ def _layer_entry(lp, before: dict, after: dict, zeros: dict) -> dict:
     }
 
 
-def build_report(model: nn.Module, spec: ArchSpec, plan: CompilePlan, before: dict, after: dict,
+def architecture_entry(spec: Optional[ArchSpec], plan: CompilePlan) -> dict:
+    """What the report says about the spec used: its source (table entry / derived), one line, and its fields."""
+    if spec is None:
+        return {"spec": None, "source": None, "removal": plan.removal}
+    return {"spec": spec.describe(), "source": spec.source, "family": spec.family, "removal": plan.removal,
+            "fields": spec.to_dict()}
+
+
+def build_report(model: nn.Module, spec: Optional[ArchSpec], plan: CompilePlan, before: dict, after: dict,
                  zeros: list[dict]) -> dict:
     layers = [_layer_entry(lp, b, a, z) for lp, b, a, z in
-              zip(plan.layers, before["layers"], after["layers"], zeros, strict=True)]
+              zip(plan.layers, before["layers"], after["layers"], zeros[:len(plan.layers)], strict=True)]
     flops_before = sum(entry["flops_before"] for entry in layers) + before["other_flops"]
     flops_after = sum(entry["flops_after"] for entry in layers) + after["other_flops"]
     block_before = sum(entry["flops_before"] for entry in layers)
@@ -109,6 +163,7 @@ def build_report(model: nn.Module, spec: ArchSpec, plan: CompilePlan, before: di
         **plan.summary(),
     }
     return {"format_version": REPORT_FORMAT_VERSION, "model_type": plan.model_type, "task": model_task(model),
+            "architecture": architecture_entry(spec, plan),
             "reference_shape": dict(REFERENCE_SHAPE), "layers": layers, "totals": totals, "parity": None}
 
 
@@ -126,8 +181,11 @@ def _ratio(value) -> str:
 def format_report(report: dict) -> str:
     """A readable summary: one line per layer, totals, parity."""
     t, shape = report["totals"], report["reference_shape"]
+    arch = report.get("architecture") or {}
     lines = [f"fg-edge compile report: {report['model_type']} ({report['task']}), FLOPs at batch "
              f"{shape['batch']} x {shape['seq_len']} tokens",
+             f"architecture: {arch.get('spec') or 'no spec fits: gates folded, nothing removed'}"
+             + (f"; removal: {arch['removal']}" if arch.get("removal") else ""),
              f"{'layer':>5} {'heads':>9} {'kv':>7} {'ffn':>11} {'params':>19} {'FLOPs':>19} {'zeroed kept':>11}"]
     for e in report["layers"]:
         lines.append(

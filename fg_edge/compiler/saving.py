@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fg_edge.arch import auto_class, get_spec, model_task
+from fg_edge.arch import ArchSpec, attach_spec, auto_class, model_task, spec_for
 from fg_edge.errors import CompileError, ModelDirError
 from fg_edge.formats.names import (LAYERS_KEY, LEGACY_WEIGHTS_FILE, NOTE_KEY, PLAN_FILE, REPORT_FILE, TASK_KEY,
                                    WEIGHTS_FILE)
@@ -33,9 +33,9 @@ def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: st
                   overwrite: bool = False) -> Path:
     """Atomically write config.json (+ fg_edge_layers, task, a note naming the layers that differ), the weights
     (WEIGHTS_FILE, not HF's name: see formats.names), the plan and the report."""
-    spec = get_spec(model.config.model_type)
+    spec = plan_spec(plan)
     config = model.config
-    config.fg_edge_layers = layer_shapes(plan, spec)
+    config.fg_edge_layers = layer_shapes(plan, spec) if spec is not None else []
     setattr(config, TASK_KEY, model_task(model))
     setattr(config, NOTE_KEY, shape_note(plan))
     config.fg_edge_compiled_format_version = COMPILED_FORMAT_VERSION
@@ -51,6 +51,11 @@ def save_compiled(model: nn.Module, plan: CompilePlan, report: dict, out_dir: st
         _write_json(tmp / REPORT_FILE, report)
     log.info("wrote compiled model %s", out_dir)
     return Path(out_dir)
+
+
+def plan_spec(plan: CompilePlan, source: str = "compile plan") -> "ArchSpec | None":
+    """The architecture spec a plan was made with (None: fold only, no layer was resized)."""
+    return ArchSpec.from_dict(plan.spec, source=source) if plan.spec is not None else None
 
 
 def shape_note(plan: CompilePlan) -> str:
@@ -94,10 +99,11 @@ def load_compiled(path: str | Path) -> nn.Module:
     shapes = getattr(config, LAYERS_KEY, None)
     if not isinstance(shapes, list):
         raise ModelDirError(f"{path / 'config.json'}: no {LAYERS_KEY} shape record; not a compiled folder")
-    spec = get_spec(config.model_type)
     model = auto_class(getattr(config, TASK_KEY, None), f"{path / 'config.json'}: {TASK_KEY}").from_config(config, attn_implementation="eager")
     try:
-        apply_layer_shapes_(model, shapes, spec)
+        spec = _compiled_spec(path, model)
+        if spec is not None:
+            apply_layer_shapes_(model, shapes, spec)
     except CompileError as exc:
         raise ModelDirError(f"{path / 'config.json'}: {exc}") from None
     try:
@@ -109,6 +115,20 @@ def load_compiled(path: str | Path) -> nn.Module:
         model.to(dtypes.pop())
     _load_state_strict(model, state, str(weights))
     return model.eval()
+
+
+def _compiled_spec(path: Path, model: nn.Module) -> "ArchSpec | None":
+    """The spec recorded in the folder's compile plan (folders without one: the table / derived spec; a fold-only
+    plan: None, nothing to resize)."""
+    if (path / PLAN_FILE).is_file():
+        plan = read_plan(path)
+        if plan.spec is None and not plan.layers:
+            return None
+        if plan.spec is not None:
+            spec = plan_spec(plan, source=str(path / PLAN_FILE))
+            attach_spec(model, spec)
+            return spec
+    return spec_for(model)
 
 
 def weights_file(path: Path) -> Path:

@@ -8,12 +8,13 @@ config (with any indices of the right count, the weights are loaded afterwards),
 
 from __future__ import annotations
 
+import copy
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from fg_edge.arch import ArchSpec, HeadLayout
+from fg_edge.arch import ArchSpec, HeadLayout, has_submodule
 from fg_edge.errors import CompileError
 from fg_edge.gates.layer import in_out_features, replace_module  # noqa: F401 (re-exported)
 
@@ -140,8 +141,10 @@ class EmptyAttention(nn.Module):
 Keep = dict[str, tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]   # {linear path: (kept rows, kept cols)}
 
 
-def attention_keep(spec: ArchSpec, layout: HeadLayout, heads: Sequence[int], kv_heads: Sequence[int]) -> Keep:
-    """{linear path in block: (kept rows, kept cols)}; None = all. Empty attention: no q/k/v/o weight stays."""
+def attention_keep(spec: ArchSpec, layout: HeadLayout, heads: Sequence[int], kv_heads: Sequence[int],
+                   block: Optional[nn.Module] = None) -> Keep:
+    """{linear path in block: (kept rows, kept cols)}; None = all. Empty attention: no q/k/v/o weight stays.
+    With `block`, the spec's per-head extra linears present in it (DeBERTa's pos projections) keep `heads` too."""
     hd = layout.head_dim
     q_idx = head_channels(heads, hd)
     kv_idx = head_channels(kv_heads if len(heads) else [], hd)
@@ -151,12 +154,19 @@ def attention_keep(spec: ArchSpec, layout: HeadLayout, heads: Sequence[int], kv_
     else:
         keep = {spec.q: (q_idx, None), spec.k: (kv_idx, None), spec.v: (kv_idx, None)}
     keep[spec.o] = (None, q_idx)
+    for path in spec.head_extra:
+        if block is not None and has_submodule(block, path):
+            keep[path] = (q_idx, None)
     return keep
 
 
-def ffn_keep(spec: ArchSpec, channels: Sequence[int]) -> Keep:
+
+def ffn_keep(spec: ArchSpec, channels: Sequence[int], ffn_size: int) -> Keep:
+    """Kept rows of the FFN input projections (a fused GLU keeps `channels` of both halves) and kept columns of
+    the output projection."""
     idx = torch.as_tensor(list(channels), dtype=torch.long)
-    keep = {p: (idx, None) for p in spec.ffn_in}
+    rows = torch.cat([idx, ffn_size + idx]) if spec.ffn_fused else idx
+    keep = {p: (rows, None) for p in spec.ffn_in}
     keep[spec.ffn_out] = (None, idx)
     return keep
 
@@ -171,13 +181,23 @@ def _apply_keep_(block: nn.Module, keep: Keep) -> None:
 
 
 def set_head_attrs_(attention: nn.Module, spec: ArchSpec, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
-    """Update the head-count attributes that the attention forward reads (ArchSpec.head_attrs)."""
-    values = {"heads": num_heads, "width": num_heads * head_dim, "groups": num_heads // num_kv_heads}
+    """Update the head-count attributes that the attention forward reads (ArchSpec.head_attrs), and give the
+    module its own copy of the config with this layer's head counts: some forwards read them from `self.config`
+    (Phi-3 slices its fused qkv at config.num_attention_heads · head_dim)."""
+    values = {"heads": num_heads, "width": num_heads * head_dim, "groups": num_heads // num_kv_heads,
+              "kv_heads": num_kv_heads}
     for attr, kind in zip(spec.head_attrs, spec.head_attr_kinds, strict=True):
         if not hasattr(attention, attr):
             raise CompileError(f"{type(attention).__name__} has no attribute {attr!r} (architecture table entry "
                                f"{spec.family!r} is out of date for this transformers version)")
         setattr(attention, attr, values[kind])
+    config = getattr(attention, "config", None)
+    if config is not None and hasattr(config, "num_attention_heads"):
+        own = copy.copy(config)
+        own.num_attention_heads = num_heads
+        if hasattr(config, "num_key_value_heads"):
+            own.num_key_value_heads = num_kv_heads
+        attention.config = own
 
 
 def empty_attention_(block: nn.Module, spec: ArchSpec) -> EmptyAttention:
@@ -190,7 +210,18 @@ def empty_attention_(block: nn.Module, spec: ArchSpec) -> EmptyAttention:
         raise CompileError(f"{spec.family}: output projection {spec.o!r} is nested inside {spec.attention!r}")
     empty = EmptyAttention(spec.attn_returns, out_name=out_name, out_proj=out_proj if inside else None,
                            layer_idx=getattr(attention, "layer_idx", None), kv_cache=spec.decoder)
+    _carry_flags(attention, empty)
     return replace_module(block, spec.attention, empty)
+
+
+def _carry_flags(old: nn.Module, new: nn.Module) -> None:
+    """Plain attributes (bool / int / float / str / None) of the replaced attention that its block may read
+    (Gemma 3's decoder layer asks `self_attn.is_sliding`); EmptyAttention's own attributes win."""
+    for name, value in vars(old).items():
+        if name.startswith("_") or name in vars(new) or name == "training":
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            setattr(new, name, value)
 
 
 def resize_attention_(block: nn.Module, spec: ArchSpec, layout: HeadLayout, heads: Sequence[int],
@@ -205,7 +236,7 @@ def resize_attention_(block: nn.Module, spec: ArchSpec, layout: HeadLayout, head
                            f"evenly")
     if len(heads) == layout.num_heads and len(kv_heads) == layout.num_kv_heads:
         return
-    _apply_keep_(block, attention_keep(spec, layout, heads, kv_heads))
+    _apply_keep_(block, attention_keep(spec, layout, heads, kv_heads, block))
     set_head_attrs_(block.get_submodule(spec.attention), spec, len(heads), len(kv_heads), layout.head_dim)
 
 
@@ -220,4 +251,4 @@ def resize_ffn_(block: nn.Module, spec: ArchSpec, channels: Sequence[int], ffn_s
             replace_module(block, path, ZeroWidth())
         replace_module(block, spec.ffn_out, BiasOnly.from_layer(out))
         return
-    _apply_keep_(block, ffn_keep(spec, channels))
+    _apply_keep_(block, ffn_keep(spec, channels, ffn_size))

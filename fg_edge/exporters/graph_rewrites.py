@@ -55,3 +55,32 @@ def add_metadata(proto, meta: dict[str, str]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.producer_name = "fg-edge"
+
+
+#: dynamic dims of the integer inputs a graph may end up not reading (see restore_unused_inputs)
+_INT_INPUT_DIMS = {"position_ids": ("batch_size", "sequence_length"),
+                   "token_type_ids": ("batch_size", "sequence_length"),
+                   "input_ids": ("batch_size", "sequence_length")}
+
+
+def restore_unused_inputs(proto, names: list[str], kind: str) -> list[str]:
+    """Put back the declared integer inputs that the TorchScript exporter dropped because nothing reads them
+    (a decoder whose every RoPE layer lost its heads reads no position_ids: SmolLM3 with NoPE layers), so every
+    graph of a kind has the same interface. Returns the names restored."""
+    from onnx import TensorProto, helper
+
+    from fg_edge.errors import ExportError
+
+    present = {i.name for i in proto.graph.input}
+    restored = []
+    for pos, name in enumerate(names):
+        if name in present:
+            continue
+        dims = ("batch_size", "total_sequence_length") if name == "attention_mask" and kind == "causal-lm" else \
+            _INT_INPUT_DIMS.get(name, ("batch_size", "sequence_length") if name == "attention_mask" else None)
+        if dims is None:
+            raise ExportError(f"the exported graph has no input {name!r}: nothing in the model reads it")
+        proto.graph.input.insert(min(pos, len(proto.graph.input)),
+                                 helper.make_tensor_value_info(name, TensorProto.INT64, list(dims)))
+        restored.append(name)
+    return restored

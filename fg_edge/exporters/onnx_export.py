@@ -33,7 +33,7 @@ from torch import nn
 
 from fg_edge.arch import model_kind
 from fg_edge.errors import ConfigError, ExportError
-from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE, add_metadata, dedupe_lm_head
+from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE, add_metadata, dedupe_lm_head, restore_unused_inputs
 from fg_edge.exporters.onnx_files import attach_initializers, onnx_files, onnx_param_count, pack_onnx, save_onnx
 from fg_edge.formats.names import KINDS
 from fg_edge.gates.layer import replace_module
@@ -349,6 +349,9 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     proto = onnx.load(str(raw.path), load_external_data=False)
     meta = {"fg_edge.kind": kind, "fg_edge.kv_shapes": json.dumps([list(s) for s in raw.kv_shapes]),
             "fg_edge.model_type": model_type if model_type is not None else raw.model_type}
+    restored = restore_unused_inputs(proto, raw.input_names, kind)
+    if restored:
+        log.info("inputs %s are read by nothing in the graph; kept as declared (unused) inputs", restored)
     lm_head = dedupe_lm_head(proto, str(raw.path.parent)) if kind == "causal-lm" else {}
     if lm_head.get("lm_head_node"):
         meta["fg_edge.lm_head_node"] = lm_head["lm_head_node"]

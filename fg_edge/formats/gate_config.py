@@ -41,8 +41,9 @@ class GateConfig:
                 "merge into the weights before the compiler removes anything."})
     train_biases: bool = field(default=True, metadata={"help": "Train the biases of the gated linears (paper: yes)."})
     target_modules: Optional[list[str]] = field(default=None, metadata={
-        "help": "paper granularity only: module-name suffixes to gate instead of the architecture table's "
-                "(needed for architectures the table does not know)."})
+        "help": "paper granularity only: module-name suffixes to gate instead of the architecture spec's (for "
+                "layouts fg-edge can neither find in its table nor derive; compile folds these gates exactly and "
+                "removes rows / columns only where a spec shows them removable)."})
     model_type: Optional[str] = field(default=None, metadata={"help": "The HF model_type gated; written with the model_dir."})
     task: str = field(default="classification", metadata={"help": "'classification' or 'causal-lm'."})
     format_version: int = FORMAT_VERSION
@@ -68,7 +69,7 @@ class GateConfig:
         if self.target_modules is not None:
             if self.granularity != "paper":
                 raise ConfigError("target_modules only works with granularity='paper': structured gates need the "
-                                  "architecture table to know where heads and FFN channels are")
+                                  "architecture spec (table entry or derived) to know where heads and FFN channels are")
             if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
                 raise ConfigError(f"target_modules must be a non-empty list of module-name suffixes; got {self.target_modules!r}")
         if self.format_version > FORMAT_VERSION:

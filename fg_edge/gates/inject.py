@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from fg_edge.arch import get_spec, head_layout, layers_of, layers_prefix
+from fg_edge.arch import head_layout, layers_of, layers_prefix, spec_for
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.errors import ConfigError, GateStateError
 from fg_edge.gates.math import sparsity_term
@@ -49,7 +49,7 @@ def plan_targets(model: nn.Module, config: GateConfig) -> dict[str, dict]:
         if not targets:
             raise ConfigError(f"target_modules {list(suffixes)} matched no linear layer of this {model_type!r} model")
         return targets
-    spec = get_spec(model_type)
+    spec = spec_for(model)
     prefix = layers_prefix(model, spec)
     layout = head_layout(model.config, spec)
     for i, _ in enumerate(layers_of(model, spec)):

@@ -56,9 +56,9 @@ def trainable_parts(model: nn.Module, config: GateConfig, train_head: bool = Tru
     if train_norms:
         add("norms", [p for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)])
     if train_base:
-        from fg_edge.arch import get_spec, layers_of
+        from fg_edge.arch import layers_of, spec_for
 
-        add("block weights", layers_of(model, get_spec(getattr(model.config, "model_type", None))).parameters())
+        add("block weights", layers_of(model, spec_for(model)).parameters())
     return {k: parts[k] for k in PARTS if k in parts}
 
 

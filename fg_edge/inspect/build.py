@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fg_edge.arch import ARCHITECTURES, ArchSpec, head_layout, layers_of, layers_prefix
+from fg_edge.arch import ArchSpec, find_spec, head_layout, layers_of, layers_prefix
 from fg_edge.errors import ConfigError, FgEdgeError
 from fg_edge.formats.gate_config import GateConfig
 from fg_edge.gates.inject import gated_modules
@@ -37,7 +37,7 @@ def inspect_model(model: nn.Module, gate_config: Optional[GateConfig] = None, me
     if not gated:
         raise ConfigError("this model carries no fg-edge gates (inject_gates or fg_edge.load first)")
     model_type = getattr(model.config, "model_type", None) or gate_config.model_type
-    spec = ARCHITECTURES.get(model_type)
+    spec, spec_error = find_spec(model)
 
     layer_of: dict[str, tuple[int, str]] = {}
     layers: list[LayerReport] = []
@@ -74,6 +74,7 @@ def inspect_model(model: nn.Module, gate_config: Optional[GateConfig] = None, me
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_parts=parts, layers=layers, modules=modules, head_dim=head_dim, plan=plan,
         plan_error=plan_error, training=summarize_training(metadata or {}), source=source,
+        architecture=spec.describe() if spec is not None else None, architecture_error=spec_error,
     )
 
 

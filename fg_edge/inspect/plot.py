@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from fg_edge.arch import ARCHITECTURES
 from fg_edge.errors import ConfigError
 from fg_edge.formats.atomic import atomic_file
 from fg_edge.inspect.render import pct
@@ -93,7 +92,8 @@ def _plot_panels(report: InspectionReport) -> list[dict]:
         panels.append(panel)
     if any(layer.channel_values is not None for layer in report.layers):
         panels.append(_ffn_panel(report, labels))
-    spec = ARCHITECTURES.get(report.model_type)
+    # the spec the planner used (table entry or derived), as recorded in the plan
+    spec = (report.plan or {}).get("spec") or {}
     roles: list[str] = []
     for m in report.modules:
         if m.role is not None and m.role not in roles and (m.row_values is not None or m.col_values is not None):
@@ -105,9 +105,9 @@ def _plot_panels(report: InspectionReport) -> list[dict]:
                     for layer in report.layers]
             if all(r is None for r in rows):
                 continue
-            heads_axis = spec is not None and (
-                (attr == "row_values" and role in (spec.q, spec.k, spec.v, spec.qkv)) or
-                (attr == "col_values" and role == spec.o))
+            heads_axis = bool(spec) and (
+                (attr == "row_values" and role in (spec["q"], spec["k"], spec["v"], spec["qkv"])) or
+                (attr == "col_values" and role == spec["o"]))
             panel = _panel(rows, PLOT_MAX_WIDTH["module"], ylabels=labels, ylabel="layer",
                            xlabel=axis + (" (orange lines: head boundaries)" if heads_axis else ""),
                            group=report.head_dim if heads_axis else None)

@@ -25,8 +25,8 @@ def format_table(report: InspectionReport, modules: bool = False) -> str:
         if report.per_layer:
             lines.append("")
         else:
-            lines.append(f"{report.model_type!r} is not in fg-edge's architecture table: per-module listing "
-                         f"(no head / FFN-channel removal analysis)")
+            lines.append(f"no architecture spec fits this {report.model_type!r} model: per-module listing (no head "
+                         f"/ FFN-channel removal analysis; compile folds the gates and removes nothing)")
         lines += _render_table(*_module_rows(report))
     return "\n".join(lines)
 
@@ -42,6 +42,7 @@ def _header_lines(report: InspectionReport) -> list[str]:
         model += (f", {len(report.layers)} layers, {first.num_heads} heads{kv}, head dim {report.head_dim}, "
                   f"FFN {first.ffn_channels}")
     rows.append(("model", model))
+    rows.append(("architecture", report.architecture or f"no spec fits ({report.architecture_error})"))
     gates = f"{report.granularity} granularity, target sparsity {report.target_sparsity:g}"
     if report.scale_gates:
         gates += ", with row/col scale gates"
@@ -62,6 +63,9 @@ def _header_lines(report: InspectionReport) -> list[str]:
         if report.gqa:
             text += f", {report.kv_heads_removed:,}/{report.kv_heads_total:,} kv heads"
         text += f", {report.channels_removed:,}/{report.channels_total:,} FFN channels ({REMOVAL_SOURCE})"
+        if report.architecture and "derived from the module tree" in report.architecture:
+            text += ("; with a derived spec compile confirms this by parity, else keeps the heads (then folds "
+                     "only) and says so")
         rows.append(("compiler removes", text))
     elif report.per_layer:
         rows.append(("compiler removes", f"unknown: the removal planner refused ({report.plan_error})"))

@@ -143,6 +143,8 @@ class InspectionReport:
     plan_error: Optional[str] = None            # why there is no plan, when the planner refused
     training: dict = field(default_factory=dict)
     source: Optional[str] = None                # the model_dir, when loaded from one
+    architecture: Optional[str] = None          # the spec used (ArchSpec.describe: table entry or derived)
+    architecture_error: Optional[str] = None    # why no spec fits (compile then folds, removing nothing)
 
     # -- derived -------------------------------------------------------------------------------------------
     @property
@@ -206,6 +208,7 @@ class InspectionReport:
             "removal_source": REMOVAL_SOURCE if self.has_plan else None,
             "plan": self.plan,
             "plan_error": self.plan_error,
+            "architecture": self.architecture, "architecture_error": self.architecture_error,
             "training": self.training,
         }
         if self.per_layer:

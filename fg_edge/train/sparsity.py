@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fg_edge.arch import get_spec, head_layout, layers_of
+from fg_edge.arch import has_submodule, head_layout, layers_of, spec_for
 from fg_edge.errors import ConfigError
 from fg_edge.gates.math import StochasticGate, open_probability
 from fg_edge.formats.gate_config import GateConfig
@@ -64,6 +64,7 @@ def _plain(layer: nn.Module) -> nn.Module:
 
 def _has_bias(layer: nn.Module) -> int:
     return int(getattr(_plain(layer), "bias", None) is not None)
+
 
 
 def _base_param_count(block: nn.Module) -> int:
@@ -123,7 +124,7 @@ class GateCosts:
 
 def gate_costs(model: nn.Module) -> GateCosts:
     """The cost of every structured gate of a gated model (structured granularity; architecture table)."""
-    spec = get_spec(getattr(model.config, "model_type", None))
+    spec = spec_for(model)
     layout = head_layout(model.config, spec)
     group = layout.num_heads // layout.num_kv_heads
     hd = layout.head_dim
@@ -143,15 +144,20 @@ def gate_costs(model: nn.Module) -> GateCosts:
                     layer = block.get_submodule(path)
                     rows.append(hd * (in_out_features(_plain(layer))[0] + _has_bias(layer)))
                 q_rows, k_rows, v_rows = rows
-            per_head = hidden_out * hd + q_rows + (k_rows + v_rows) / group
+            for path in spec.head_extra:   # DeBERTa's pos projections lose the head's rows too
+                if has_submodule(block, path):
+                    layer = block.get_submodule(path)
+                    q_rows += hd * (in_out_features(_plain(layer))[0] + _has_bias(layer))
+            per_head = 0.0 if spec.heads_fixed else hidden_out * hd + q_rows + (k_rows + v_rows) / group
             gates.append(o.group_gate)
             costs.append(torch.full((o.group_gate.logits.numel(),), float(per_head)))
         down = block.get_submodule(spec.ffn_out)
         if isinstance(down, GatedLinear) and down.group_gate is not None:
             per_channel = down.out_features
+            halves = 2 if spec.ffn_fused else 1   # a fused GLU input loses one row in each half
             for path in spec.ffn_in:
                 layer = block.get_submodule(path)
-                per_channel += in_out_features(_plain(layer))[0] + _has_bias(layer)
+                per_channel += halves * (in_out_features(_plain(layer))[0] + _has_bias(layer))
             gates.append(down.group_gate)
             costs.append(torch.full((down.group_gate.logits.numel(),), float(per_channel)))
     if not gates:

@@ -49,6 +49,9 @@ def format_summary(report: dict) -> str:
         lines.append(f"params {t.get('params_before', 0):,} -> {t.get('params_after', 0):,} "
                      f"({t.get('params_removed', 0):,} removed); FLOP ratio {t.get('flop_ratio') or float('inf'):.2f}x "
                      f"(the speed-up ceiling); ONNX parity tolerance {report.get('options', {}).get('tol', ONNX_PARITY_TOL):.0e}")
+    arch = report.get("architecture")
+    if arch:   # which spec the compiler used, so a user can check it (table entry / derived / none: fold only)
+        lines.append(f"architecture: {arch.get('spec') or 'no spec fits, gates folded'}; removal: {arch.get('removal')}")
     metric = report.get("quantization", {}).get("task_metric")
     if metric:
         mode = report["quantization"]["settings"]["mode"]
