@@ -56,6 +56,10 @@ def test_int4_compile_writes_both_quantized_graphs_and_their_quality(int4_dir):
     row = next(r for r in report["summary"] if r["file"] == "model.int4.onnx")
     assert "greedy_agreement" in row and "perplexity_change" in row
     assert "quality vs fp32" in output and "greedy" in output and "\x1b[" not in output   # no colour off a tty
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert genai["search"]["past_present_share_buffer"] is False and genai["model"]["decoder"]["filename"] == \
+        "model.onnx" and genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert genai["model"]["eos_token_id"] == 5 and report["genai"]["decoder"] == "model.onnx"
 
 
 def test_recorded_perplexity_is_what_eval_measures(int4_dir):
@@ -142,3 +146,30 @@ def test_bad_quantize_options_fail_before_work(tmp_path, args, match):
     res = compile_cli(tmp_path / "missing", "-o", tmp_path / "out", *args)
     assert res.exit_code != 0 and match in res.output, res.output
 
+
+@pytest.mark.parametrize("filename,variant", [("model.onnx", "compiled"), ("model.int4.onnx", "int4")])
+def test_onnxruntime_genai_generates_the_same_greedy_tokens(int4_dir, tmp_path, filename, variant):
+    """genai_config.json (past_present_share_buffer false) lets ONNX Runtime GenAI run the non-uniform folder:
+    32 greedy steps identical to fg-edge's runtime, for the fp32 and the int4 graph."""
+    og = pytest.importorskip("onnxruntime_genai", reason="pip install 'fg-edge[genai]' (onnxruntime-genai)")
+    import shutil
+
+    from fg_edge.exporters.genai_config import write_genai_config
+    from fg_edge.runtimes.runner import Runner
+
+    out = int4_dir[0]
+    folder = tmp_path / "genai"
+    shutil.copytree(out, folder)
+    write_genai_config(folder, filename)
+    model, runner = og.Model(str(folder)), Runner(folder, model=variant)
+    for prompt in ([4, 10, 11, 12], [4, 20, 7]):
+        ours = runner.generate_ids([prompt], max_new_tokens=32).new_tokens[0].tolist()
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + 32, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        while not generator.is_done():
+            generator.generate_next_token()
+        theirs = [int(t) for t in generator.get_sequence(0)][len(prompt):]
+        assert theirs == ours[: len(theirs)] and len(theirs) == len(ours), (ours, theirs)
+        assert len(set(ours)) > 1 or 5 in ours        # a real sequence, not one repeated token

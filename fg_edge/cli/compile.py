@@ -82,7 +82,8 @@ def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset:
     \b
     Writes model.onnx (compiled), baseline.onnx (dense, same export settings), optional quantized pairs
     (int8, qdq, int4, int8-wo: model.<mode>.onnx + baseline.<mode>.onnx) and .ort
-    files, config.json with the per-layer shape record, tokenizer files and compile_report.json. Refuses to
+    files, config.json with the per-layer shape record, tokenizer files, compile_report.json and, for decoders,
+    genai_config.json (ONNX Runtime GenAI runs the folder). Refuses to
     write anything when ONNX Runtime disagrees with the gated model beyond --tolerance.
 
     \b

@@ -32,6 +32,8 @@ INPUTS_KEY = "fg_edge_inputs"
 PLAN_FILE = "compile_plan.json"
 REPORT_FILE = "compile_report.json"
 LAYERS_KEY = "fg_edge_layers"
+#: ONNX Runtime GenAI's folder config (decoders only; fg_edge.exporters.genai_config)
+GENAI_CONFIG_FILE = "genai_config.json"
 TASK_KEY = "fg_edge_task"
 
 #: ONNX model variant -> (file stem, precision family, dense?); every compiled variant has its dense partner, exported

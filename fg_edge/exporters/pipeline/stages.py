@@ -177,6 +177,18 @@ def _quantize(st: CompileState) -> None:
         release()
 
 
+def _genai(st: CompileState) -> None:
+    """Decoders: genai_config.json, so ONNX Runtime GenAI runs the folder (fg_edge.exporters.genai_config)."""
+    from fg_edge.exporters.genai_config import write_genai_config
+
+    if st.kind == "causal-lm":
+        write_genai_config(st.tmp, "model.onnx")
+        st.report["genai"] = {"config": "genai_config.json", "decoder": "model.onnx",
+                              "past_present_share_buffer": False,
+                              "note": "set model.decoder.filename to another variant (e.g. model.int4.onnx) to run "
+                                      "that one with onnxruntime_genai"}
+
+
 def _pack_once(st: CompileState) -> None:
     """One self-contained file per graph unless the layout is external data, as the report says; done once, by
     the first stage after the quantizer (which reads the external-data layout) that needs the final files."""
@@ -223,8 +235,8 @@ def _report(st: CompileState) -> None:
 #: every stage in the order it runs; `stage_enabled` says which of them the options skip
 STAGES: list[tuple[str, Callable[[CompileState], None]]] = [
     ("load", _load), ("reference", _reference), ("compile", _compile), ("save", _save), ("export", _export),
-    ("parity", _parity), ("baseline", _baseline), ("quantize", _quantize), ("ort-format", _ort_format),
-    ("report", _report),
+    ("parity", _parity), ("baseline", _baseline), ("quantize", _quantize), ("genai", _genai),
+    ("ort-format", _ort_format), ("report", _report),
 ]
 
 
