@@ -14,6 +14,7 @@ from typing import Optional
 import click
 
 from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
+from fg_edge.exporters.weight_only import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE
 from fg_edge.cli.options import emit_json, json_option, overwrite_option, progress_option, show_progress
 
 log = logging.getLogger(__name__)
@@ -25,15 +26,36 @@ log = logging.getLogger(__name__)
               help="compiled_dir to write [default: MODEL_DIR_compiled]; must not exist unless --overwrite.")
 @overwrite_option
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14–20).")
-@click.option("--quantize", type=click.Choice(["none", "int8", "qdq"]), default="none", show_default=True,
-              help="int8: dynamic int8 MatMuls for CPU (model.int8.onnx, baseline.int8.onnx). qdq: static QDQ "
-                   "with calibration text, for NPU execution providers (model.qdq.onnx, baseline.qdq.onnx).")
-@click.option("--per-channel", is_flag=True, help="Quantize weights per output channel (default: per tensor).")
+@click.option("--quantize", type=click.Choice(["none", "int8", "qdq", "int4", "int8-wo"]), default="none",
+              show_default=True,
+              help="int4 / int8-wo: weight-only MatMulNBits (4- / 8-bit weight blocks, float activations; what "
+                   "decoders should use): model.int4.onnx, baseline.int4.onnx (model.int8-wo.onnx, ...). int8: "
+                   "dynamic int8 MatMuls for CPU encoders (refused for decoders). qdq: static QDQ with calibration "
+                   "text, for NPU execution providers (model.qdq.onnx, baseline.qdq.onnx).")
+@click.option("--per-channel", is_flag=True, help="int8 / qdq: weights per output channel (default: per tensor).")
+@click.option("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, show_default=True,
+              help="int4 / int8-wo: weights per quantization block along the input dimension (a power of 2 >= 16).")
+@click.option("--symmetric", is_flag=True,
+              help="int4 / int8-wo: symmetric blocks (no zero points; default: asymmetric, more accurate).")
+@click.option("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, show_default=True,
+              help="int4 / int8-wo: MatMulNBits compute type on CPU: 0 op default, 1 fp32, 2 fp16, 3 bf16, "
+                   "4 int8 (activations quantized per block at run time; fastest).")
+@click.option("--quant-method", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
+              help="int4 / int8-wo: rtn (round to nearest) or hqq (half-quadratic optimised scales and zero "
+                   "points, no calibration data; asymmetric only).")
+@click.option("--lm-head/--no-lm-head", "quantize_lm_head", default=None,
+              help="Quantize the LM head of decoders [default: yes for int4 / int8-wo, no for int8 / qdq].")
+@click.option("--quantize-embedding", is_flag=True,
+              help="int4 / int8-wo: also store the token embedding in 4 / 8 bits (GatherBlockQuantized; needs "
+                   "hidden size divisible by --block-size).")
+@click.option("--quality-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Quantized decoders: greedy tokens per prompt compared with the fp32 graph at compile time.")
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="qdq calibration text: one sentence per line, or TSV/CSV/JSONL with a 'text' column "
                    "[default: a few sentences of the training data recorded in training.json].")
 @click.option("--eval-data", type=click.Path(path_type=Path),
-              help="Classification TSV/CSV/JSONL (text, label): report fp32 vs quantized accuracy.")
+              help="Classifiers: TSV/CSV/JSONL (text, label): fp32 vs quantized accuracy. Decoders: text (or a "
+                   "text column) for the fp32 vs quantized perplexity [default: a built-in sample].")
 @click.option("--ort-format", is_flag=True,
               help="Also write .ort files for ORT Mobile, required_operators.config for a minimal ORT build, and "
                    "ORT's NNAPI / CoreML partition estimate in the report.")
@@ -50,19 +72,24 @@ log = logging.getLogger(__name__)
 @progress_option
 @json_option("the compile report")
 def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset: int, quantize: str,
-                per_channel: bool, calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool,
+                per_channel: bool, block_size: int, symmetric: bool, accuracy_level: int, quant_method: str,
+                quantize_lm_head: Optional[bool], quantize_embedding: bool, quality_tokens: int,
+                calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool,
                 no_baseline: bool, external_data: Optional[bool], tolerance: float, decoder_steps: int,
                 legacy_steps: Optional[int], progress: Optional[bool], json_path: Optional[str]) -> None:
     """Compile MODEL_DIR (from `fg-edge train`) into ONNX models that compute exactly what the gated model does.
 
     \b
-    Writes model.onnx (compiled), baseline.onnx (dense, same export settings), optional int8 / QDQ / .ort
-    files, config.json with the per-layer shape record, tokenizer files and compile_report.json. Refuses to
+    Writes model.onnx (compiled), baseline.onnx (dense, same export settings), optional quantized pairs
+    (int8, qdq, int4, int8-wo: model.<mode>.onnx + baseline.<mode>.onnx) and .ort
+    files, config.json with the per-layer shape record, tokenizer files, compile_report.json and, for decoders,
+    genai_config.json (ONNX Runtime GenAI runs the folder). Refuses to
     write anything when ONNX Runtime disagrees with the gated model beyond --tolerance.
 
     \b
     Examples:
       fg-edge compile runs/minilm -o runs/minilm-compiled --quantize int8 --ort-format
+      fg-edge compile runs/smollm2 -o runs/smollm2-compiled --quantize int4 --eval-data valid.txt
       fg-edge compile runs/stories260K --parity-steps 64 --json runs/stories260K-report.json
     """
     from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir, default_output, format_summary
@@ -71,7 +98,10 @@ def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset:
         log.warning("--steps is now --parity-steps (train's --steps counts optimiser steps); using %d", legacy_steps)
         decoder_steps = legacy_steps
 
-    options = CompileOptions(opset=opset, quantize=quantize, per_channel=per_channel,
+    options = CompileOptions(opset=opset, quantize=quantize, per_channel=per_channel, block_size=block_size,
+                             symmetric=symmetric, accuracy_level=accuracy_level, quant_method=quant_method,
+                             quantize_lm_head=quantize_lm_head, quantize_embedding=quantize_embedding,
+                             quality_tokens=quality_tokens,
                              calibration=str(calibration) if calibration else None, ort_format=ort_format,
                              baseline=not no_baseline, external_data=external_data, tol=tolerance,
                              decoder_steps=decoder_steps, eval_data=str(eval_data) if eval_data else None)
@@ -80,5 +110,5 @@ def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset:
                                progress=show_progress(progress))
     if emit_json(report, json_path):
         return
-    click.echo(format_summary(report))
+    click.echo(format_summary(report, color=True))     # click.echo drops the colour off a terminal
     click.echo(f"wrote {out}")

@@ -20,7 +20,8 @@ from fg_edge.cli.options import emit_json, json_option, no_header_option, trunca
 @click.option("--max-rows", type=click.IntRange(1), default=None,
               help="Use at most this many rows (a seeded subsample) / documents.")
 @click.option("--models", default=None, metavar="LIST",
-              help="Comma-separated variants (default: every one present of baseline, compiled, int8, baseline-int8).")
+              help="Comma-separated variants (default: every one present of baseline, compiled, int8, baseline-int8, "
+                   "qdq, baseline-qdq, int4, baseline-int4, int8-wo, baseline-int8-wo).")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider (see `fg-edge run --help`).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads.")
 @click.option("--window", type=click.IntRange(2), default=None,
@@ -33,7 +34,7 @@ from fg_edge.cli.options import emit_json, json_option, no_header_option, trunca
 @json_option("the results")
 def eval_cmd(compiled_dir, data_path, text_column, text_pair_column, label_column, no_header, max_rows, models,
              provider, threads, window, batch_size, reference, truncate, json_path):
-    """Evaluate the baseline, compiled and int8 models of COMPILED_DIR on --data, side by side.
+    """Evaluate the baseline, compiled and quantized models of COMPILED_DIR on --data, side by side.
 
     \b
     Classifiers: accuracy. Causal LMs: perplexity over the text (non-overlapping windows).

@@ -14,7 +14,8 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
 @click.option("--pair", default=None, metavar="TEXT2",
               help="The second text, for a sentence-pair classifier (NLI, paraphrase): encoded as one pair.")
 @click.option("--model", "variant", type=click.Choice(MODEL_CHOICES), default="compiled", show_default=True,
-              help="Which model file: compiled (model.onnx), baseline (dense baseline.onnx), int8 (model.int8.onnx).")
+              help="Which model file: compiled (model.onnx), baseline (dense baseline.onnx), a quantized one "
+                   "(int8: model.int8.onnx, qdq, int4, int8-wo: model.<name>.onnx) or its baseline-<name>.")
 @click.option("--provider", default="cpu", show_default=True,
               help="Execution provider: cpu, cuda, tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu, "
                    "mobile (CPU EP emulation), or a full ORT EP name.")
@@ -43,6 +44,7 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
       fg-edge run runs/minilm-compiled "a gripping, funny film"
       fg-edge run runs/stories-compiled "Once upon a time" --max-new-tokens 40 --top-k 20 --temperature 0.8
       fg-edge run runs/minilm-compiled "so dull" --model int8 --provider mobile
+      fg-edge run runs/smollm2-compiled "The capital of France is" --model int4
       fg-edge run runs/nli-compiled "A man plays a guitar." --pair "Someone makes music."
       fg-edge run runs/stories-compiled "Once upon a time" --json - > result.json
     """

@@ -4,7 +4,8 @@
     report = compile_model_dir("runs/minilm", options=CompileOptions(quantize="int8", ort_format=True))
 
 Lower-level pieces: `export_onnx` (graph interfaces documented in `onnx_export`), `check_onnx_parity`,
-`dense_baseline`, `quantize_int8_dynamic`, `quantize_qdq_static`, `convert_to_ort`, `partition_summary`.
+`dense_baseline`, `quantize_int8_dynamic`, `quantize_qdq_static`, `quantize_weight_only` (int4 / int8-wo),
+`convert_to_ort`, `partition_summary`.
 Imports are lazy so `import fg_edge.exporters` stays cheap.
 """
 
@@ -20,6 +21,7 @@ _EXPORTS = {
     "dense_baseline": "baseline",
     "quantize_int8_dynamic": "quantize", "quantize_qdq_static": "quantize", "quantized_op_counts": "quantize",
     "QUANTIZE_MODES": "quantize", "QuantizeConfig": "quantize",
+    "quantize_weight_only": "weight_only", "WeightOnlyConfig": "weight_only",
     "convert_to_ort": "ort_format", "partition_summary": "ort_format",
     "compile_model_dir": "pipeline", "CompileOptions": "pipeline", "default_output": "pipeline",
     "format_summary": "pipeline",

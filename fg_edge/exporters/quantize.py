@@ -23,10 +23,12 @@ import numpy as np
 
 from fg_edge.errors import ConfigError, DataError, ExportError
 from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
+from fg_edge.formats.names import QUANTIZE_MODES as _MODES
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "int8", "qdq")
+#: every --quantize value (int8 / qdq here, int4 / int8-wo in fg_edge.exporters.weight_only)
+QUANTIZE_MODES = ("none",) + _MODES
 OP_TYPES = ["MatMul"]
 CALIBRATION_SENTENCES = 16
 CALIBRATION_MAX_LENGTH = 64
@@ -226,14 +228,16 @@ def quantize_qdq_static(src: str | Path, dst: str | Path, feeds: list[dict],
 
 
 def quantized_op_counts(path: str | Path) -> dict[str, int]:
-    """How many quantization-related nodes a graph holds (MatMulInteger, DynamicQuantizeLinear, Q/DQ, …)."""
+    """How many quantization-related nodes a graph holds (MatMulInteger, DynamicQuantizeLinear, Q/DQ, MatMulNBits,
+    GatherBlockQuantized, …)."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     counts: dict[str, int] = {}
     for node in proto.graph.node:
         if node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
-                            "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul"):
+                            "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul",
+                            "MatMulNBits", "GatherBlockQuantized"):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 

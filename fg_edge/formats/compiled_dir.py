@@ -4,8 +4,9 @@ Model variants and their files (the `.ort` twin is used by the mobile profile wh
 
     compiled       model.onnx           (model.ort)
     baseline       baseline.onnx        (baseline.ort)        dense, exported by the same path
-    int8           model.int8.onnx      (model.int8.ort)
+    int8           model.int8.onnx      (model.int8.ort)      dynamic int8 (--quantize int8)
     baseline-int8  baseline.int8.onnx   (baseline.int8.ort)
+    qdq / int4 / int8-wo, and their baseline-* partners: model.<variant>.onnx, baseline.<variant>.onnx
 
 config.json carries `fg_edge_layers` (per-layer heads / kv heads / head_dim / ffn_size, and `kv_cache` for
 decoders); compile_report.json carries `totals.flop_ratio` (the speed-up ceiling).
@@ -23,13 +24,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fg_edge.errors import ModelDirError
-from fg_edge.formats.names import BASELINE_OF, INPUTS_KEY, LAYERS_KEY, REPORT_FILE, TASK_KEY, VARIANTS  # noqa: F401
+from fg_edge.formats.names import (BASELINE_OF, INPUTS_KEY, LAYERS_KEY, QUANTIZE_MODES, REPORT_FILE,  # noqa: F401
+                                   TASK_KEY, VARIANTS)
 
 log = logging.getLogger(__name__)
 
 
 #: command-line names for `--model`
-MODEL_CHOICES = ("compiled", "baseline", "int8", "baseline-int8")
+MODEL_CHOICES = tuple(VARIANTS)
 
 PAST_RE = re.compile(r"^past(?:_key_values)?[._](\d+)[._](key|value)$")
 PRESENT_RE = re.compile(r"^present(?:_key_values)?[._](\d+)[._](key|value)$")
@@ -84,10 +86,10 @@ class CompiledDir:
         found = self.find(variant, prefer_ort)
         if found is None:
             stem = VARIANTS[variant][0]
-            hint = {"baseline": " (the dense baseline; re-run `fg-edge compile` with the baseline export, or pass "
-                                "--no-baseline to benchmark the compiled model alone)",
-                    "int8": " (re-run `fg-edge compile` with int8 quantisation)",
-                    "baseline-int8": " (re-run `fg-edge compile` with int8 quantisation)"}.get(variant, "")
+            mode = variant.removeprefix("baseline-")
+            hint = (" (the dense baseline; re-run `fg-edge compile` with the baseline export, or pass "
+                    "--no-baseline to benchmark the compiled model alone)" if variant == "baseline" else
+                    f" (re-run `fg-edge compile --quantize {mode}`)" if mode in QUANTIZE_MODES else "")
             raise ModelDirError(f"{self.path} has no {stem}.onnx{hint}")
         return found
 

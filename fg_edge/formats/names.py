@@ -32,14 +32,32 @@ INPUTS_KEY = "fg_edge_inputs"
 PLAN_FILE = "compile_plan.json"
 REPORT_FILE = "compile_report.json"
 LAYERS_KEY = "fg_edge_layers"
+#: ONNX Runtime GenAI's folder config (decoders only; fg_edge.exporters.genai_config)
+GENAI_CONFIG_FILE = "genai_config.json"
 TASK_KEY = "fg_edge_task"
 
-#: ONNX model variant -> (file stem, precision family, dense?)
+#: ONNX model variant -> (file stem, precision family, dense?); every compiled variant has its dense partner, exported
+#: and quantized the same way (`baseline-<variant>`)
 VARIANTS: dict[str, tuple[str, str, bool]] = {
     "compiled": ("model", "fp32", False),
     "baseline": ("baseline", "fp32", True),
-    "int8": ("model.int8", "int8", False),
+    "int8": ("model.int8", "int8", False),                   # dynamic int8 (weights + activations), --quantize int8
     "baseline-int8": ("baseline.int8", "int8", True),
+    "qdq": ("model.qdq", "qdq", False),                      # static QDQ int8, for NPU EPs, --quantize qdq
+    "baseline-qdq": ("baseline.qdq", "qdq", True),
+    "int4": ("model.int4", "int4", False),                   # weight-only 4-bit MatMulNBits, --quantize int4
+    "baseline-int4": ("baseline.int4", "int4", True),
+    "int8-wo": ("model.int8-wo", "int8-wo", False),          # weight-only 8-bit MatMulNBits, --quantize int8-wo
+    "baseline-int8-wo": ("baseline.int8-wo", "int8-wo", True),
 }
+#: --quantize modes, each the name of the compiled variant it writes (model.<mode>.onnx, baseline.<mode>.onnx)
+QUANTIZE_MODES = ("int8", "qdq", "int4", "int8-wo")
 #: the dense partner of each compiled variant (same precision family)
-BASELINE_OF = {"compiled": "baseline", "int8": "baseline-int8"}
+BASELINE_OF = {"compiled": "baseline", **{m: f"baseline-{m}" for m in QUANTIZE_MODES}}
+
+
+def quantized_file(graph: str, mode: str) -> str:
+    """model.onnx -> model.int4.onnx (the file `--quantize MODE` writes next to an fp32 graph)."""
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {mode!r}; expected one of {', '.join(QUANTIZE_MODES)}")
+    return graph[: -len(".onnx")] + f".{mode}.onnx"

@@ -15,10 +15,12 @@ import numpy as np
 
 from fg_edge.errors import DataError, ModelDirError
 from fg_edge.formats.compiled_dir import CompiledDir
+from fg_edge.formats.names import VARIANTS
 from fg_edge.runtimes.runner import Runner
 
 _INT = re.compile(r"^[+-]?\d+$")
-EVAL_VARIANTS = ("baseline", "compiled", "int8", "baseline-int8")
+#: every variant, dense-folded and compiled fp32 first, then each quantized pair (names.VARIANTS)
+EVAL_VARIANTS = ("baseline", "compiled") + tuple(v for v in VARIANTS if v not in ("baseline", "compiled"))
 #: What each row is. "baseline" is the gated model with its gates folded and nothing removed, so its outputs
 #: equal "compiled" by construction (the compiler's parity gate); the cost of removal shows only against a
 #: separately trained dense model, which `--reference` evaluates beside them.
@@ -27,6 +29,12 @@ VARIANT_MEANING = {
     "compiled": "compiled: closed heads / FFN channels physically removed",
     "int8": "compiled, int8 weights (dynamic quantization)",
     "baseline-int8": "dense-folded, int8 weights",
+    "qdq": "compiled, static QDQ int8 (calibrated activations)",
+    "baseline-qdq": "dense-folded, static QDQ int8",
+    "int4": "compiled, 4-bit weights (weight-only MatMulNBits)",
+    "baseline-int4": "dense-folded, 4-bit weights",
+    "int8-wo": "compiled, 8-bit weights (weight-only MatMulNBits)",
+    "baseline-int8-wo": "dense-folded, 8-bit weights",
     "reference": "reference model (--reference, PyTorch), e.g. the dense finetuned teacher",
 }
 
@@ -117,7 +125,7 @@ def evaluate(compiled_dir, data_path, text_column: Optional[str] = None, label_c
              threads: Optional[int] = None, window: Optional[int] = None, batch_size: int = 32,
              seed: int = 0, reference: Optional[str] = None, text_pair_column: Optional[str] = None,
              header: bool = True, truncate: Optional[str] = None) -> dict[str, Any]:
-    """Evaluate every variant present (baseline, compiled, int8, baseline-int8) on one data file; `reference`:
+    """Evaluate every variant present (EVAL_VARIANTS: baseline, compiled, then each quantized pair) on one data file; `reference`:
     a HF classifier folder scored beside them with PyTorch (fg_edge.train.reference_eval). The columns default
     to those training read (config.json `fg_edge_inputs`), else 'text' / 'label'; a sentence-pair model is
     scored on both texts."""

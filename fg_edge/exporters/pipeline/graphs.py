@@ -77,36 +77,57 @@ def _eval_accuracy(onnx_path: Path, data, tokenizer, info) -> float:
     return accuracy(model, data.texts, data.labels, batch_size=16, text_pairs=data.text_pairs or None)["value"]
 
 
+def _graph_kv_shapes(path: Path) -> list[tuple[int, int]]:
+    """(kv_heads, head_dim) per layer from the graph's metadata `fg_edge.kv_shapes` (each graph its own: the
+    baseline keeps every kv head the compiled model may have dropped)."""
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return [(int(h), int(d)) for h, d in json.loads(meta.get("fg_edge.kv_shapes", "[]"))]
+
+
+def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds) -> dict:
+    """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq calibration, built for this graph); the
+    settings used."""
+    from fg_edge.exporters.quantize import QuantizeConfig, quantize_int8_dynamic_isolated, quantize_qdq_static
+    from fg_edge.exporters.weight_only import quantize_weight_only_isolated
+
+    if options.weight_only:
+        # in a child process, like int8: this (torch) process keeps its heap, the child peaks on its own
+        return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config())
+    config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.lm_head_quantized)
+    if options.quantize == "int8":
+        return quantize_int8_dynamic_isolated(tmp / g, tmp / dst, config)
+    return quantize_qdq_static(tmp / g, tmp / dst, feeds, config)
+
+
 def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
                     calib, eval_data) -> dict:
     """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
-    with eval data, the task accuracy of every graph before and after."""
-    from fg_edge.exporters.quantize import (QuantizeConfig, calibration_feeds, quantize_int8_dynamic_isolated,
-                                            quantize_qdq_static, quantized_op_counts)
+    with eval data, the task accuracy of every graph before and after (classifiers; decoders are measured by
+    fg_edge.exporters.pipeline.quality)."""
+    from fg_edge.exporters.quantize import calibration_feeds, quantized_op_counts
 
-    config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.quantize_lm_head)
     result: dict = {"files": {}}
-    feeds = None
     if options.quantize == "qdq":
-        texts, source = calib
-        feeds = calibration_feeds(texts, tokenizer, info.input_names, info.kv_shapes)
-        result["calibration_source"] = source
+        result["calibration_source"] = calib[1]
     for g in graphs:
         dst = quantized_name(g, options.quantize)
-        if options.quantize == "int8":
-            # in a child process: this (torch) process keeps its heap, the child peaks on its own
-            settings = quantize_int8_dynamic_isolated(tmp / g, tmp / dst, config)
-        else:
-            settings = quantize_qdq_static(tmp / g, tmp / dst, feeds, config)
+        feeds = None
+        if options.quantize == "qdq":   # past inputs shaped for this graph's own kv heads
+            kv = _graph_kv_shapes(tmp / g) if kind == "causal-lm" else []
+            feeds = calibration_feeds(calib[0], tokenizer, info.input_names, kv)
+        result["settings"] = _quantize_one(tmp, g, dst, options, feeds)
         release()
-        result["settings"] = settings
         entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
                  "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
                                                      steps=options.decoder_steps, raise_on_fail=False,
                                                      reference=reference)}
         release()
         result["files"][dst] = entry
-    if eval_data is not None:
+    if eval_data is not None and kind != "causal-lm":
         metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}
         for g in graphs:
             metric[g] = _eval_accuracy(tmp / g, eval_data, tokenizer, info)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from fg_edge.errors import ConfigError, FgEdgeError, ModelDirError
@@ -68,16 +69,34 @@ def input_record(model_dir: Path) -> dict:
     return {k: v for k, v in inputs.items() if v is not None} if isinstance(inputs, dict) else {}
 
 
+@dataclass
+class EvalTexts:
+    """Decoder --eval-data: documents whose perplexity the compile measures (fp32 vs quantized)."""
+
+    texts: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
 def load_eval_data(options: CompileOptions, gated, tokenizer, model_dir: Path):
-    from fg_edge.data.readers import load_classification
+    """--eval-data: classification rows (accuracy before / after quantization) or, for a causal LM, plain text
+    (or a text column) whose perplexity the quality check measures."""
+    from fg_edge.data.readers import load_classification, load_texts
     from fg_edge.model_dir import read_gate_config
 
     task = read_gate_config(model_dir).task
-    if task != "classification":
-        raise ConfigError(f"--eval-data measures classification accuracy; this model_dir's task is {task!r}")
     if tokenizer is None:
         raise ConfigError(f"--eval-data needs the tokenizer, and {model_dir} has no tokenizer files")
     inputs = input_record(model_dir)   # the columns training read, so a pair model is scored on its pairs
+    if task == "causal-lm":
+        docs = [t for t in load_texts(options.eval_data, text_column=inputs.get("text_column", "text"),
+                                                what="--eval-data file").texts if t.strip()]
+        return EvalTexts(docs[: options.eval_max_rows], str(options.eval_data))
+    if task != "classification":
+        raise ConfigError(f"--eval-data measures classification accuracy or causal-LM perplexity; this "
+                          f"model_dir's task is {task!r}")
     return load_classification(options.eval_data, max_rows=options.eval_max_rows, what="--eval-data file",
                                text_column=inputs.get("text_column", "text"),
                                text_pair_column=inputs.get("text_pair_column"),

@@ -12,6 +12,8 @@ from fg_edge.errors import ConfigError
 from fg_edge.exporters.onnx_export import DEFAULT_OPSET, validate_opset
 from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 from fg_edge.exporters.quantize import QUANTIZE_MODES
+from fg_edge.exporters.weight_only import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, WEIGHT_ONLY_BITS,
+                                           WeightOnlyConfig)
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,17 @@ class CompileOptions:
     opset: int = DEFAULT_OPSET
     quantize: str = "none"
     per_channel: bool = False
-    #: int8 / QDQ: also quantize the LM head (vocabulary projection) of causal LMs; off = kept fp32
-    quantize_lm_head: bool = False
+    #: also quantize the LM head (vocabulary projection) of causal LMs; None: the mode's default (weight-only
+    #: int4 / int8-wo: quantized; int8 / qdq: kept fp32)
+    quantize_lm_head: Optional[bool] = None
+    #: weight-only (int4 / int8-wo) settings, see fg_edge.exporters.weight_only
+    block_size: int = DEFAULT_BLOCK_SIZE
+    symmetric: bool = False
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL
+    quant_method: str = "rtn"
+    quantize_embedding: bool = False
+    #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
+    quality_tokens: int = 64
     calibration: Optional[str] = None
     ort_format: bool = False
     baseline: bool = True
@@ -41,10 +52,31 @@ class CompileOptions:
                 raise ConfigError(f"{opt} {value}: no such file")
         if self.calibration is not None and self.quantize != "qdq":
             log.warning("--calibration is only used by --quantize qdq; ignoring it")
+        if self.weight_only:
+            self.weight_only_config()          # raises ConfigError naming the bad option
+        elif self.quantize_embedding:
+            raise ConfigError(f"--quantize-embedding needs a weight-only mode (--quantize int4 or int8-wo); got "
+                              f"--quantize {self.quantize}")
+        if self.quality_tokens < 1:
+            raise ConfigError(f"--quality-tokens must be >= 1; got {self.quality_tokens}")
         if not (self.tol > 0) or not math.isfinite(self.tol):
             raise ConfigError(f"--tolerance must be a finite number > 0 (inf would switch the parity gate off); "
                               f"got {self.tol}")
         return self
+
+    @property
+    def weight_only(self) -> bool:
+        return self.quantize in WEIGHT_ONLY_BITS
+
+    @property
+    def lm_head_quantized(self) -> bool:
+        return self.weight_only if self.quantize_lm_head is None else bool(self.quantize_lm_head)
+
+    def weight_only_config(self) -> WeightOnlyConfig:
+        return WeightOnlyConfig(bits=WEIGHT_ONLY_BITS[self.quantize], block_size=self.block_size,
+                                symmetric=self.symmetric, accuracy_level=self.accuracy_level,
+                                method=self.quant_method, include_lm_head=self.lm_head_quantized,
+                                include_embedding=self.quantize_embedding).validate()
 
 
 def default_output(model_dir: str | Path) -> Path:

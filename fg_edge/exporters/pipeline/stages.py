@@ -55,8 +55,19 @@ class CompileState:
     packed: bool = False
 
 
+def _refuse_int8_decoder(options: CompileOptions, model_dir: Path) -> None:
+    if options.quantize == "int8":
+        raise ConfigError(
+            f"--quantize int8 (dynamic: weights and activations in int8) is refused for decoders such as "
+            f"{model_dir}: per-tensor activation scales cannot follow a causal LM's outlier channels (on "
+            f"SmolLM2-135M it kept 24% of fp32's greedy tokens, max logit error 26). Use the weight-only path: "
+            f"--quantize int4 (MatMulNBits, 4-bit blocks) or --quantize int8-wo (8-bit weights, float activations)")
+
+
 def _load(st: CompileState) -> None:
     st.gated = load_gated(st.model_dir)
+    if model_kind(st.gated) == "causal-lm":
+        _refuse_int8_decoder(st.options, st.model_dir)
     st.tokenizer = load_tokenizer(st.model_dir)
     if st.options.quantize == "qdq":
         if st.tokenizer is None:
@@ -151,9 +162,31 @@ def _baseline(st: CompileState) -> None:
 
 
 def _quantize(st: CompileState) -> None:
+    from fg_edge.exporters.pipeline.quality import measure_quality
+
+    mode = st.options.quantize
     st.report["quantization"] = quantize_graphs(st.tmp, st.graphs, st.reference, st.kind, st.info, st.tokenizer,
                                                 st.options, st.calib, st.eval_data)
-    st.quant_graphs = [quantized_name(g, st.options.quantize) for g in st.graphs]
+    st.quant_graphs = [quantized_name(g, mode) for g in st.graphs]
+    if st.kind == "causal-lm":
+        pairs = [("compiled", mode)] + ([("baseline", f"baseline-{mode}")] if "baseline.onnx" in st.graphs else [])
+        texts = st.eval_data.texts if st.eval_data is not None else None
+        source = st.eval_data.source if st.eval_data is not None else None
+        st.report["quantization"]["quality"] = measure_quality(st.tmp, pairs, st.options.quality_tokens, texts,
+                                                               source)
+        release()
+
+
+def _genai(st: CompileState) -> None:
+    """Decoders: genai_config.json, so ONNX Runtime GenAI runs the folder (fg_edge.exporters.genai_config)."""
+    from fg_edge.exporters.genai_config import write_genai_config
+
+    if st.kind == "causal-lm":
+        write_genai_config(st.tmp, "model.onnx")
+        st.report["genai"] = {"config": "genai_config.json", "decoder": "model.onnx",
+                              "past_present_share_buffer": False,
+                              "note": "set model.decoder.filename to another variant (e.g. model.int4.onnx) to run "
+                                      "that one with onnxruntime_genai"}
 
 
 def _pack_once(st: CompileState) -> None:
@@ -202,8 +235,8 @@ def _report(st: CompileState) -> None:
 #: every stage in the order it runs; `stage_enabled` says which of them the options skip
 STAGES: list[tuple[str, Callable[[CompileState], None]]] = [
     ("load", _load), ("reference", _reference), ("compile", _compile), ("save", _save), ("export", _export),
-    ("parity", _parity), ("baseline", _baseline), ("quantize", _quantize), ("ort-format", _ort_format),
-    ("report", _report),
+    ("parity", _parity), ("baseline", _baseline), ("quantize", _quantize), ("genai", _genai),
+    ("ort-format", _ort_format), ("report", _report),
 ]
 
 

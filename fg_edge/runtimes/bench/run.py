@@ -20,6 +20,7 @@ import numpy as np
 
 from fg_edge.errors import ConfigError
 from fg_edge.formats.compiled_dir import CompiledDir, ModelFile
+from fg_edge.formats.names import BASELINE_OF, QUANTIZE_MODES
 from fg_edge.runtimes.bench.machine import load_average, machine_info, memory_probe
 from fg_edge.runtimes.bench.rows import VariantRun, shape_rows
 from fg_edge.runtimes.bench.schema import BENCH_SCHEMA_VERSION
@@ -80,14 +81,16 @@ class _Progress:
 
 def _variants_for(cdir: CompiledDir, spec: ProviderSpec, no_baseline: bool) -> list[ModelFile]:
     """The model files a provider benchmarks: int8 first for int8-preferring profiles (mobile), else compiled,
-    each with its dense baseline unless --no-baseline; a missing baseline raises ModelDirError."""
+    then every quantized variant present (int8, qdq, int4, int8-wo), each with its dense baseline unless
+    --no-baseline; a missing fp32 baseline raises ModelDirError."""
     if spec.prefer_int8 and cdir.find("int8") is not None:
         names = ["int8"] + ([] if no_baseline else ["baseline-int8" if cdir.find("baseline-int8") else "baseline"])
     else:
         names = ["compiled"] + ([] if no_baseline else ["baseline"])
         if not spec.prefer_int8:
-            names += [v for v in ("int8", "baseline-int8") if cdir.find(v) is not None and
-                      not (no_baseline and v == "baseline-int8")]
+            for mode in QUANTIZE_MODES:
+                names += [v for v in (mode, BASELINE_OF[mode]) if cdir.find(v) is not None and
+                          not (no_baseline and v == BASELINE_OF[mode])]
     return [cdir.require(name, prefer_ort=spec.prefer_ort_format) for name in names]
 
 

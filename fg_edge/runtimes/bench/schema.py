@@ -18,8 +18,10 @@ bench.json schema (BENCH_SCHEMA_VERSION = 1), every key always present (null whe
       provider            short name ('cpu', 'mobile', 'cuda', ...)
       provider_label      how reports show it ('mobile (emulated on CPU EP)' for the mobile profile)
       ep                  ONNX Runtime execution provider name
-      variant             'compiled' | 'baseline' | 'int8' | 'baseline-int8'
-      file                model file name;  format: 'onnx' | 'ort';  precision: 'fp32' | 'int8';  dense: bool
+      variant             'compiled' | 'baseline' | 'int8' | 'baseline-int8' | 'qdq' | 'baseline-qdq' | 'int4' |
+                          'baseline-int4' | 'int8-wo' | 'baseline-int8-wo' (fg_edge.formats.names.VARIANTS)
+      file                model file name;  format: 'onnx' | 'ort';  dense: bool
+      precision           'fp32' | 'int8' | 'qdq' | 'int4' | 'int8-wo' (the variant's family)
       file_size_bytes     model file (+ external data) size
       threads, batch, seq the configuration (threads = intra-op threads actually used)
       latency_ms          {median, p90, p99, mean, min, max, n}

@@ -1,0 +1,147 @@
+"""What quantization costs a decoder, measured at compile time against the fp32 graph it was made from.
+
+For every quantized decoder file (model.int4.onnx vs model.onnx, baseline.int4.onnx vs baseline.onnx, …), with
+the torch-free runtime `fg-edge run` / `eval` use (fg_edge.runtimes), on the folder being written:
+
+* perplexity on `--eval-data` text (or SAMPLE_TEXT, a few built-in English sentences), computed as `fg-edge eval`
+  computes it (same windows), fp32 and quantized;
+* greedy-token agreement: the fp32 graph generates `new_tokens` greedy tokens from each of PROMPTS (left-padded
+  batch, no EOS stop); the quantized graph is fed the same sequences (teacher forcing) and its argmax is compared
+  at every generated position — the share that agree, and the max |logit difference| there;
+* free-running match: the quantized graph generates on its own; the share of new tokens before its first
+  difference from the fp32 tokens (one early difference changes everything after it).
+
+A file is flagged when greedy agreement < MIN_GREEDY_AGREEMENT or perplexity rises by more than
+MAX_PERPLEXITY_INCREASE; `fg-edge compile` prints it in red, compile_report.json says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROMPTS = ("The quick brown fox", "Once upon a time, in a small village by the sea,",
+           "The capital of France is", "Here is a short list of things to pack for a trip:")
+SAMPLE_TEXT = (
+    "The city library opens at nine in the morning and closes at six in the evening. On weekends it keeps shorter "
+    "hours, and the reading room on the second floor is often full of students preparing for their exams.",
+    "Tom planted tomatoes, beans and a row of sunflowers in the garden behind his house. By the end of the summer "
+    "the sunflowers were taller than the fence, and the neighbours came by to take pictures of them.",
+    "To make a simple bread, mix flour, water, salt and a little yeast, then leave the dough to rise for a few "
+    "hours. Bake it in a hot oven until the crust is brown and the loaf sounds hollow when you tap it.",
+    "The train was late again, so Maria called her sister to say that she would miss the beginning of the "
+    "concert. She promised to bring dinner for everyone to make up for it.",
+)
+MIN_GREEDY_AGREEMENT = 0.90
+MAX_PERPLEXITY_INCREASE = 0.10
+
+
+def _fp32_tokens(runner, prompts: list[list[int]], n: int):
+    """(ids, mask) of prompt + n greedy tokens of the fp32 graph (left-padded), and the generated block."""
+    from fg_edge.runtimes.generate import generate, left_pad
+
+    pad = runner.cdir.pad_token_id()
+    ids, mask = left_pad(prompts, pad)
+    out = generate(runner.model, ids, mask, max_new_tokens=n, pad_id=pad, stop_at_eos=False)
+    full_mask = np.concatenate([mask, np.ones_like(out.new_tokens)], axis=1)
+    return out.sequences, full_mask, out.new_tokens, (ids, mask)
+
+
+def _teacher_forced_logits(model, seq: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """Logits (B, n, V) that predict the last n tokens of `seq`, from one forward over seq[:, :-1]."""
+    from fg_edge.runtimes.generate import positions_from_mask
+
+    ids, m = seq[:, :-1], mask[:, :-1]
+    logits, _ = model.decoder_step(ids, m, positions_from_mask(m), model.empty_past(ids.shape[0])
+                                   if model.has_cache else None)
+    return logits[:, -n:].astype(np.float32)
+
+
+def _free_running_match(runner, prompt_batch, new_tokens: np.ndarray) -> float:
+    from fg_edge.runtimes.generate import generate
+
+    ids, mask = prompt_batch
+    pad = runner.cdir.pad_token_id()
+    own = generate(runner.model, ids, mask, max_new_tokens=new_tokens.shape[1], pad_id=pad,
+                   stop_at_eos=False).new_tokens
+    same = own == new_tokens
+    prefix = [int(np.argmin(row)) if not row.all() else row.size for row in same]
+    return float(np.mean(prefix) / new_tokens.shape[1])
+
+
+class _Reference:
+    """The fp32 graph's side: perplexity, greedy tokens and their teacher-forced logits (computed once)."""
+
+    def __init__(self, runner, prompts: list[list[int]], n: int, texts: Sequence[str]):
+        from fg_edge.runtimes.evaluate import perplexity
+
+        self.ppl = perplexity(runner, texts)
+        self.seq, self.mask, self.new, self.prompt_batch = _fp32_tokens(runner, prompts, n)
+        self.logits = _teacher_forced_logits(runner.model, self.seq, self.mask, n)
+
+
+def _compare(runner, ref: _Reference, texts: Sequence[str]) -> dict:
+    from fg_edge.runtimes.evaluate import perplexity
+
+    n = ref.new.shape[1]
+    logits = _teacher_forced_logits(runner.model, ref.seq, ref.mask, n)
+    agree = float((logits.argmax(-1) == ref.new).mean())
+    ppl = perplexity(runner, texts)
+    change = ppl["value"] / ref.ppl["value"] - 1.0
+    reasons = []
+    if agree < MIN_GREEDY_AGREEMENT:
+        reasons.append(f"greedy agreement {agree:.1%} < {MIN_GREEDY_AGREEMENT:.0%}")
+    if change > MAX_PERPLEXITY_INCREASE:
+        reasons.append(f"perplexity +{change:.1%} > +{MAX_PERPLEXITY_INCREASE:.0%}")
+    return {"perplexity": ppl["value"], "perplexity_fp32": ref.ppl["value"], "perplexity_change": change,
+            "greedy_agreement": agree, "greedy_tokens": int(ref.new.size),
+            "free_running_match": _free_running_match(runner, ref.prompt_batch, ref.new),
+            "max_abs_logit_diff": float(np.abs(logits - ref.logits).max()),
+            "fp32_max_abs_logit": float(np.abs(ref.logits).max()),
+            "flagged": bool(reasons), "flag_reasons": reasons}
+
+
+def _prompt_ids(runner, n: int) -> tuple[list[list[int]], int]:
+    prompts = [ids for ids in runner.encode(list(PROMPTS)) if ids]
+    limit = runner.cdir.max_positions()
+    longest = max(len(p) for p in prompts)
+    if limit:
+        n = max(1, min(n, limit - longest - 1))
+    return prompts, n
+
+
+def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: int,
+                    texts: Optional[Sequence[str]] = None, source: Optional[str] = None) -> dict:
+    """Quality of each quantized graph against its fp32 source, `pairs` = [(fp32 variant, quantized variant)]
+    in the (partly written) compiled folder `folder`; see the module docstring. The record for the report."""
+    from fg_edge.formats.names import VARIANTS
+    from fg_edge.runtimes.runner import Runner
+
+    if not (folder / "tokenizer.json").is_file():
+        return {"skipped": "no tokenizer.json in the compiled folder (the runtime's fast tokenizer): prompts and "
+                           "text cannot be encoded"}
+    texts = list(texts) if texts else list(SAMPLE_TEXT)
+    record = {"method": "fg_edge.exporters.pipeline.quality (torch-free runtime, greedy, left-padded batch)",
+              "prompts": list(PROMPTS), "eval_text": source or "built-in sample (quality.SAMPLE_TEXT)",
+              "eval_documents": len(texts),
+              "thresholds": {"min_greedy_agreement": MIN_GREEDY_AGREEMENT,
+                             "max_perplexity_increase": MAX_PERPLEXITY_INCREASE}, "files": {}}
+    for fp32, quant in pairs:
+        runner = Runner(folder, model=fp32)
+        prompts, n = _prompt_ids(runner, n_tokens)
+        ref = _Reference(runner, prompts, n, texts)
+        record.update(new_tokens=n, eval_tokens=ref.ppl["tokens"])
+        del runner
+        entry = _compare(Runner(folder, model=quant), ref, texts)
+        name = VARIANTS[quant][0] + ".onnx"
+        record["files"][name] = {"vs": VARIANTS[fp32][0] + ".onnx", **entry}
+        log.info("quality %s: perplexity %.3f vs %.3f fp32 (%+.1f%%), greedy agreement %.1f%% over %d tokens%s",
+                 name, entry["perplexity"], entry["perplexity_fp32"], 100 * entry["perplexity_change"],
+                 100 * entry["greedy_agreement"], entry["greedy_tokens"],
+                 "; FLAGGED: " + ", ".join(entry["flag_reasons"]) if entry["flagged"] else "")
+    return record

@@ -1,0 +1,175 @@
+"""Quantized decoders end to end: `fg-edge compile --quantize int4 / int8-wo / qdq` on a tiny non-uniform LLaMA, the
+quality measured at compile time (perplexity, greedy agreement vs fp32, far-off flag), and run / eval / bench
+on the new variants; int8 dynamic refused for decoders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import tiny_tokenizer
+
+from fg_edge.cli import cli
+from fg_edge.model_dir import save_model_dir
+from fg_edge.testing import gated_tiny_model
+
+TEXT = "good w1 w2 w3 bad w4\n\nw5 nice w6 w7 w8 w9 dull\n\nfine w10 w11 w12 w13 w14 w15 lovely w16\n"
+
+
+def _model_dir(root, tied=False):
+    model, gates = gated_tiny_model("llama", {0: [2, 3]}, {0: slice(None, None, 3)}, bos_token_id=4,
+                                    eos_token_id=5, tie_word_embeddings=tied)
+    return save_model_dir(model, gates, root / "llama", tokenizer=tiny_tokenizer("decoder"))
+
+
+def compile_cli(*args):
+    res = CliRunner().invoke(cli, ["compile", *map(str, args), "--no-progress", "--parity-steps", "4"])
+    return res
+
+
+@pytest.fixture(scope="module")
+def int4_dir(tmp_path_factory):
+    """A LLaMA whose layer 0 keeps 1 of 2 kv heads, compiled with int4 + quantized embedding (tied embeddings:
+    test_weight_only)."""
+    root = tmp_path_factory.mktemp("dec-int4")
+    (root / "eval.txt").write_text(TEXT)
+    res = compile_cli(_model_dir(root), "-o", root / "out", "--quantize", "int4", "--quantize-embedding",
+                      "--eval-data", root / "eval.txt", "--quality-tokens", "8")
+    assert res.exit_code == 0, res.output
+    return root / "out", res.output, root / "eval.txt"
+
+
+def test_int4_compile_writes_both_quantized_graphs_and_their_quality(int4_dir):
+    out, output, eval_txt = int4_dir
+    report = json.loads((out / "compile_report.json").read_text())
+    q = report["quantization"]
+    assert q["settings"]["mode"] == "int4" and q["settings"]["embedding"].startswith("quantized")
+    for name in ("model.int4.onnx", "baseline.int4.onnx"):
+        assert (out / name).is_file() and q["files"][name]["quantized_ops"]["MatMulNBits"] >= 7
+        assert q["files"][name]["quantized_ops"]["GatherBlockQuantized"] == 1
+        entry = q["quality"]["files"][name]
+        assert entry["vs"] == name.replace(".int4", "") and 0 <= entry["greedy_agreement"] <= 1
+        assert entry["greedy_tokens"] == 8 * len(q["quality"]["prompts"]) and entry["perplexity"] > 1
+        assert entry["max_abs_logit_diff"] < 0.2 and entry["flagged"] is (bool(entry["flag_reasons"]))
+    assert q["quality"]["eval_text"] == str(eval_txt) and q["quality"]["new_tokens"] == 8
+    row = next(r for r in report["summary"] if r["file"] == "model.int4.onnx")
+    assert "greedy_agreement" in row and "perplexity_change" in row
+    assert "quality vs fp32" in output and "greedy" in output and "\x1b[" not in output   # no colour off a tty
+    genai = json.loads((out / "genai_config.json").read_text())
+    assert genai["search"]["past_present_share_buffer"] is False and genai["model"]["decoder"]["filename"] == \
+        "model.onnx" and genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert genai["model"]["eos_token_id"] == 5 and report["genai"]["decoder"] == "model.onnx"
+
+
+def test_recorded_perplexity_is_what_eval_measures(int4_dir):
+    from fg_edge.runtimes.evaluate import evaluate
+
+    out, _, eval_txt = int4_dir
+    quality = json.loads((out / "compile_report.json").read_text())["quantization"]["quality"]["files"]
+    results = evaluate(out, eval_txt, variants=["compiled", "int4", "baseline-int4"])["results"]
+    assert quality["model.int4.onnx"]["perplexity"] == pytest.approx(results["int4"]["value"])
+    assert quality["model.int4.onnx"]["perplexity_fp32"] == pytest.approx(results["compiled"]["value"])
+    assert quality["baseline.int4.onnx"]["perplexity"] == pytest.approx(results["baseline-int4"]["value"])
+
+
+def test_run_eval_bench_know_the_int4_variants(int4_dir, tmp_path):
+    from fg_edge.runtimes.bench import run_bench
+    from fg_edge.runtimes.runner import Runner
+
+    out, _, eval_txt = int4_dir
+    res = CliRunner().invoke(cli, ["run", str(out), "good w1", "--model", "int4", "--max-new-tokens", "3",
+                                   "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["file"].endswith("model.int4.onnx")
+    assert len(Runner(out, model="baseline-int4").generate("w1 w2", max_new_tokens=3).token_ids) <= 3
+    res = CliRunner().invoke(cli, ["eval", str(out), "--data", str(eval_txt), "--models", "int4,baseline-int4"])
+    assert res.exit_code == 0 and "4-bit weights" in res.output, res.output
+    bench = run_bench(out, seqs=[4], repeats=1, warmup=0, gen_tokens=2, progress=False)
+    rows = {r["variant"]: r for r in bench["rows"]}
+    assert set(rows) == {"compiled", "baseline", "int4", "baseline-int4"}
+    assert rows["int4"]["baseline_variant"] == "baseline-int4" and rows["int4"]["precision"] == "int4"
+
+
+def test_far_off_variant_is_flagged_in_red(int4_dir, monkeypatch):
+    from fg_edge.exporters.pipeline import quality
+    from fg_edge.exporters.pipeline.summary import format_summary, summary_rows
+
+    out, _, _ = int4_dir
+    report = json.loads((out / "compile_report.json").read_text())
+    monkeypatch.setattr(quality, "MIN_GREEDY_AGREEMENT", 1.01)     # nothing can reach it: flagged
+    report["quantization"]["quality"] = quality.measure_quality(out, [("compiled", "int4")], 4)
+    entry = report["quantization"]["quality"]["files"]["model.int4.onnx"]
+    assert entry["flagged"] and "greedy agreement" in entry["flag_reasons"][0]
+    report["summary"] = summary_rows(report)
+    table = format_summary(report, color=True)
+    assert "\x1b[31mmodel.int4.onnx" in table and "FAR OFF" in table and "is far off its fp32 graph" in table
+    assert "FAR OFF" not in next(line for line in table.splitlines() if line.startswith("model.onnx"))
+
+
+def test_int8_dynamic_refused_for_decoders(tmp_path):
+    res = compile_cli(_model_dir(tmp_path), "-o", tmp_path / "out", "--quantize", "int8")
+    assert res.exit_code == 1 and "refused for decoders" in res.output and "--quantize int4" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_qdq_and_int8_wo_decoders_compile_and_run(tmp_path):
+    """QDQ calibration feeds each graph its own kv-head counts (the baseline keeps the heads the compiled model
+    dropped), and run / eval take the qdq variants."""
+    from fg_edge.runtimes.evaluate import evaluate
+    from fg_edge.runtimes.runner import Runner
+
+    (tmp_path / "cal.txt").write_text(TEXT)
+    md = _model_dir(tmp_path, tied=True)
+    res = compile_cli(md, "-o", tmp_path / "qdq", "--quantize", "qdq", "--calibration", tmp_path / "cal.txt",
+                      "--quality-tokens", "4")
+    assert res.exit_code == 0, res.output
+    for variant in ("qdq", "baseline-qdq"):
+        assert Runner(tmp_path / "qdq", model=variant).generate("good w1", max_new_tokens=3).token_ids
+    assert set(evaluate(tmp_path / "qdq", tmp_path / "cal.txt")["results"]) == {"baseline", "compiled", "qdq",
+                                                                                  "baseline-qdq"}
+    res = compile_cli(md, "-o", tmp_path / "wo", "--quantize", "int8-wo", "--no-baseline", "--symmetric",
+                      "--quality-tokens", "4")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "wo" / "compile_report.json").read_text())["quantization"]
+    assert report["settings"]["bits"] == 8 and report["settings"]["symmetric"] is True
+    assert list(report["quality"]["files"]) == ["model.int8-wo.onnx"]
+    assert report["quality"]["eval_text"].startswith("built-in sample")
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--quantize", "int4", "--block-size", "24"], "--block-size 24"),
+    (["--quantize", "int4", "--quant-method", "hqq", "--symmetric"], "drop --symmetric"),
+    (["--quantize", "qdq", "--quantize-embedding"], "--quantize-embedding needs a weight-only mode"),
+])
+def test_bad_quantize_options_fail_before_work(tmp_path, args, match):
+    res = compile_cli(tmp_path / "missing", "-o", tmp_path / "out", *args)
+    assert res.exit_code != 0 and match in res.output, res.output
+
+
+@pytest.mark.parametrize("filename,variant", [("model.onnx", "compiled"), ("model.int4.onnx", "int4")])
+def test_onnxruntime_genai_generates_the_same_greedy_tokens(int4_dir, tmp_path, filename, variant):
+    """genai_config.json (past_present_share_buffer false) lets ONNX Runtime GenAI run the non-uniform folder:
+    32 greedy steps identical to fg-edge's runtime, for the fp32 and the int4 graph."""
+    og = pytest.importorskip("onnxruntime_genai", reason="pip install 'fg-edge[genai]' (onnxruntime-genai)")
+    import shutil
+
+    from fg_edge.exporters.genai_config import write_genai_config
+    from fg_edge.runtimes.runner import Runner
+
+    out = int4_dir[0]
+    folder = tmp_path / "genai"
+    shutil.copytree(out, folder)
+    write_genai_config(folder, filename)
+    model, runner = og.Model(str(folder)), Runner(folder, model=variant)
+    for prompt in ([4, 10, 11, 12], [4, 20, 7]):
+        ours = runner.generate_ids([prompt], max_new_tokens=32).new_tokens[0].tolist()
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + 32, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        while not generator.is_done():
+            generator.generate_next_token()
+        theirs = [int(t) for t in generator.get_sequence(0)][len(prompt):]
+        assert theirs == ours[: len(theirs)] and len(theirs) == len(ours), (ours, theirs)
+        assert len(set(ours)) > 1 or 5 in ours        # a real sequence, not one repeated token

@@ -1,0 +1,145 @@
+"""Weight-only quantization (int4 / int8-wo, MatMulNBits) of fg-edge's non-uniform graphs, and its options."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fg_edge.arch import ARCHITECTURES
+from fg_edge.compiler import compile_model
+from fg_edge.compiler.shapes import layer_shapes
+from fg_edge.errors import ConfigError
+from fg_edge.exporters import check_onnx_parity, export_onnx, quantized_op_counts
+from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
+from fg_edge.exporters.pipeline import CompileOptions
+from fg_edge.exporters.weight_only import WeightOnlyConfig, quantize_embedding, quantize_weight_only
+from fg_edge.testing import gated_tiny_model
+
+#: stated bounds on these tiny random models (logits up to ~1): max |logit diff| vs the gated model over prefill
+#: and 4 cached greedy steps (measured: int4 0.04-0.05, int8-wo 0.004)
+BOUND = {4: 0.15, 8: 0.015}
+
+
+def _exported(tmp_path, model_type: str, tied: bool = False):
+    """A tiny decoder with non-uniform layers (layer 0 loses head 0, layer 1 keeps one kv group), exported."""
+    kw = {"tie_word_embeddings": True} if tied else {}
+    gated, _ = gated_tiny_model(model_type, {0: [0], 1: slice(2, None)}, {0: slice(None, None, 3)}, **kw)
+    compiled, plan, _ = compile_model(gated, decoder_steps=4)
+    compiled.config.fg_edge_layers = layer_shapes(plan, ARCHITECTURES[model_type])
+    info = export_onnx(compiled, tmp_path / "model.onnx")
+    return gated, info
+
+
+def _const_matmuls(path) -> int:
+    proto = onnx.load(str(path))
+    inits = {t.name for t in proto.graph.initializer}
+    transposed = {n.output[0] for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in inits}
+    return sum(1 for n in proto.graph.node if n.op_type in ("MatMul", "Gemm") and (n.input[1] in inits | transposed))
+
+
+@pytest.mark.parametrize("model_type,bits,tied", [("llama", 4, False), ("llama", 8, True), ("qwen2", 4, True),
+                                                  ("gpt2", 4, True)])
+def test_matmulnbits_on_non_uniform_decoders(tmp_path, model_type, bits, tied):
+    gated, info = _exported(tmp_path, model_type, tied)
+    expected = _const_matmuls(tmp_path / "model.onnx")        # every projection (GPT-2: Gemm) + the LM head
+    settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "q.onnx", bits=bits)
+    ops = quantized_op_counts(tmp_path / "q.onnx")
+    assert ops["MatMulNBits"] == expected >= 7 and settings["mode"] == ("int4" if bits == 4 else "int8-wo")
+    assert settings["lm_head"].startswith("quantized") and ("tied" in settings["lm_head"]) is tied
+    nodes = {n.name: n for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    head = nodes[LM_HEAD_NODE + f"_Q{bits}"]
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    assert attrs["bits"] == bits and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert res["max_abs_diff"] < BOUND[bits], res
+
+
+def test_weight_only_options(tmp_path):
+    gated, info = _exported(tmp_path, "llama", tied=True)
+    src = tmp_path / "model.onnx"
+    quantize_weight_only(src, tmp_path / "sym.onnx", symmetric=True, block_size=16, accuracy_level=0,
+                         include_lm_head=False)
+    proto = onnx.load(str(tmp_path / "sym.onnx"))
+    nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) == 3 for n in nbits)           # symmetric: no zero points
+    assert all({a.name: helper.get_attribute_value(a) for a in n.attribute}["block_size"] == 16 for n in nbits)
+    assert not any(a.name == "accuracy_level" for n in nbits for a in n.attribute)
+    assert any(n.name == LM_HEAD_NODE and n.op_type == "MatMul" for n in proto.graph.node)   # head kept fp32
+    hqq = quantize_weight_only(src, tmp_path / "hqq.onnx", method="hqq")
+    assert hqq["method"] == "hqq" and "HQQ" in hqq["quantizer"]
+    res = check_onnx_parity(gated, tmp_path / "hqq.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert res["max_abs_diff"] < BOUND[4]
+    emb = quantize_weight_only(src, tmp_path / "emb.onnx", include_embedding=True)
+    assert quantized_op_counts(tmp_path / "emb.onnx")["GatherBlockQuantized"] == 1
+    assert emb["embedding"].startswith("quantized")
+    res = check_onnx_parity(gated, tmp_path / "emb.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert res["max_abs_diff"] < BOUND[4]
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (4, True), (8, False)])
+def test_embedding_gather_block_quantized_dequantizes_within_half_a_step(bits, symmetric):
+    """GatherBlockQuantized rows equal the table up to half a quantization step of their block."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    vocab, hidden, block = 40, 64, 32
+    table = rng.normal(size=(vocab, hidden)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["E", "input_ids"], ["out"], name="emb")], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, hidden])],
+        [numpy_helper.from_array(table, "E")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    info = quantize_embedding(proto, WeightOnlyConfig(bits=bits, symmetric=symmetric, block_size=block))
+    assert info["embedding"].startswith("quantized") and proto.graph.node[0].op_type == "GatherBlockQuantized"
+    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    ids = np.array([0, 7, 39, 7], dtype=np.int64)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids})[0]
+    blocks = table[ids].reshape(len(ids), hidden // block, block)
+    levels = 2 ** bits - 1
+    if symmetric:
+        step = np.abs(blocks).max(-1, keepdims=True) * 2 / levels
+    else:
+        step = (np.maximum(blocks.max(-1, keepdims=True), 0) - np.minimum(blocks.min(-1, keepdims=True), 0)) / levels
+    err = np.abs(got.reshape(blocks.shape) - blocks)
+    assert (err <= step / 2 + 1e-5).all(), float((err - step / 2).max())
+
+
+def test_embedding_left_fp32_when_hidden_does_not_fit_blocks():
+    table = np.zeros((8, 24), np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["E", "input_ids"], ["out"])], "g",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 24])],
+                              [numpy_helper.from_array(table, "E")])
+    info = quantize_embedding(helper.make_model(graph), WeightOnlyConfig(block_size=16))
+    assert info["embedding"].startswith("fp32") and "not a multiple of --block-size 16" in info["embedding"]
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(block_size=48), "--block-size 48"), (dict(block_size=8), "power of 2 >= 16"),
+    (dict(accuracy_level=5), "--accuracy-level 5"), (dict(method="gptq"), "--quant-method 'gptq'"),
+    (dict(method="hqq", symmetric=True), "drop --symmetric"), (dict(bits=3), "use 4"),
+])
+def test_bad_weight_only_settings_name_the_option(settings, match):
+    with pytest.raises(ConfigError, match=match):
+        WeightOnlyConfig(**settings).validate()
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(quantize="int4", block_size=100), "--block-size 100"),
+    (dict(quantize="int8", quantize_embedding=True), "--quantize-embedding needs a weight-only mode"),
+    (dict(quantize="int4", quality_tokens=0), "--quality-tokens"),
+    (dict(quantize="int2"), "--quantize 'int2'"),
+])
+def test_bad_compile_options(options, match):
+    with pytest.raises(ConfigError, match=match):
+        CompileOptions(**options).validate()
+
+
+def test_lm_head_default_follows_the_mode():
+    assert CompileOptions(quantize="int4").lm_head_quantized and CompileOptions(quantize="int8-wo").lm_head_quantized
+    assert not CompileOptions(quantize="int8").lm_head_quantized
+    assert not CompileOptions(quantize="int4", quantize_lm_head=False).weight_only_config().include_lm_head
