@@ -4,9 +4,10 @@
     python benchmarks/architectures.py qwen3 phi3       # only these
 
 For each model type: a tiny random model with structured gates, layer 0 losing every head and a third of its FFN
-channels, layer 1 half its heads (one kv group) and every FFN channel; `compile_model_dir` with int8 and 32
+channels, layer 1 half its heads (one kv group) and every FFN channel; `compile_model_dir` with int8 (dynamic
+int8 for encoders; weight-only int8, `--quantize int8-wo`, for decoders, which refuse dynamic int8) and 32
 cached greedy steps (decoders), then the folder reloaded alone (`load_compiled`) and compared again. Prints and
-writes max |compiled - gated| for the torch model, model.onnx, the reloaded model and model.int8.onnx (int8 is
+writes max |compiled - gated| for the torch model, model.onnx, the reloaded model and the int8 file (int8 is
 reported, not gated).
 """
 
@@ -60,12 +61,13 @@ def measure(model_type: str, root: Path) -> dict:
 
     model, config, task = _gated(model_type)
     model_dir = save_model_dir(model, config, root / model_type, tokenizer=_tokenizer(task))
-    options = CompileOptions(quantize="int8", decoder_steps=32, baseline=False)
+    mode = "int8-wo" if task == "causal-lm" else "int8"
+    options = CompileOptions(quantize=mode, decoder_steps=32, baseline=False)
     report = compile_model_dir(model_dir, root / f"{model_type}-compiled", options=options)
     steps = 32 if task == "causal-lm" else 0
     reloaded = check_parity(model, load_compiled(root / f"{model_type}-compiled"), tol=1e-5, decoder_steps=steps)
     onnx = report["onnx_parity"]["model.onnx"]
-    int8 = report["quantization"]["files"]["model.int8.onnx"]["vs_gated_model"]
+    int8 = report["quantization"]["files"][f"model.{mode}.onnx"]["vs_gated_model"]
     t = report["totals"]
     return {"model_type": model_type, "spec": report["architecture"]["source"],
             "removal": report["architecture"]["removal"], "heads_removed": t["heads_removed"],
@@ -74,7 +76,7 @@ def measure(model_type: str, root: Path) -> dict:
             "onnx": onnx["max_abs_diff"], "onnx_tolerance": onnx["effective_tolerance"],
             "tokens_identical": onnx.get("token_agreement") == 1.0 if steps else None,
             "reloaded": reloaded["max_abs_diff"], "int8": int8["max_abs_diff"],
-            "int8_token_agreement": int8.get("token_agreement")}
+            "int8_mode": mode, "int8_token_agreement": int8.get("token_agreement")}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -84,7 +86,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         tok = "–" if r["tokens_identical"] is None else ("yes" if r["tokens_identical"] else "no")
         agree = r["int8_token_agreement"]
-        int8 = f"{r['int8']:.1e}" + ("" if agree is None else f", {agree:.0%} tokens")
+        int8 = f"{r['int8']:.1e}" + ("" if agree is None else f", {agree:.0%} tokens") + f" ({r['int8_mode']})"
         lines.append(f"| `{r['model_type']}` | {r['spec']} | {r['heads_removed']}/{r['heads_total']} / "
                      f"{r['ffn_removed']}/{r['ffn_total']} | {r['torch']:.1e} | {r['onnx']:.1e} | {tok} | "
                      f"{r['reloaded']:.1e} | {int8} |")

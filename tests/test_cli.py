@@ -68,7 +68,8 @@ def test_command_without_the_training_install_names_the_extra(tmp_path):
 
 
 def test_outputs_are_checked_before_any_work(tmp_path):
-    """An output that is / contains an input is refused, a --json FILE in a missing folder is refused up front,
+    """An output that is / contains an input is refused, a --json FILE under a file is refused up front (a missing
+    folder is made),
     and output folders get the usual (umask) mode, not mkdtemp's 0700."""
     import os
 
@@ -89,7 +90,9 @@ def test_outputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(OutputPathError, match="is a file, not a folder"):
         check_writable_location(tmp_path / "afile" / "bench")
     res = CliRunner().invoke(cli, ["env", "--json", str(tmp_path / "missing" / "env.json")])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 0 and json.loads((tmp_path / "missing" / "env.json").read_text())   # folder made
+    res = CliRunner().invoke(cli, ["env", "--json", str(tmp_path / "afile" / "env.json")])
+    assert res.exit_code == 2 and "is a file" in res.output
     with atomic_output_dir(tmp_path / "made") as tmp:
         (tmp / "f").write_text("x")
     mask = os.umask(0o022)
