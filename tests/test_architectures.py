@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import sentiment_rows, tiny_tokenizer, write_tsv
-from fg_edge.arch import ARCHITECTURES, ArchSpec, register_architecture, spec_for
+from fg_edge.arch import ARCHITECTURES, SPEC_ATTR, ArchSpec, register_architecture, spec_for
 from fg_edge.compiler import check_parity, compile_model, load_compiled
 from fg_edge.errors import UnsupportedArchitectureError
 from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir
@@ -147,6 +147,25 @@ def test_derived_spec_compiles_with_removal(tmp_path, model_type):
     else:
         assert totals["heads_removed"] == 6 and report["layers"][0]["heads_after"] == 0
     reloaded = load_compiled(out)
+    assert check_parity(model, reloaded, tol=1e-5, decoder_steps=8)["max_abs_diff"] <= 1e-5
+
+
+def test_compiled_folder_reloads_with_its_recorded_spec(tmp_path, monkeypatch):
+    """Reloading never re-derives: the spec in compile_plan.json is used (derivation switched off here)."""
+    from fg_edge import arch_derive
+
+    model, task = unlisted_model("opt")
+    gate_config = GateConfig(task=task)
+    inject_gates(model, gate_config)
+    _close(model)
+    out, _ = _compile_dir(tmp_path, model, gate_config, tiny_tokenizer("decoder"), quantize="none")
+
+    def refuse(_model):
+        raise AssertionError("load_compiled derived a spec")
+
+    monkeypatch.setattr(arch_derive, "derive_spec", refuse)
+    reloaded = load_compiled(out)
+    assert reloaded.__dict__[SPEC_ATTR].source == "derived"
     assert check_parity(model, reloaded, tol=1e-5, decoder_steps=8)["max_abs_diff"] <= 1e-5
 
 
