@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import sentiment_rows, tiny_tokenizer, write_tsv
-from fg_edge.arch import ARCHITECTURES, ArchSpec, register_architecture, spec_for
+from fg_edge.arch import ARCHITECTURES, SPEC_ATTR, ArchSpec, register_architecture, spec_for
 from fg_edge.compiler import check_parity, compile_model, load_compiled
 from fg_edge.errors import UnsupportedArchitectureError
 from fg_edge.exporters.pipeline import CompileOptions, compile_model_dir
@@ -156,6 +156,25 @@ def test_derived_spec_compiles_with_removal(tmp_path, model_type):
     assert check_parity(model, reloaded, tol=1e-5, decoder_steps=8)["max_abs_diff"] <= 1e-5
 
 
+def test_compiled_folder_reloads_with_its_recorded_spec(tmp_path, monkeypatch):
+    """Reloading never re-derives: the spec in compile_plan.json is used (derivation switched off here)."""
+    from fg_edge import arch_derive
+
+    model, task = unlisted_model("opt")
+    gate_config = GateConfig(task=task)
+    inject_gates(model, gate_config)
+    _close(model)
+    out, _ = _compile_dir(tmp_path, model, gate_config, tiny_tokenizer("decoder"), quantize="none")
+
+    def refuse(_model):
+        raise AssertionError("load_compiled derived a spec")
+
+    monkeypatch.setattr(arch_derive, "derive_spec", refuse)
+    reloaded = load_compiled(out)
+    assert reloaded.__dict__[SPEC_ATTR].source == "derived"
+    assert check_parity(model, reloaded, tol=1e-5, decoder_steps=8)["max_abs_diff"] <= 1e-5
+
+
 @pytest.mark.parametrize("model_type", sorted(NONSTANDARD))
 def test_nonstandard_layout_is_a_clear_error(model_type):
     model, task = unlisted_model(model_type)
@@ -168,15 +187,35 @@ def test_nonstandard_layout_is_a_clear_error(model_type):
 
 
 def test_gated_model_that_does_not_run_is_a_clear_error():
-    """Mamba's forward reads lm_head.weight itself (its dtype), so a gate cannot wrap it: a CompileError naming the
-    model and the cause, before anything is folded."""
+    """X-MOD needs a language id the parity inputs do not give: a CompileError naming the model and the cause,
+    before anything is folded (not a traceback from inside transformers)."""
+    import transformers
+
     from fg_edge.errors import CompileError
 
+    config = transformers.XmodConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=70, pad_token_id=1, num_labels=2)
+    model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    inject_gates(model, GateConfig(task="classification"))
+    with pytest.raises(CompileError, match=r"the gated XmodForSequenceClassification does not run on the parity "
+                                           r"inputs.*ValueError: Input language unknown"):
+        compile_model(model.eval())
+
+
+def test_paper_gates_on_a_head_read_by_the_model_code(tmp_path):
+    """Mamba (no attention, no spec) reads `lm_head.weight.dtype` in its forward: a gated lm_head passes its
+    weight through, and folding it is exact. Its state-space cache has no ONNX graph in fg-edge: `fg-edge
+    compile` says so instead of a traceback."""
+    from fg_edge.errors import ExportError
+
     model, task = unlisted_model("mamba")
-    model, _ = _paper(model, task, ["lm_head"])
-    with pytest.raises(CompileError, match=r"the gated MambaForCausalLM does not run on the parity inputs.*"
-                                           r"AttributeError"):
-        compile_model(model)
+    model, gate_config = _paper(model, task, ["lm_head", "out_proj"])
+    _, _, report = compile_model(model, tol=1e-5, decoder_steps=8)
+    assert report["parity"]["max_abs_diff"] <= 1e-5 and report["parity"]["tokens_identical"]
+    assert report["modules"]["lm_head"]["treatment"] == "fold only"
+    with pytest.raises(ExportError, match="no KV cache"):
+        _compile_dir(tmp_path, model, gate_config, tiny_tokenizer("decoder"), quantize="none")
+    assert not (tmp_path / "compiled").exists()
 
 
 def test_spec_that_does_not_fit_names_the_module():

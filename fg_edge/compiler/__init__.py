@@ -19,6 +19,8 @@ Compiled folder format (format version 1)
       folded output-projection bias), and for decoders ``kv_cache`` = {``num_heads``, ``head_dim``} (what the
       block appends to the KV cache per token; an empty attention appends a (1, 1) zero placeholder so the cache
       length stays right). Everything downstream (export, KV-cache shapes, runtime, reload) follows this record.
+      Empty (``[]``) when no architecture spec fit and the gates were only folded: every layer keeps the
+      config's sizes.
     * ``fg_edge_note``: one sentence for readers without fg-edge: which layers differ, and how to load the folder
     * ``fg_edge_inputs``: how training fed the model (``max_length``, ``text_column``, ``text_pair_column``,
       ``label_column``, from training.json), which run / eval follow

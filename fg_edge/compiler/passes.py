@@ -202,6 +202,11 @@ def _attempts(spec: Optional[ArchSpec], why: Optional[str]) -> list[tuple[Option
     if spec is None or spec.source != "derived":
         return [(spec, why)]
     attempts = [(spec, None)]
+    widths = [a for a, k in zip(spec.head_attrs, spec.head_attr_kinds) if k == "width"]
+    if widths and not spec.heads_fixed:   # "embed_dim" may be the model width, not heads · head_dim (Longformer)
+        kept = [(a, k) for a, k in zip(spec.head_attrs, spec.head_attr_kinds) if k != "width"]
+        attempts.append((replace(spec, head_attrs=tuple(a for a, _ in kept),
+                                 head_attr_kinds=tuple(k for _, k in kept)), None))
     if not spec.heads_fixed:
         attempts.append((replace(spec, heads_fixed="removing heads under the derived spec failed"), None))
     attempts.append((None, None))
@@ -210,9 +215,13 @@ def _attempts(spec: Optional[ArchSpec], why: Optional[str]) -> list[tuple[Option
 
 def _after_failure(attempt: tuple, failed: ArchSpec, exc: Exception) -> tuple:
     what = "head removal" if not failed.heads_fixed else "FFN channel removal"
-    why = (f"{what} with the derived spec ({failed.describe()}) does not reproduce the gated model "
+    why = (f"{what} with the derived spec ({failed.describe()}, head attributes "
+           f"{dict(zip(failed.head_attrs, failed.head_attr_kinds))}) does not reproduce the gated model "
            f"({_first_line(exc)})")
     nxt, _ = attempt
+    if nxt is not None and not nxt.heads_fixed:
+        log.warning("%s; compiling again with head attributes %s", why, list(nxt.head_attrs))
+        return nxt, why
     log.warning("%s; compiling again %s", why, "with every head kept" if nxt is not None else
                 "with the gates folded and nothing removed")
     return (replace(nxt, heads_fixed=why) if nxt is not None else None, why)

@@ -85,7 +85,7 @@ def kv_layout(model: nn.Module) -> list[tuple[int, int]]:
     device = next(model.parameters()).device
     ids = torch.full((1, 1), 3, dtype=torch.long, device=device)
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, return_dict=True)
-    if out.past_key_values is None:
+    if getattr(out, "past_key_values", None) is None:
         raise ExportError(f"{type(model).__name__} returned no KV cache with use_cache=True; cannot export a "
                           f"cached decoder graph")
     shapes = [(int(k.shape[1]), int(k.shape[3])) for k, _ in _cache_layers(out.past_key_values)]

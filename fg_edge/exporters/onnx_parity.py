@@ -144,7 +144,11 @@ class ParityReference:
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
         prefill = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy(),
                    "logits": ref.logits.float().numpy().copy()}
-        cache = ref.past_key_values
+        cache = getattr(ref, "past_key_values", None)
+        if cache is None:
+            raise ExportError(f"{type(model).__name__} returns no KV cache (past_key_values) with use_cache=True: "
+                              f"fg-edge exports causal LMs as one graph with a per-layer key/value cache "
+                              f"(state-space / recurrent caches are not supported)")
         t_logits = ref.logits[:, -1].float()
         del ref
         step_logits, step_feeds = [t_logits.numpy().copy()], []

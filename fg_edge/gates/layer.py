@@ -28,7 +28,8 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> nn.Module:
 
 
 def weight_out_in(layer: nn.Module) -> torch.Tensor:
-    """The (out, in) weight of an nn.Linear or a Conv1D (which stores (in, out))."""
+    """The (out, in) weight of an nn.Linear or a Conv1D (which stores (in, out)), gated or not."""
+    layer = getattr(layer, "base_layer", layer)
     if isinstance(layer, nn.Linear):
         return layer.weight
     return layer.weight.t()
@@ -127,6 +128,18 @@ class GatedLinear(nn.Module):
             if b is not None:
                 b *= r.to(b.dtype)
         return w, b
+
+    # -- what model code reads off the layer it called ------------------------------------------------------
+    # HF forwards read attributes of their linears (Mamba: `self.lm_head(x.to(self.lm_head.weight.dtype))`); the
+    # wrapped layer's are passed through. A forward that computed with `.weight` itself would bypass the gates:
+    # the compiler's parity gate then refuses the folded model.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.base_layer.bias
 
     def extra_repr(self) -> str:
         parts = [f"in={self.in_features}, out={self.out_features}"]
