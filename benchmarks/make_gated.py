@@ -18,7 +18,8 @@ import time
 import torch
 
 
-def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: bool = False) -> dict:
+def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: bool = False,
+                    open_low: float = 0.7) -> dict:
     """Close `fraction` of query heads (the same count in every kv group, so they are removable) and of FFN
     channels in every layer; returns what was closed. With `whole_groups_odd_layers`, odd layers instead lose
     one whole kv group (all its query heads), so kv-head counts differ between layers."""
@@ -35,9 +36,9 @@ def close_fraction_(model, fraction: float, seed: int, whole_groups_odd_layers: 
         if gate is None:
             continue
         n = gate.logits.numel()
-        # open: eval value u in [0.7, 1) -> logit atanh(u - 0.5)
-        u = 0.7 + 0.3 * torch.rand(n, generator=g)
-        logits = torch.atanh(u - 0.5)
+        # open: eval value u in [open_low, 1) -> logit atanh(u - 0.5); open_low >= 1: exactly 1 (logit 3)
+        u = open_low + (1 - open_low) * torch.rand(n, generator=g)
+        logits = torch.atanh(u - 0.5) if open_low < 1 else torch.full((n,), 3.0)
         if name.endswith(spec.o) and whole_groups_odd_layers and _layer_index(name) % 2 == 1:
             logits[:layout.group_size] = -3.0
             closed["heads"] += layout.group_size
@@ -68,6 +69,8 @@ def main() -> None:
     ap.add_argument("--task", default="causal-lm", choices=["causal-lm", "classification"])
     ap.add_argument("--close", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--open-low", type=float, default=0.7,
+                    help="open gates get eval values in [OPEN_LOW, 1); 1: exactly 1 (with --close 0: the dense model)")
     ap.add_argument("--whole-groups-odd-layers", action="store_true",
                     help="odd layers lose one whole kv group instead (layers then differ in kv-head count)")
     args = ap.parse_args()
@@ -81,7 +84,7 @@ def main() -> None:
     model, tokenizer = load_pretrained(args.source, args.task, num_labels=2 if args.task == "classification" else None)
     cfg = GateConfig(granularity="structured", task=args.task)
     inject_gates(model, cfg)
-    closed = close_fraction_(model, args.close, args.seed, args.whole_groups_odd_layers)
+    closed = close_fraction_(model, args.close, args.seed, args.whole_groups_odd_layers, args.open_low)
     model.eval()
     save_model_dir(model, cfg, args.output, tokenizer=tokenizer, overwrite=True,
                    metadata={"source": args.source, "synthetic_gates": closed, "note": "gates set by make_gated.py"})

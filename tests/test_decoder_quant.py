@@ -128,11 +128,11 @@ def test_qdq_and_int8_wo_decoders_compile_and_run(tmp_path):
         assert Runner(tmp_path / "qdq", model=variant).generate("good w1", max_new_tokens=3).token_ids
     assert set(evaluate(tmp_path / "qdq", tmp_path / "cal.txt")["results"]) == {"baseline", "compiled", "qdq",
                                                                                   "baseline-qdq"}
-    res = compile_cli(md, "-o", tmp_path / "wo", "--quantize", "int8-wo", "--no-baseline", "--symmetric",
+    res = compile_cli(md, "-o", tmp_path / "wo", "--quantize", "int8-wo", "--no-baseline", "--asymmetric",
                       "--quality-tokens", "4")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "wo" / "compile_report.json").read_text())["quantization"]
-    assert report["settings"]["bits"] == 8 and report["settings"]["symmetric"] is True
+    assert report["settings"]["bits"] == 8 and report["settings"]["symmetric"] is False
     assert list(report["quality"]["files"]) == ["model.int8-wo.onnx"]
     assert report["quality"]["eval_text"].startswith("built-in sample")
 

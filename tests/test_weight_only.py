@@ -49,9 +49,12 @@ def test_matmulnbits_on_non_uniform_decoders(tmp_path, model_type, bits, tied):
     assert ops["MatMulNBits"] == expected >= 7 and settings["mode"] == ("int4" if bits == 4 else "int8-wo")
     assert settings["lm_head"].startswith("quantized") and ("tied" in settings["lm_head"]) is tied
     nodes = {n.name: n for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
-    head = nodes[LM_HEAD_NODE + f"_Q{bits}"]
+    head = nodes[LM_HEAD_NODE + "_Q8"]                          # the LM head is 8-bit by default
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
-    assert attrs["bits"] == bits and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    assert attrs["bits"] == 8 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    body = [n for n in nodes.values() if n.op_type == "MatMulNBits" and n is not head]
+    assert all({a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"] == bits for n in body)
+    assert settings["method"] == ("hqq" if bits == 4 else "rtn")       # the defaults
     res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[bits], res
 
@@ -59,8 +62,8 @@ def test_matmulnbits_on_non_uniform_decoders(tmp_path, model_type, bits, tied):
 def test_weight_only_options(tmp_path):
     gated, info = _exported(tmp_path, "llama", tied=True)
     src = tmp_path / "model.onnx"
-    quantize_weight_only(src, tmp_path / "sym.onnx", symmetric=True, block_size=16, accuracy_level=0,
-                         include_lm_head=False)
+    quantize_weight_only(src, tmp_path / "sym.onnx", method="rtn", symmetric=True, block_size=16,
+                         accuracy_level=0, include_lm_head=False)
     proto = onnx.load(str(tmp_path / "sym.onnx"))
     nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all(len(n.input) == 3 for n in nbits)           # symmetric: no zero points
@@ -68,7 +71,13 @@ def test_weight_only_options(tmp_path):
     assert not any(a.name == "accuracy_level" for n in nbits for a in n.attribute)
     assert any(n.name == LM_HEAD_NODE and n.op_type == "MatMul" for n in proto.graph.node)   # head kept fp32
     hqq = quantize_weight_only(src, tmp_path / "hqq.onnx", method="hqq")
-    assert hqq["method"] == "hqq" and "HQQ" in hqq["quantizer"]
+    assert hqq["method"] == "hqq" and "HQQ" in hqq["quantizer"] and hqq["symmetric"] is False
+    rtn = quantize_weight_only(src, tmp_path / "asym.onnx", method="rtn", symmetric=False, lm_head_bits=4)
+    asym = [n for n in onnx.load(str(tmp_path / "asym.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert rtn["symmetric"] is False and all(len(n.input) == 4 for n in asym)       # zero points
+    assert LM_HEAD_NODE + "_Q4" in {n.name for n in asym} and rtn["lm_head"].startswith("quantized, 4-bit")
+    assert WeightOnlyConfig(method="rtn").validate().symmetric is True      # rtn's default
+    assert WeightOnlyConfig().validate().method == "hqq" and WeightOnlyConfig(bits=8).validate().method == "rtn"
     res = check_onnx_parity(gated, tmp_path / "hqq.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[4]
     emb = quantize_weight_only(src, tmp_path / "emb.onnx", include_embedding=True)
@@ -92,7 +101,8 @@ def test_embedding_gather_block_quantized_dequantizes_within_half_a_step(bits, s
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, hidden])],
         [numpy_helper.from_array(table, "E")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    info = quantize_embedding(proto, WeightOnlyConfig(bits=bits, symmetric=symmetric, block_size=block))
+    info = quantize_embedding(proto, WeightOnlyConfig(bits=bits, symmetric=symmetric, block_size=block,
+                                                      method="rtn"))
     assert info["embedding"].startswith("quantized") and proto.graph.node[0].op_type == "GatherBlockQuantized"
     proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     ids = np.array([0, 7, 39, 7], dtype=np.int64)
@@ -121,7 +131,8 @@ def test_embedding_left_fp32_when_hidden_does_not_fit_blocks():
 @pytest.mark.parametrize("settings,match", [
     (dict(block_size=48), "--block-size 48"), (dict(block_size=8), "power of 2 >= 16"),
     (dict(accuracy_level=5), "--accuracy-level 5"), (dict(method="gptq"), "--quant-method 'gptq'"),
-    (dict(method="hqq", symmetric=True), "drop --symmetric"), (dict(bits=3), "use 4"),
+    (dict(method="hqq", symmetric=True), "drop --symmetric"), (dict(symmetric=True), "drop --symmetric"),
+    (dict(bits=3), "use 4"), (dict(lm_head_bits=2), "--lm-head-bits 2"),
 ])
 def test_bad_weight_only_settings_name_the_option(settings, match):
     with pytest.raises(ConfigError, match=match):

@@ -28,9 +28,10 @@ class CompileOptions:
     quantize_lm_head: Optional[bool] = None
     #: weight-only (int4 / int8-wo) settings, see fg_edge.exporters.weight_only
     block_size: int = DEFAULT_BLOCK_SIZE
-    symmetric: bool = False
+    symmetric: Optional[bool] = None       # None: the method's default (rtn symmetric, hqq asymmetric)
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    quant_method: str = "rtn"
+    quant_method: Optional[str] = None     # None: hqq for int4, rtn for int8-wo
+    lm_head_bits: int = 8                  # int4: the LM head's bits (8 by default)
     quantize_embedding: bool = False
     #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
     quality_tokens: int = 64
@@ -76,6 +77,7 @@ class CompileOptions:
         return WeightOnlyConfig(bits=WEIGHT_ONLY_BITS[self.quantize], block_size=self.block_size,
                                 symmetric=self.symmetric, accuracy_level=self.accuracy_level,
                                 method=self.quant_method, include_lm_head=self.lm_head_quantized,
+                                lm_head_bits=self.lm_head_bits,
                                 include_embedding=self.quantize_embedding).validate()
 
 
