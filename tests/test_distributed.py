@@ -127,12 +127,16 @@ def test_unsynchronised_ranks_are_refused(setup):
     assert not out.exists() and not list(setup.glob(".unsynced*"))
 
 
-def test_batch_must_split_over_the_processes(setup):
-    out = setup / "odd"
-    proc = _run(_torchrun(["-m", "fg_edge.cli"]), [*_train_args(setup, out), "--batch-size", "7"])
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "--batch-size 7" in text and "2 training processes" in text, text
-    assert not out.exists()
+def test_batch_must_split_over_the_processes():
+    """--batch-size is the global batch: one that does not split over the processes is refused by name (the
+    check runs in every process right after the Accelerator is made, before the data is tokenised)."""
+    from fg_edge.errors import ConfigError
+    from fg_edge.train.distributed import check_batch_size, eval_batch_for
+
+    with pytest.raises(ConfigError, match=r"--batch-size 7 .* 2 training processes"):
+        check_batch_size(7, 2)
+    check_batch_size(8, 2)
+    assert eval_batch_for(64, 3) == 66 and eval_batch_for(64, 2) == 64
 
 
 def test_bf16_autocast_trains_and_saves_float32(setup):
