@@ -2,7 +2,8 @@
 
 Each setting quantizes COMPILED_DIR/model.onnx with fg_edge.exporters.weight_only and is scored teacher-forced
 on the first ROWS texts of DATA (one forward per text): perplexity, the share of positions whose argmax equals
-the fp32 graph's, and the max |logit difference|. This is what chose fg-edge's int4 defaults (README).
+the fp32 graph's, the max |logit difference|, and the median time of one cached decode step (batch 1, 1 thread).
+This is what chose fg-edge's int4 defaults (README).
 
     python benchmarks/weight_only_methods.py /tmp/fg_dense_smollm2/compiled ../shared/data/SST-2/dev.tsv \
         benchmarks/results/decoder/smollm2_weight_only_methods.json
@@ -53,6 +54,25 @@ def _logits(path: Path, docs: list[np.ndarray], threads: int) -> list[np.ndarray
     return out
 
 
+def _decode_ms(path: Path, steps: int = 12) -> float:
+    """Median ms of one cached decode step (batch 1, past 32 tokens, 1 thread)."""
+    s = _session(path, 1)
+    ids = np.arange(100, 132, dtype=np.int64)[None]
+    past = [i for i in s.get_inputs() if i.name.startswith("past")]
+    names = [o.name for o in s.get_outputs()]
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(32)[None],
+             **{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in past}}
+    outs, times = s.run(None, feeds), []
+    for k in range(steps):
+        f = {"input_ids": np.array([[5]], np.int64), "attention_mask": np.ones((1, 33 + k), np.int64),
+             "position_ids": np.array([[32 + k]]),
+             **{i.name: outs[names.index(i.name.replace("past_key_values", "present"))] for i in past}}
+        t0 = time.perf_counter()
+        outs = s.run(None, f)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
 def _perplexity(docs: list[np.ndarray], logits: list[np.ndarray]) -> float:
     nll = n = 0.0
     for ids, lg in zip(docs, logits):
@@ -83,7 +103,7 @@ def main() -> None:
     docs = [np.array(tok.encode(t).ids, dtype=np.int64)[None] for t in texts]
     src = args.compiled_dir / "model.onnx"
     ref = _logits(src, docs, args.threads)
-    rows = [{"setting": "fp32", "perplexity": _perplexity(docs, ref)}]
+    rows = [{"setting": "fp32", "perplexity": _perplexity(docs, ref), "decode_ms": _decode_ms(src)}]
     print(f"fp32: perplexity {rows[0]['perplexity']:.3f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for setting in SETTINGS:
@@ -96,7 +116,7 @@ def main() -> None:
                                                                           "lm_head")},
                    "perplexity": _perplexity(docs, got), "top1_agreement": agree,
                    "max_abs_logit_diff": float(max(np.abs(g - r).max() for g, r in zip(got, ref))),
-                   "quantize_s": round(seconds, 1)}
+                   "quantize_s": round(seconds, 1), "decode_ms": _decode_ms(Path(tmp) / "q.onnx")}
             rows.append(row)
             print(json.dumps(row), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def test_matmulnbits_on_non_uniform_decoders(tmp_path, model_type, bits, tied):
     assert attrs["bits"] == 8 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
     body = [n for n in nodes.values() if n.op_type == "MatMulNBits" and n is not head]
     assert all({a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"] == bits for n in body)
-    assert settings["method"] == ("hqq" if bits == 4 else "rtn")       # the defaults
+    assert settings["method"] == "rtn" and settings["symmetric"] is True      # the defaults
     res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[bits], res
 
@@ -77,7 +77,7 @@ def test_weight_only_options(tmp_path):
     assert rtn["symmetric"] is False and all(len(n.input) == 4 for n in asym)       # zero points
     assert LM_HEAD_NODE + "_Q4" in {n.name for n in asym} and rtn["lm_head"].startswith("quantized, 4-bit")
     assert WeightOnlyConfig(method="rtn").validate().symmetric is True      # rtn's default
-    assert WeightOnlyConfig().validate().method == "hqq" and WeightOnlyConfig(bits=8).validate().method == "rtn"
+    assert WeightOnlyConfig().validate().method == "rtn"
     res = check_onnx_parity(gated, tmp_path / "hqq.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[4]
     emb = quantize_weight_only(src, tmp_path / "emb.onnx", include_embedding=True)
@@ -131,7 +131,7 @@ def test_embedding_left_fp32_when_hidden_does_not_fit_blocks():
 @pytest.mark.parametrize("settings,match", [
     (dict(block_size=48), "--block-size 48"), (dict(block_size=8), "power of 2 >= 16"),
     (dict(accuracy_level=5), "--accuracy-level 5"), (dict(method="gptq"), "--quant-method 'gptq'"),
-    (dict(method="hqq", symmetric=True), "drop --symmetric"), (dict(symmetric=True), "drop --symmetric"),
+    (dict(method="hqq", symmetric=True), "drop --symmetric"),
     (dict(bits=3), "use 4"), (dict(lm_head_bits=2), "--lm-head-bits 2"),
 ])
 def test_bad_weight_only_settings_name_the_option(settings, match):

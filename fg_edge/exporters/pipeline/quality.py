@@ -18,6 +18,7 @@ MAX_PERPLEXITY_INCREASE; `fg-edge compile` prints it in red, compile_report.json
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -125,6 +126,7 @@ def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: in
     if not (folder / "tokenizer.json").is_file():
         return {"skipped": "no tokenizer.json in the compiled folder (the runtime's fast tokenizer): prompts and "
                            "text cannot be encoded"}
+    t0 = time.perf_counter()
     texts = list(texts) if texts else list(SAMPLE_TEXT)
     record = {"method": "fg_edge.exporters.pipeline.quality (torch-free runtime, greedy, left-padded batch)",
               "prompts": list(PROMPTS), "eval_text": source or "built-in sample (quality.SAMPLE_TEXT)",
@@ -144,4 +146,5 @@ def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: in
                  name, entry["perplexity"], entry["perplexity_fp32"], 100 * entry["perplexity_change"],
                  100 * entry["greedy_agreement"], entry["greedy_tokens"],
                  "; FLAGGED: " + ", ".join(entry["flag_reasons"]) if entry["flagged"] else "")
+    record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
