@@ -80,10 +80,6 @@ class ResultFileError(FgEdgeError, ValueError):
     """A result file fg-edge wrote (bench.json) lacks a documented key or has another schema version."""
 
 
-class StorageError(FgEdgeError, OSError):
-    """The file system refused a read or write: disk full, read-only, permission denied (names the path)."""
-
-
 class Terminated(BaseException):
     """The process got SIGTERM / SIGHUP. A BaseException, like KeyboardInterrupt, so every atomic-output block
     removes its temporary files on the way out; `fg-edge` then exits with 128 + the signal number."""
