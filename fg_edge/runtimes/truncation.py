@@ -47,7 +47,11 @@ def fit_prompt(ids: list[int], limit: Optional[int], max_new_tokens: int, trunca
         raise InputMismatchError(f"the prompt has {len(ids)} tokens; with --max-new-tokens {max_new_tokens} the "
                                  f"model's {limit} positions leave room for {room}; shorten it or pass --truncate "
                                  "left|right")
-    lead = list(lead) if list(ids[:len(lead)]) == list(lead) and len(lead) < room else []
+    # the special tokens the template puts first (BOS; not a trailing EOS of the empty text) stay in front
+    n = 0
+    while n < min(len(lead), len(ids)) and ids[n] == lead[n]:
+        n += 1
+    lead = list(ids[:n]) if n < room else []
     kept = ids[:room] if truncate == "right" else lead + ids[len(ids) - (room - len(lead)):]
     log.warning("the prompt has %d tokens; cut to %d (keeping the %s) so that %d new tokens fit the model's %d "
                 "positions (--truncate error refuses instead)", len(ids), len(kept),
