@@ -125,12 +125,9 @@ _MODERNBERT = ArchSpec(
 # relative embeddings, or pos_key_proj / pos_query_proj when share_att_key is off); a head whose v rows or o
 # columns are all zero contributes nothing whatever its scores, and every other head's scores use only its own
 # rows of q / k / pos projections, so cutting whole heads (with their pos-projection rows) is exact.
-_DEBERTA_V2 = ArchSpec(
-    family="deberta-v2", layers="encoder.layer", attention="attention.self",
-    q="attention.self.query_proj", k="attention.self.key_proj", v="attention.self.value_proj", qkv=None,
-    o="attention.output.dense", ffn_in=("intermediate.dense",), ffn_out="output.dense",
-    head_attrs=("num_attention_heads", "all_head_size"),
-    head_attr_kinds=("heads", "width"), ffn_act="intermediate.intermediate_act_fn", attn_returns="context",
+_DEBERTA_V2 = replace(   # BERT's block layout, its own projection names and the per-head position projections
+    _BERT, family="deberta-v2",
+    q="attention.self.query_proj", k="attention.self.key_proj", v="attention.self.value_proj",
     head_extra=("attention.self.pos_key_proj", "attention.self.pos_query_proj"),
 )
 _GPT2 = ArchSpec(

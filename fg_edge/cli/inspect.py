@@ -6,25 +6,13 @@ from pathlib import Path
 
 import click
 
-from fg_edge.cli.options import json_option
-
-
-def _plot_target(ctx, param, value):
-    """Check --plot FILE's folder before the work (the plot is written last)."""
-    if value is not None:
-        from fg_edge.errors import OutputPathError
-        from fg_edge.formats.atomic import check_writable_location
-
-        try:
-            check_writable_location(Path(value).resolve().parent, value, option="--plot", role="plot")
-        except OutputPathError as exc:
-            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
-    return value
+from fg_edge.cli.options import json_option, output_file_check
 
 
 @click.command()
 @click.argument("model_dir", type=click.Path(file_okay=True, dir_okay=True, path_type=str))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, callback=_plot_target,
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              callback=output_file_check("--plot", "plot"),
               metavar="FILE.png", help="Also write a heatmap of the eval gate values (layers x heads / FFN "
                                        "channels, or x rows / columns per module for paper granularity).")
 @json_option("the report")

@@ -16,26 +16,29 @@ from typing import Any, Callable, Optional
 import click
 
 
-def _json_target(ctx, param, value: Optional[str]) -> Optional[str]:
-    """Check --json FILE's folder (created when missing, like output folders) before the command's work, not
-    after it."""
-    if value not in (None, "-"):
+def output_file_check(option: str, role: str) -> Callable:
+    """A click callback that checks an output FILE's folder before the command's work, not after it (a missing
+    folder is fine: it is created, like output folders); '-' (stdout) passes."""
+    def check(ctx, param, value: Optional[str]) -> Optional[str]:
+        if value in (None, "-"):
+            return value
         from fg_edge.errors import OutputPathError
         from fg_edge.formats.atomic import check_writable_location
 
-        parent = Path(value).resolve().parent
         try:
-            check_writable_location(parent, value, option="--json", role="JSON file")
+            check_writable_location(Path(value).resolve().parent, value, option=option, role=role)
         except OutputPathError as exc:
             raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
         if Path(value).is_dir():
             raise click.BadParameter(f"{value} is a folder; name a file", ctx=ctx, param=param)
-    return value
+        return value
+
+    return check
 
 
 def json_option(what: str = "the result") -> Callable:
     return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-                        metavar="FILE|-", callback=_json_target,
+                        metavar="FILE|-", callback=output_file_check("--json", "JSON file"),
                         help=f"Also write {what} as JSON to FILE ('-': print only the JSON).")
 
 
