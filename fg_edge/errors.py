@@ -109,9 +109,9 @@ def os_error_message(exc: OSError) -> str:
 
     name = _errno.errorcode.get(exc.errno or -1, "")
     what, todo = _OS_ERRORS.get(name, (exc.strerror or str(exc) or type(exc).__name__, "check the path"))
-    path = exc.filename if exc.filename is not None else None
-    where = f"{path}: " if path is not None else ""
-    return f"cannot read or write {where}{what}; {todo}" if path is None else f"{where}{what}; {todo}"
+    if exc.filename is None:
+        return f"cannot read or write: {what}; {todo}"
+    return f"{exc.filename}: {what}; {todo}"
 
 
 class DistributedError(FgEdgeError, RuntimeError):
