@@ -173,3 +173,45 @@ def test_onnxruntime_genai_generates_the_same_greedy_tokens(int4_dir, tmp_path, 
         theirs = [int(t) for t in generator.get_sequence(0)][len(prompt):]
         assert theirs == ours[: len(theirs)] and len(theirs) == len(ours), (ours, theirs)
         assert len(set(ours)) > 1 or 5 in ours        # a real sequence, not one repeated token
+
+
+@pytest.mark.parametrize("variant", ["compiled", "int4", "baseline-int4"])
+def test_run_engine_genai_matches_the_ort_engine(int4_dir, variant):
+    """`fg-edge run --engine genai` on every variant (the folder's genai_config.json, its file overlaid): the
+    same greedy text as fg-edge's own loop."""
+    pytest.importorskip("onnxruntime_genai", reason="pip install 'fg-edge[genai]' (onnxruntime-genai)")
+    out = int4_dir[0]
+    got = {}
+    for engine in ("ort", "genai"):
+        res = CliRunner().invoke(cli, ["run", str(out), "good w1 w2", "--model", variant, "--max-new-tokens", "24",
+                                       "--engine", engine, "--threads", "1", "--json", "-"])
+        assert res.exit_code == 0, res.output
+        got[engine] = json.loads(res.output)
+    assert got["genai"]["engine"] == "genai" and got["genai"]["file"] == got["ort"]["file"]
+    assert got["genai"]["token_ids"] == got["ort"]["token_ids"] and len(got["ort"]["token_ids"]) > 1
+
+
+def test_bench_engine_genai_times_generation(int4_dir, tmp_path):
+    pytest.importorskip("onnxruntime_genai", reason="pip install 'fg-edge[genai]' (onnxruntime-genai)")
+    res = CliRunner().invoke(cli, ["bench", str(int4_dir[0]), "--seq", "8", "--gen-tokens", "8", "--repeats", "2",
+                                   "--warmup", "0", "--engine", "genai", "-o", str(tmp_path / "b"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert data["settings"]["engine"] == "genai"
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert {"compiled", "int4", "baseline", "baseline-int4"} <= set(rows)
+    assert all(r["decode_tokens_per_s"] > 0 and r["ttft_ms"] > 0 for r in rows.values())
+    assert "generation by ONNX Runtime GenAI" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_engine_genai_bad_uses_fail_with_one_line(int4_dir, tmp_path, monkeypatch):
+    """Batch > 1 in bench, and a missing package (simulated), each give one line naming what to change."""
+    pytest.importorskip("onnxruntime_genai", reason="pip install 'fg-edge[genai]' (onnxruntime-genai)")
+    res = CliRunner().invoke(cli, ["bench", str(int4_dir[0]), "--batch", "2", "--seq", "8", "--engine", "genai",
+                                   "-o", str(tmp_path / "b"), "--no-progress"])
+    assert res.exit_code != 0 and "--engine genai times batch 1" in res.output, res.output
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)      # import now raises ImportError
+    res = CliRunner().invoke(cli, ["run", str(int4_dir[0]), "good", "--engine", "genai"])
+    assert res.exit_code != 0 and "pip install 'fg-edge[genai]'" in res.output, res.output

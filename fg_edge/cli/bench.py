@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.options import ep_library_option, progress_option, show_progress
+from fg_edge.cli.options import engine_option, ep_library_option, progress_option, show_progress
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -13,6 +13,7 @@ from fg_edge.cli.options import ep_library_option, progress_option, show_progres
               help="Comma-separated providers: cpu, mobile (CPU EP, 1-2 threads, .ort/int8: emulated), cuda, "
                    "tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu.")
 @ep_library_option
+@engine_option
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--seq", "seqs", default="128", show_default=True, help="Comma-separated sequence lengths (tokens).")
 @click.option("--threads", default="1", show_default=True, help="Comma-separated intra-op thread counts.")
@@ -26,7 +27,7 @@ from fg_edge.cli.options import ep_library_option, progress_option, show_progres
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json, bench.md and bench.png (default: COMPILED_DIR/bench).")
 @progress_option
-def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, repeats, warmup, gen_tokens,
+def bench_cmd(compiled_dir, providers, ep_libraries, engine, batches, seqs, threads, repeats, warmup, gen_tokens,
               graph_optimization, no_baseline, out_dir, progress):
     """Benchmark COMPILED_DIR: the compiled model against its dense baseline (and int8 variants when present).
 
@@ -42,6 +43,7 @@ def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, rep
       fg-edge bench runs/minilm-compiled --batch 1,8 --seq 128 --threads 1,2
       fg-edge bench runs/minilm-compiled --providers cpu,mobile -o runs/minilm-bench
       fg-edge bench runs/stories-compiled --seq 32 --gen-tokens 32 --repeats 10 --no-progress
+      fg-edge bench runs/smollm2-compiled --seq 32 --gen-tokens 64 --engine genai   # GenAI's generation loop
     """
     from pathlib import Path
 
@@ -57,7 +59,7 @@ def bench_cmd(compiled_dir, providers, ep_libraries, batches, seqs, threads, rep
         register_ep_libraries(ep_libraries)
     result = run_bench(compiled_dir, providers=providers, batches=batches, seqs=seqs, threads=threads,
                        repeats=repeats, warmup=warmup, gen_tokens=gen_tokens, no_baseline=no_baseline,
-                       graph_optimization=graph_optimization, progress=show_progress(progress))
+                       graph_optimization=graph_optimization, progress=show_progress(progress), engine=engine)
     click.echo(format_table(result))
     paths = write_outputs(result, out)
     for kind, p in paths.items():

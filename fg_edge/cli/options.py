@@ -57,6 +57,14 @@ def ep_library_option(f: Callable) -> Callable:
                              "(onnxruntime.register_execution_provider_library); repeatable.")(f)
 
 
+def engine_option(f: Callable) -> Callable:
+    """--engine: who runs a decoder's generation loop (fg_edge.runtimes.genai_engine)."""
+    return click.option("--engine", type=click.Choice(["ort", "genai"]), default="ort", show_default=True,
+                        help="Decoders: 'ort' = fg-edge's own cached loop on ONNX Runtime; 'genai' = ONNX Runtime "
+                             "GenAI (pip install 'fg-edge[genai]') runs the search from the folder's "
+                             "genai_config.json.")(f)
+
+
 def show_progress(flag: Optional[bool]) -> bool:
     """The effective progress setting: the user's flag, else on only for a terminal and when not quiet."""
     if flag is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from fg_edge.cli.options import emit_json, ep_library_option, json_option, truncate_option
+from fg_edge.cli.options import emit_json, engine_option, ep_library_option, json_option, truncate_option
 from fg_edge.formats.compiled_dir import MODEL_CHOICES
 
 
@@ -20,6 +20,7 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
               help="Execution provider: cpu, cuda, tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu, "
                    "mobile (CPU EP emulation), or a full ORT EP name.")
 @ep_library_option
+@engine_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (default: ORT's choice).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=20, show_default=True, help="Decoders only.")
 @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True,
@@ -30,7 +31,7 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
 @click.option("--normalize", is_flag=True, help="Embedding models: L2-normalise the embedding.")
 @truncate_option
 @json_option("the full result")
-def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, max_new_tokens, top_k, temperature,
+def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, engine, threads, max_new_tokens, top_k, temperature,
             seed, normalize, truncate, json_path):
     """Run TEXT through COMPILED_DIR (a folder written by `fg-edge compile`).
 
@@ -45,6 +46,7 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
       fg-edge run runs/stories-compiled "Once upon a time" --max-new-tokens 40 --top-k 20 --temperature 0.8
       fg-edge run runs/minilm-compiled "so dull" --model int8 --provider mobile
       fg-edge run runs/smollm2-compiled "The capital of France is" --model int4
+      fg-edge run runs/smollm2-compiled "The capital of France is" --model int4 --engine genai
       fg-edge run runs/nli-compiled "A man plays a guitar." --pair "Someone makes music."
       fg-edge run runs/stories-compiled "Once upon a time" --json - > result.json
     """
@@ -61,12 +63,14 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
         register_ep_libraries(ep_libraries)
     if temperature is None:
         temperature = 1.0 if top_k > 0 else 0.0
-    runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads, truncate=truncate)
+    runner = Runner(compiled_dir, model=variant, provider=provider, threads=threads, truncate=truncate,
+                    engine=engine)
     result = runner.run(text, pair, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature, seed=seed,
                         normalize=normalize)
     if emit_json(result, json_path):
         return
-    click.echo(f"[{result['model']}: {result['file']} on {result['provider']}]")
+    engine = " (ONNX Runtime GenAI)" if engine == "genai" else ""
+    click.echo(f"[{result['model']}: {result['file']} on {result['provider']}{engine}]")
     if result["kind"] == "classification":
         click.echo(f"label: {result['label']}")
         for name, p in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
@@ -81,4 +85,5 @@ def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, threads, 
         click.echo(f"({len(result['token_ids'])} new tokens; TTFT {result['ttft_ms']:.1f} ms"
                    f"{'; %.1f tokens/s' % tps if tps else ''})", err=True)
         shapes = "; ".join(f"L{s['layer']} {'x'.join(map(str, s['key']))}" for s in result["kv_shapes"])
-        click.echo(f"KV cache per layer (batch x kv_heads x tokens x head_dim): {shapes}", err=True)
+        if shapes:    # GenAI keeps its cache to itself
+            click.echo(f"KV cache per layer (batch x kv_heads x tokens x head_dim): {shapes}", err=True)

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from fg_edge.errors import InputMismatchError, ModelDirError
+from fg_edge.errors import ConfigError, InputMismatchError, ModelDirError
 from fg_edge.formats.names import KINDS
 from fg_edge.formats.compiled_dir import PAST_RE, PRESENT_RE, CompiledDir, ModelFile
 from fg_edge.formats.positions import truncation_side
@@ -186,7 +186,7 @@ class Runner:
     def __init__(self, compiled_dir: str | Path, model: str = "compiled", provider: str = "cpu",
                  threads: Optional[int] = None, settings: Optional[SessionSettings] = None,
                  provider_options: Optional[dict] = None, max_length: Optional[int] = None,
-                 truncate: Optional[str] = None):
+                 truncate: Optional[str] = None, engine: str = "ort"):
         self.cdir = CompiledDir(compiled_dir)
         self.provider = resolve_provider(provider, provider_options)     # checked before any file is read
         settings = settings or SessionSettings()
@@ -213,6 +213,16 @@ class Runner:
         if self.kind != "causal-lm" and self.truncate != "error":
             # encoders: truncate as the HF tokenizer did in training (special tokens kept)
             self.tokenizer.enable_truncation(self.max_length, strategy="longest_first", direction=self.truncate)
+        #: 'ort' (fg-edge's own cached loop) or 'genai' (ONNX Runtime GenAI runs the search; decoders only)
+        self.engine, self.genai = engine, None
+        if engine == "genai":
+            from fg_edge.runtimes.genai_engine import GenaiDecoder
+
+            if self.kind != "causal-lm":
+                raise ConfigError(f"--engine genai runs decoders; {self.file.path} is a {self.kind} model")
+            self.genai = GenaiDecoder(self.cdir.path, self.file.path.name, self.provider.name, threads)
+        elif engine != "ort":
+            raise ConfigError(f"--engine must be ort or genai; got {engine!r}")
 
     @property
     def label(self) -> str:
@@ -303,9 +313,23 @@ class Runner:
                      temperature: float = 0.0, seed: int = 0, on_token=None) -> GenerationOutput:
         self._require("causal-lm")
         pad = self.cdir.pad_token_id()
+        if self.genai is not None:
+            return self._genai_ids(prompt_ids, max_new_tokens, top_k, temperature, seed, pad)
         ids, mask = left_pad([list(p) for p in prompt_ids], pad)
         return generate(self.model, ids, mask, max_new_tokens=max_new_tokens, top_k=top_k, temperature=temperature,
                         seed=seed, eos_ids=self.cdir.eos_token_ids(), pad_id=pad, on_token=on_token)
+
+    def _genai_ids(self, prompt_ids, max_new_tokens, top_k, temperature, seed, pad) -> GenerationOutput:
+        """GenAI generates one prompt at a time; the results are stacked as fg-edge's batch would be (prompts
+        left-padded, new tokens padded after an early EOS)."""
+        outs = [self.genai.generate(p, max_new_tokens, top_k, temperature, seed) for p in prompt_ids]
+        ids, _ = left_pad([list(p) for p in prompt_ids], pad)
+        new = np.full((len(outs), max(o.new_tokens.shape[1] for o in outs)), pad, dtype=np.int64)
+        for i, o in enumerate(outs):
+            new[i, : o.new_tokens.shape[1]] = o.new_tokens[0]
+        return GenerationOutput(sequences=np.concatenate([ids, new], axis=1), new_tokens=new,
+                                prompt_len=ids.shape[1], prefill_s=sum(o.prefill_s for o in outs),
+                                decode_s=sum(o.decode_s for o in outs), steps=sum(o.steps for o in outs) // len(outs))
 
     def generate(self, prompt: str, max_new_tokens: int = 20, top_k: int = 0, temperature: float = 0.0,
                  seed: int = 0, on_token=None) -> GenerationResult:
@@ -326,7 +350,8 @@ class Runner:
     def run(self, text: str, pair: Optional[str] = None, **kwargs) -> dict[str, Any]:
         """The task's answer for one text (and its `pair`, for a sentence-pair classifier) as a JSON-able dict
         (what `fg-edge run` prints)."""
-        base = {"model": self.variant, "file": str(self.file.path), "provider": self.label, "kind": self.kind}
+        base = {"model": self.variant, "file": str(self.file.path), "provider": self.label, "kind": self.kind,
+                "engine": self.engine}
         for what, value in (("TEXT", text), ("--pair", pair)):
             if value is not None and not value.strip():
                 raise InputMismatchError(f"{what} is empty; give some text")

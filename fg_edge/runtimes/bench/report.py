@@ -87,7 +87,8 @@ def format_markdown(result: dict) -> str:
              f"- onnxruntime {result['onnxruntime']['version']}; providers {', '.join(s['providers'])}; "
              f"threads {s['threads']}; batches {s['batches']}; seqs {s['seqs']}",
              f"- {s['repeats']} timed repeats after {s['warmup']} warm-up runs; {s['alternation']}; "
-             f"graph optimisation {s['graph_optimization']}; memory: {s['memory_method']}",
+             f"graph optimisation {s['graph_optimization']}; memory: {s['memory_method']}"
+             + ("; generation by ONNX Runtime GenAI" if s.get("engine") == "genai" else ""),
              f"- FLOP-ratio ceiling (compile_report.json): {_ceiling(result) or 'unknown'}",
              "", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(b) + " |" for b in body]

@@ -154,8 +154,10 @@ class _Bench:
     """The measuring loops of one run_bench call; rows accumulate in `self.rows`."""
 
     def __init__(self, plan: BenchPlan, repeats: int, warmup: int, gen_tokens: int, graph_optimization: str,
-                 no_baseline: bool, seed: int, rss: Callable[[], float]):
+                 no_baseline: bool, seed: int, rss: Callable[[], float], engine: str = "ort"):
         self.plan, self.repeats, self.warmup, self.gen_tokens = plan, repeats, warmup, gen_tokens
+        self.engine = engine
+        self.genai: dict = {}                           # (file, provider, threads) -> GenaiDecoder
         self.graph_optimization, self.no_baseline, self.seed, self.rss = graph_optimization, no_baseline, seed, rss
         self.kind: Optional[str] = None                 # what the models compute, from the first one loaded
         self.rows: list[dict[str, Any]] = []
@@ -176,6 +178,7 @@ class _Bench:
         settings = SessionSettings(intra_op_threads=nthreads, inter_op_threads=1,
                                    graph_optimization=self.graph_optimization)
         runs = [self._load(f, rp, settings) for f in files]
+        self._case_key, self.genai = (rp, nthreads), {}      # GenAI models live for the case, as sessions do
         for batch in self.plan.batches:
             for seq in self.plan.seqs:
                 n_gen = self._shape(runs, f"{rp.name} t{nthreads} b{batch} s{seq}", batch, seq, bar)
@@ -213,36 +216,72 @@ class _Bench:
             return self._generation(runs, feeds, seq)
         return 0
 
-    def _generation(self, runs: list[VariantRun], feeds: dict, seq: int) -> int:
-        """Time to first token and decode tokens/s, up to 5 rounds alternated like the timed runs."""
+    def _generate(self, v: VariantRun, fd: dict, n_gen: int):
+        """One generation run: fg-edge's cached loop, or ONNX Runtime GenAI on the same file (--engine genai)."""
         from fg_edge.runtimes.generate import generate
 
+        if self.engine != "genai":
+            return generate(v.model, fd["input_ids"], fd["attention_mask"], max_new_tokens=n_gen, stop_at_eos=False)
+        from fg_edge.runtimes.genai_engine import GenaiDecoder
+
+        rp, threads = self._case_key
+        key = (str(v.file.path), rp.name, threads)
+        if key not in self.genai:
+            self.genai[key] = GenaiDecoder(v.file.path.parent, v.file.path.name, rp.name, threads)
+        return self.genai[key].generate(fd["input_ids"][0].tolist(), n_gen, stop_at_eos=False)
+
+    def _generation(self, runs: list[VariantRun], feeds: dict, seq: int) -> int:
+        """Time to first token and decode tokens/s, up to 5 rounds alternated like the timed runs."""
         limit = self.plan.limit
         n_gen = self.gen_tokens if not limit else max(0, min(self.gen_tokens, limit - seq))
         for r in range(max(1, min(self.repeats, 5)) if n_gen else 0):
             for v in _rotated(runs, r):
                 fd = feeds[id(v)]
-                out = generate(v.model, fd["input_ids"], fd["attention_mask"], max_new_tokens=n_gen,
-                               stop_at_eos=False)
+                out = self._generate(v, fd, n_gen)
                 v.ttft.append(out.prefill_s)
                 if out.tokens_per_s:
                     v.tps.append(out.tokens_per_s)
         return n_gen
 
 
+def _check_engine(engine: str, plan: BenchPlan, gen_tokens: int) -> None:
+    """--engine genai: decoders, batch 1, .onnx files (checked before any session is made)."""
+    if engine == "ort":
+        return
+    if engine != "genai":
+        raise ConfigError(f"--engine must be ort or genai; got {engine!r}")
+    from fg_edge.runtimes.genai_engine import GENAI_PROVIDERS, require_genai
+
+    require_genai()
+    if plan.cdir.task != "causal-lm":
+        raise ConfigError(f"--engine genai times decoder generation; {plan.cdir.path} holds a {plan.cdir.task} model")
+    if gen_tokens <= 0:
+        raise ConfigError("--engine genai times generation: give --gen-tokens > 0")
+    if plan.batches != [1]:
+        raise ConfigError(f"--engine genai times batch 1 (GenAI runs one sequence here); got --batch "
+                          f"{','.join(map(str, plan.batches))}")
+    for rp, files in plan.cases:
+        if rp.name not in GENAI_PROVIDERS:
+            raise ConfigError(f"--engine genai runs on {', '.join(GENAI_PROVIDERS)}; got provider {rp.name}")
+        ort_files = [f.path.name for f in files if f.path.suffix == ".ort"]
+        if ort_files:
+            raise ConfigError(f"--engine genai runs .onnx files; provider {rp.name} would time {ort_files[0]}")
+
+
 def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",), batches: Sequence[int] = (1,),
               seqs: Sequence[int] = (128,), threads: Sequence[int] = (1,), repeats: int = 20, warmup: int = 3,
               gen_tokens: int = 16, no_baseline: bool = False, graph_optimization: str = "all",
-              progress: bool = True, seed: int = 0) -> dict[str, Any]:
+              progress: bool = True, seed: int = 0, engine: str = "ort") -> dict[str, Any]:
     """Benchmark a compiled_dir; returns the bench.json dict (schema: fg_edge.runtimes.bench.schema)."""
     import onnxruntime as ort
 
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
     plan = plan_bench(compiled_dir, providers, batches, seqs, threads, no_baseline)
+    _check_engine(engine, plan, gen_tokens)
     mem_method, rss = memory_probe()
     load_start = load_average()
-    bench = _Bench(plan, repeats, warmup, gen_tokens, graph_optimization, no_baseline, seed, rss)
+    bench = _Bench(plan, repeats, warmup, gen_tokens, graph_optimization, no_baseline, seed, rss, engine)
     bar = _Progress(bench.total_runs(), progress)
     try:
         rows = bench.run(bar)
@@ -260,7 +299,7 @@ def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",
         "settings": {"providers": plan.provider_names, "batches": plan.batches, "seqs": plan.seqs,
                      "threads": plan.threads, "repeats": repeats, "warmup": warmup, "gen_tokens": gen_tokens,
                      "graph_optimization": graph_optimization, "alternation": ALTERNATION,
-                     "memory_method": mem_method, "no_baseline": no_baseline},
+                     "memory_method": mem_method, "no_baseline": no_baseline, "engine": engine},
         "layers": plan.cdir.layers,
         "rows": rows,
     }

@@ -12,7 +12,8 @@ bench.json schema (BENCH_SCHEMA_VERSION = 1), every key always present (null whe
                            load_average_end} (1/5/15-minute load averages, None where the OS has none)
     onnxruntime           {version, available_providers}
     settings              {providers, batches, seqs, threads, repeats, warmup, gen_tokens, graph_optimization,
-                           alternation, memory_method, no_baseline}
+                           alternation, memory_method, no_baseline, engine ('ort' | 'genai': who ran the
+                           generation rows' loop)}
     layers                config.json fg_edge_layers (per-layer heads / kv heads / head_dim / ffn_size)
     rows                  list of rows, one per provider x threads x batch x seq x variant:
       provider            short name ('cpu', 'mobile', 'cuda', ...)
