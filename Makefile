@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Local SST-2 copy on the project machines; override with SST2_DIR=/path/to/SST-2 (make variable or environment).
-# Without a local copy the demo reads GLUE SST-2 from the Hugging Face hub (needs network and `pip install datasets`).
+# Without one the demo trains on the small review set shipped in data/demo (its README says what it is).
 SST2_DIR ?= ../shared/data/SST-2
 ifneq ($(wildcard $(SST2_DIR)/train.tsv),)
-DEMO_DATA = --train $(SST2_DIR)/train.tsv --dev $(SST2_DIR)/dev.tsv
+DEMO_DIR = $(SST2_DIR)
 else
-DEMO_DATA = --train hf:stanfordnlp/sst2@train --dev hf:stanfordnlp/sst2@validation --text-column sentence
+DEMO_DIR = data/demo
 endif
+DEMO_DATA = --train $(DEMO_DIR)/train.tsv --dev $(DEMO_DIR)/dev.tsv
 
 .PHONY: setup test demo accuracy clean
 
@@ -29,6 +30,7 @@ test: setup
 # The main job on an embedded default: gates on all-MiniLM-L6-v2 for SST-2 sentiment, compile (+int8, .ort),
 # then bench the compiled model against its dense baseline on the CPU EP and the mobile profile.
 demo: setup
+	@echo "demo data: $(DEMO_DIR)"
 	$(BIN)/fg-edge train sentence-transformers/all-MiniLM-L6-v2 --task classification \
 		$(DEMO_DATA) --max-train 2000 --epochs 2 --label-names negative,positive \
 		--target-sparsity 0.4 --output demo_out/model_dir --overwrite
