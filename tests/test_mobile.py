@@ -75,7 +75,8 @@ def test_nnapi_target_writes_contrib_free_ort_files(nnapi_out):
                for line in output.splitlines())
 
 
-def test_nnapi_files_selectable_by_run_eval(nnapi_out, tmp_path):
+def test_nnapi_files_selectable_by_run_eval_bench(nnapi_out, tmp_path):
+    from fg_edge.runtimes.bench.run import plan_bench
     from fg_edge.runtimes.evaluate import evaluate
     from fg_edge.runtimes.runner import Runner
 
@@ -85,6 +86,11 @@ def test_nnapi_files_selectable_by_run_eval(nnapi_out, tmp_path):
     dev = write_tsv(tmp_path / "dev.tsv", sentiment_rows(8, seed=5))
     results = evaluate(out, dev)["results"]
     assert {"nnapi", "baseline-nnapi", "qdq-nnapi", "baseline-qdq-nnapi"} <= set(results)
+    plan = plan_bench(out, "mobile", "1", "8", "1", no_baseline=False, models="nnapi,qdq-nnapi")
+    assert [f.path.name for f in plan.cases[0][1]] == ["model.nnapi.ort", "baseline.nnapi.ort",
+                                                       "model.qdq.nnapi.ort", "baseline.qdq.nnapi.ort"]
+    res = CliRunner().invoke(cli, ["bench", str(out), "--models", "int8", "--no-progress", "-o", str(tmp_path / "b")])
+    assert res.exit_code != 0 and "model.int8.onnx" in res.output
 
 
 @pytest.mark.parametrize("args, message", [
