@@ -73,6 +73,9 @@ def test_nnapi_target_writes_contrib_free_ort_files(nnapi_out):
     assert "  for" in output and "NNAPI, CoreML" in output and "mobile estimate" in output
     assert any(line.startswith("model.qdq.nnapi.ort: NNAPI ") and "CoreML MLProgram" in line
                for line in output.splitlines())
+    # what NNAPI still lacks is said, with what would help (opset 17 exports LayerNormalization as one op)
+    assert "hint: NNAPI takes no LayerNormalization" in output and "--opset 16" in output
+    assert ort["targets"]["nnapi"]["hints"]
 
 
 def test_nnapi_files_selectable_by_run_eval_bench(nnapi_out, tmp_path):
