@@ -23,12 +23,16 @@ from fg_edge.cli.options import engine_option, ep_library_option, progress_optio
               help="Decoders: new tokens per generation run (time to first token, tokens/s); 0 skips it.")
 @click.option("--graph-opt", "graph_optimization", type=click.Choice(["disable", "basic", "extended", "all"]),
               default="all", show_default=True, help="ORT graph optimisation level (same for every variant).")
+@click.option("--models", default=None, metavar="LIST",
+              help="Comma-separated variants to run, each with its dense partner unless --no-baseline (e.g. "
+                   "nnapi,qdq-nnapi: the --ort-target nnapi files) [default: compiled + baseline and every "
+                   "quantized pair present; mobile: int8 when present].")
 @click.option("--no-baseline", is_flag=True, help="Benchmark the compiled model alone (no dense baseline.onnx).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for bench.json, bench.md and bench.png (default: COMPILED_DIR/bench).")
 @progress_option
 def bench_cmd(compiled_dir, providers, ep_libraries, engine, batches, seqs, threads, repeats, warmup, gen_tokens,
-              graph_optimization, no_baseline, out_dir, progress):
+              graph_optimization, models, no_baseline, out_dir, progress):
     """Benchmark COMPILED_DIR: the compiled model against its dense baseline (and int8 variants when present).
 
     \b
@@ -42,6 +46,7 @@ def bench_cmd(compiled_dir, providers, ep_libraries, engine, batches, seqs, thre
     Examples:
       fg-edge bench runs/minilm-compiled --batch 1,8 --seq 128 --threads 1,2
       fg-edge bench runs/minilm-compiled --providers cpu,mobile -o runs/minilm-bench
+      fg-edge bench runs/minilm-android --providers mobile --models nnapi,qdq-nnapi
       fg-edge bench runs/stories-compiled --seq 32 --gen-tokens 32 --repeats 10 --no-progress
       fg-edge bench runs/smollm2-compiled --seq 32 --gen-tokens 64 --engine genai   # GenAI's generation loop
     """
@@ -59,7 +64,8 @@ def bench_cmd(compiled_dir, providers, ep_libraries, engine, batches, seqs, thre
         register_ep_libraries(ep_libraries)
     result = run_bench(compiled_dir, providers=providers, batches=batches, seqs=seqs, threads=threads,
                        repeats=repeats, warmup=warmup, gen_tokens=gen_tokens, no_baseline=no_baseline,
-                       graph_optimization=graph_optimization, progress=show_progress(progress), engine=engine)
+                       graph_optimization=graph_optimization, progress=show_progress(progress), models=models,
+                       engine=engine)
     click.echo(format_table(result))
     paths = write_outputs(result, out)
     for kind, p in paths.items():

@@ -13,6 +13,7 @@ from typing import Optional
 
 import click
 
+from fg_edge.formats.names import ORT_TARGETS
 from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 from fg_edge.exporters.weight_only import DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE
 from fg_edge.cli.options import emit_json, json_option, overwrite_option, progress_option, show_progress
@@ -64,6 +65,11 @@ log = logging.getLogger(__name__)
 @click.option("--ort-format", is_flag=True,
               help="Also write .ort files for ORT Mobile, required_operators.config for a minimal ORT build, and "
                    "ORT's NNAPI / CoreML partition estimate in the report.")
+@click.option("--ort-target", "ort_targets", type=click.Choice(list(ORT_TARGETS)), multiple=True,
+              help="Which EPs the --ort-format files are for (repeatable) [default: cpu]. cpu: <stem>.ort, ORT's "
+                   "full offline optimisation (fused contrib ops; CPU / XNNPACK EP). nnapi: <stem>.nnapi.ort "
+                   "(model, baseline and with --quantize qdq their QDQ graphs), ORT's basic level, checked to hold "
+                   "no contrib op (NNAPI; the fp32 files also CoreML), parity-checked; encoders only.")
 @click.option("--no-baseline", is_flag=True, help="Skip the dense baseline (baseline.onnx) used by `fg-edge bench`.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store weights in model.onnx.data [default: automatic above 1.5 GB].")
@@ -79,7 +85,7 @@ log = logging.getLogger(__name__)
 def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset: int, quantize: str,
                 per_channel: bool, block_size: int, symmetric: Optional[bool], accuracy_level: int,
                 quant_method: str, lm_head_bits: str, quantize_lm_head: Optional[bool], quantize_embedding: bool, quality_tokens: int,
-                calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool,
+                calibration: Optional[Path], eval_data: Optional[Path], ort_format: bool, ort_targets: tuple[str, ...],
                 no_baseline: bool, external_data: Optional[bool], tolerance: float, decoder_steps: int,
                 legacy_steps: Optional[int], progress: Optional[bool], json_path: Optional[str]) -> None:
     """Compile MODEL_DIR (from `fg-edge train`) into ONNX models that compute exactly what the gated model does.
@@ -94,6 +100,7 @@ def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset:
     \b
     Examples:
       fg-edge compile runs/minilm -o runs/minilm-compiled --quantize int8 --ort-format
+      fg-edge compile runs/minilm -o runs/minilm-android --quantize qdq --ort-format --ort-target nnapi
       fg-edge compile runs/smollm2 -o runs/smollm2-compiled --quantize int4 --eval-data valid.txt
       fg-edge compile runs/stories260K --parity-steps 64 --json runs/stories260K-report.json
     """
@@ -109,6 +116,7 @@ def compile_cmd(model_dir: Path, output: Optional[Path], overwrite: bool, opset:
                              quantize_embedding=quantize_embedding,
                              quality_tokens=quality_tokens,
                              calibration=str(calibration) if calibration else None, ort_format=ort_format,
+                             ort_targets=tuple(ort_targets) or None,
                              baseline=not no_baseline, external_data=external_data, tol=tolerance,
                              decoder_steps=decoder_steps, eval_data=str(eval_data) if eval_data else None)
     out = output or default_output(model_dir)

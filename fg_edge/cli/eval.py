@@ -21,7 +21,8 @@ from fg_edge.cli.options import emit_json, json_option, no_header_option, trunca
               help="Use at most this many rows (a seeded subsample) / documents.")
 @click.option("--models", default=None, metavar="LIST",
               help="Comma-separated variants (default: every one present of baseline, compiled, int8, baseline-int8, "
-                   "qdq, baseline-qdq, int4, baseline-int4, int8-wo, baseline-int8-wo).")
+                   "qdq, baseline-qdq, int4, baseline-int4, int8-wo, baseline-int8-wo, and the .ort-only nnapi, "
+                   "baseline-nnapi, qdq-nnapi, baseline-qdq-nnapi).")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider (see `fg-edge run --help`).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads.")
 @click.option("--window", type=click.IntRange(2), default=None,

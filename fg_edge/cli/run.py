@@ -15,7 +15,8 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
               help="The second text, for a sentence-pair classifier (NLI, paraphrase): encoded as one pair.")
 @click.option("--model", "variant", type=click.Choice(MODEL_CHOICES), default="compiled", show_default=True,
               help="Which model file: compiled (model.onnx), baseline (dense baseline.onnx), a quantized one "
-                   "(int8: model.int8.onnx, qdq, int4, int8-wo: model.<name>.onnx) or its baseline-<name>.")
+                   "(int8: model.int8.onnx, qdq, int4, int8-wo: model.<name>.onnx) or its baseline-<name>; nnapi / "
+                   "qdq-nnapi (and baseline-*): the .nnapi.ort files of --ort-target nnapi.")
 @click.option("--provider", default="cpu", show_default=True,
               help="Execution provider: cpu, cuda, tensorrt, xnnpack, nnapi, coreml, qnn, openvino, dml, webgpu, "
                    "mobile (CPU EP emulation), or a full ORT EP name.")

@@ -5,7 +5,7 @@
 
 Lower-level pieces: `export_onnx` (graph interfaces documented in `onnx_export`), `check_onnx_parity`,
 `dense_baseline`, `quantize_int8_dynamic`, `quantize_qdq_static`, `quantize_weight_only` (int4 / int8-wo),
-`convert_to_ort`, `partition_summary`.
+`convert_to_ort` (`target="cpu"` or `"nnapi"`), `ort_operators`, `partition_summary`.
 Imports are lazy so `import fg_edge.exporters` stays cheap.
 """
 
@@ -22,7 +22,7 @@ _EXPORTS = {
     "quantize_int8_dynamic": "quantize", "quantize_qdq_static": "quantize", "quantized_op_counts": "quantize",
     "QUANTIZE_MODES": "quantize", "QuantizeConfig": "quantize",
     "quantize_weight_only": "weight_only", "WeightOnlyConfig": "weight_only",
-    "convert_to_ort": "ort_format", "partition_summary": "ort_format",
+    "convert_to_ort": "ort_format", "partition_summary": "ort_format", "ort_operators": "ort_format",
     "compile_model_dir": "pipeline", "CompileOptions": "pipeline", "default_output": "pipeline",
     "format_summary": "pipeline",
 }

@@ -7,6 +7,8 @@ Model variants and their files (the `.ort` twin is used by the mobile profile wh
     int8           model.int8.onnx      (model.int8.ort)      dynamic int8 (--quantize int8)
     baseline-int8  baseline.int8.onnx   (baseline.int8.ort)
     qdq / int4 / int8-wo, and their baseline-* partners: model.<variant>.onnx, baseline.<variant>.onnx
+    nnapi / baseline-nnapi / qdq-nnapi / baseline-qdq-nnapi: model(.qdq).nnapi.ort, baseline(.qdq).nnapi.ort only
+                   (--ort-target nnapi: ORT's basic optimisation level, no contrib ops; for NNAPI / CoreML)
 
 config.json carries `fg_edge_layers` (per-layer heads / kv heads / head_dim / ffn_size, and `kv_cache` for
 decoders); compile_report.json carries `totals.flop_ratio` (the speed-up ceiling).
@@ -24,8 +26,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fg_edge.errors import ModelDirError
-from fg_edge.formats.names import (BASELINE_OF, INPUTS_KEY, LAYERS_KEY, QUANTIZE_MODES, REPORT_FILE,  # noqa: F401
-                                   TASK_KEY, VARIANTS)
+from fg_edge.formats.names import (BASELINE_OF, INPUTS_KEY, LAYERS_KEY, ORT_ONLY_VARIANTS, QUANTIZE_MODES,  # noqa: F401
+                                   REPORT_FILE, TASK_KEY, VARIANTS)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ class CompiledDir:
         if found is None:
             stem = VARIANTS[variant][0]
             mode = variant.removeprefix("baseline-")
+            if variant in ORT_ONLY_VARIANTS:
+                raise ModelDirError(f"{self.path} has no {stem}.ort (re-run `fg-edge compile "
+                                    f"{ORT_ONLY_VARIANTS[variant]}`" + (", without --no-baseline)"
+                                                                       if VARIANTS[variant][2] else ")"))
             hint = (" (the dense baseline; re-run `fg-edge compile` with the baseline export, or pass "
                     "--no-baseline to benchmark the compiled model alone)" if variant == "baseline" else
                     f" (re-run `fg-edge compile --quantize {mode}`)" if mode in QUANTIZE_MODES else "")

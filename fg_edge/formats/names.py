@@ -49,11 +49,27 @@ VARIANTS: dict[str, tuple[str, str, bool]] = {
     "baseline-int4": ("baseline.int4", "int4", True),
     "int8-wo": ("model.int8-wo", "int8-wo", False),          # weight-only 8-bit MatMulNBits, --quantize int8-wo
     "baseline-int8-wo": ("baseline.int8-wo", "int8-wo", True),
+    # .ort only (`--ort-format --ort-target nnapi`): converted at ORT's basic level, ONNX-domain ops only
+    "nnapi": ("model.nnapi", "fp32", False),
+    "baseline-nnapi": ("baseline.nnapi", "fp32", True),
+    "qdq-nnapi": ("model.qdq.nnapi", "qdq", False),
+    "baseline-qdq-nnapi": ("baseline.qdq.nnapi", "qdq", True),
 }
 #: --quantize modes, each the name of the compiled variant it writes (model.<mode>.onnx, baseline.<mode>.onnx)
 QUANTIZE_MODES = ("int8", "qdq", "int4", "int8-wo")
 #: the dense partner of each compiled variant (same precision family)
-BASELINE_OF = {"compiled": "baseline", **{m: f"baseline-{m}" for m in QUANTIZE_MODES}}
+BASELINE_OF = {"compiled": "baseline", **{m: f"baseline-{m}" for m in QUANTIZE_MODES}, "nnapi": "baseline-nnapi",
+               "qdq-nnapi": "baseline-qdq-nnapi"}
+#: variants that exist only as .ort files (no .onnx twin), and the compile option that writes them
+ORT_ONLY_VARIANTS = {"nnapi": "--ort-format --ort-target nnapi", "baseline-nnapi": "--ort-format --ort-target nnapi",
+                     "qdq-nnapi": "--quantize qdq --ort-format --ort-target nnapi",
+                     "baseline-qdq-nnapi": "--quantize qdq --ort-format --ort-target nnapi"}
+
+#: `--ort-target`: which execution providers the `.ort` files are converted for. cpu: <stem>.ort at ORT's full
+#: offline optimisation (fused contrib ops; CPU / XNNPACK EP); nnapi: <stem>.nnapi.ort at the basic level (ONNX
+#: ops only, QDQ node units kept for the EP; NNAPI, CoreML)
+ORT_TARGETS = ("cpu", "nnapi")
+REQUIRED_OPERATORS_FILE = "required_operators.config"
 
 
 def quantized_file(graph: str, mode: str) -> str:
@@ -61,3 +77,15 @@ def quantized_file(graph: str, mode: str) -> str:
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {mode!r}; expected one of {', '.join(QUANTIZE_MODES)}")
     return graph[: -len(".onnx")] + f".{mode}.onnx"
+
+
+def ort_file(graph: str, target: str = "cpu") -> str:
+    """model.qdq.onnx -> model.qdq.ort (target cpu) / model.qdq.nnapi.ort (target nnapi)."""
+    if target not in ORT_TARGETS:
+        raise ValueError(f"unknown ORT target {target!r}; expected one of {', '.join(ORT_TARGETS)}")
+    return graph[: -len(".onnx")] + ("" if target == "cpu" else f".{target}") + ".ort"
+
+
+def required_operators_file(target: str = "cpu") -> str:
+    """required_operators.config (target cpu) / required_operators.nnapi.config: the ops of that target's files."""
+    return REQUIRED_OPERATORS_FILE if target == "cpu" else f"required_operators.{target}.config"

@@ -35,6 +35,10 @@ VARIANT_MEANING = {
     "baseline-int4": "dense-folded, 4-bit weights",
     "int8-wo": "compiled, 8-bit weights (weight-only MatMulNBits)",
     "baseline-int8-wo": "dense-folded, 8-bit weights",
+    "nnapi": "compiled, fp32 .ort for NNAPI / CoreML (ORT basic optimisation, no contrib ops)",
+    "baseline-nnapi": "dense-folded, fp32 .ort for NNAPI / CoreML",
+    "qdq-nnapi": "compiled, static QDQ int8 .ort for NNAPI (ORT basic optimisation, no contrib ops)",
+    "baseline-qdq-nnapi": "dense-folded, static QDQ int8 .ort for NNAPI",
     "reference": "reference model (--reference, PyTorch), e.g. the dense finetuned teacher",
 }
 

@@ -8,7 +8,8 @@ compiled_dir (written atomically: nothing appears unless every stage and every p
     baseline.onnx                    the dense model (gates folded, nothing removed), same export settings
     model.int8.onnx, baseline.int8.onnx    with --quantize int8 (dynamic)
     model.qdq.onnx, baseline.qdq.onnx      with --quantize qdq (static QDQ, for NPU EPs)
-    model.ort, baseline.ort (+ .int8.ort), required_operators.config    with --ort-format
+    model.ort, baseline.ort (+ .int8.ort), required_operators.config    with --ort-format (--ort-target cpu)
+    model.nnapi.ort, baseline.nnapi.ort (+ .qdq.nnapi.ort), required_operators.nnapi.config   --ort-target nnapi
     config.json                      HF config + the per-layer shape record `fg_edge_layers` (fg_edge.compiler)
     fg_edge_compiled.safetensors, compile_plan.json   the compiled torch weights and removal plan (fg_edge.compiler.load_compiled)
     tokenizer files                  when the model_dir has a tokenizer
@@ -16,7 +17,8 @@ compiled_dir (written atomically: nothing appears unless every stage and every p
                                      "mobile_partitions", "files" (bytes), "summary"
 
 Modules: `options` (CompileOptions), `stages` (STAGES and the state they share), `run` (compile_model_dir, the
-loop), `graphs` (export / baseline / quantize work), `loading`, `progress`, `memory`, `summary`.
+loop), `graphs` (export / baseline / quantize work), `mobile` (.ort files per --ort-target), `loading`,
+`progress`, `memory`, `summary`.
 """
 
 from fg_edge.exporters.pipeline.graphs import export_baseline

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from fg_edge.errors import ConfigError
+from fg_edge.formats.names import ORT_TARGETS
 from fg_edge.exporters.onnx_export import DEFAULT_OPSET, validate_opset
 from fg_edge.formats.parity import ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 from fg_edge.exporters.quantize import QUANTIZE_MODES
@@ -37,6 +38,8 @@ class CompileOptions:
     quality_tokens: int = 64
     calibration: Optional[str] = None
     ort_format: bool = False
+    #: --ort-target: which EPs the .ort files are converted for (names.ORT_TARGETS); None: ("cpu",), the default
+    ort_targets: Optional[tuple[str, ...]] = None
     baseline: bool = True
     external_data: Optional[bool] = None
     tol: float = ONNX_PARITY_TOL
@@ -58,12 +61,34 @@ class CompileOptions:
         elif self.quantize_embedding:
             raise ConfigError(f"--quantize-embedding needs a weight-only mode (--quantize int4 or int8-wo); got "
                               f"--quantize {self.quantize}")
+        self._validate_ort_targets()
         if self.quality_tokens < 1:
             raise ConfigError(f"--quality-tokens must be >= 1; got {self.quality_tokens}")
         if not (self.tol > 0) or not math.isfinite(self.tol):
             raise ConfigError(f"--tolerance must be a finite number > 0 (inf would switch the parity gate off); "
                               f"got {self.tol}")
         return self
+
+    def _validate_ort_targets(self) -> None:
+        if self.ort_targets is None:
+            return
+        given = " ".join(f"--ort-target {t}" for t in self.ort_targets)
+        unknown = [t for t in self.ort_targets if t not in ORT_TARGETS]
+        if unknown or not self.ort_targets:
+            raise ConfigError(f"--ort-target {', '.join(map(repr, unknown)) or '(none)'}: use one of "
+                              f"{', '.join(ORT_TARGETS)}")
+        if not self.ort_format:
+            raise ConfigError(f"{given} needs --ort-format (it says which .ort files --ort-format writes)")
+        if "nnapi" in self.ort_targets and self.quantize not in ("none", "qdq"):
+            raise ConfigError(f"--ort-target nnapi cannot take --quantize {self.quantize}: NNAPI runs none of its "
+                              f"quantized ops (int8: DynamicQuantizeLinear + MatMulInteger; int4 / int8-wo: the "
+                              f"contrib op MatMulNBits). Use --quantize qdq (static QDQ int8, QuantizeLinear / "
+                              f"DequantizeLinear, which NNAPI takes) or no --quantize")
+
+    @property
+    def ort_target_list(self) -> tuple[str, ...]:
+        """The --ort-target values in force (("cpu",) unless given), duplicates dropped, order kept."""
+        return tuple(dict.fromkeys(self.ort_targets or ("cpu",)))
 
     @property
     def weight_only(self) -> bool:

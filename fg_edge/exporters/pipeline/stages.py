@@ -21,6 +21,7 @@ from fg_edge.exporters.onnx_parity import check_onnx_parity
 from fg_edge.exporters.pipeline.graphs import export_graph, quantize_graphs
 from fg_edge.exporters.pipeline.loading import calibration_texts, input_record, load_eval_data, load_gated, load_tokenizer
 from fg_edge.exporters.pipeline.memory import release
+from fg_edge.exporters.pipeline.mobile import ort_format_stage, refuse_nnapi_decoder
 from fg_edge.exporters.pipeline.options import CompileOptions
 from fg_edge.exporters.pipeline.progress import Progress
 from fg_edge.exporters.pipeline.summary import quantized_name, summary_rows
@@ -68,6 +69,7 @@ def _load(st: CompileState) -> None:
     st.gated = load_gated(st.model_dir)
     if model_kind(st.gated) == "causal-lm":
         _refuse_int8_decoder(st.options, st.model_dir)
+        refuse_nnapi_decoder(st.options, st.model_dir)
     st.tokenizer = load_tokenizer(st.model_dir)
     if st.options.quantize == "qdq":
         if st.tokenizer is None:
@@ -199,17 +201,11 @@ def _pack_once(st: CompileState) -> None:
 
 
 def _ort_format(st: CompileState) -> None:
-    from fg_edge.exporters.ort_format import convert_to_ort, partition_summary
-    from fg_edge.runtimes.session import create_session
-
+    """.ort files per --ort-target (fg_edge.exporters.pipeline.mobile); the mobile estimate covers model.onnx as
+    exported and every .ort as shipped (the graph ORT optimised offline into it)."""
     _pack_once(st)
-    ort_info = convert_to_ort([st.tmp / g for g in st.graphs + st.quant_graphs], st.tmp, partitions=True)
-    for name in ort_info["files"]:  # each .ort must load in ORT
-        create_session(st.tmp / name, "cpu")
-    shipped = ort_info.pop("partitions")
-    st.report["ort_format"] = ort_info
-    # model.onnx as exported, and every .ort as shipped (the graph ORT optimised offline into it)
-    st.report["mobile_partitions"] = {"model.onnx": partition_summary(st.tmp / "model.onnx"), **shipped}
+    st.report["ort_format"], st.report["mobile_partitions"] = ort_format_stage(
+        st.tmp, st.graphs, st.quant_graphs, st.options, st.kind, st.reference)
 
 
 def _files(out: Path) -> dict[str, int]:

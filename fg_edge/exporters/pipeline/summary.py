@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fg_edge.exporters.pipeline.mobile import mobile_lines
 from fg_edge.formats.names import quantized_file
 from fg_edge.formats.parity import ONNX_PARITY_TOL
 
@@ -20,6 +21,9 @@ def summary_rows(report: dict) -> list[dict]:
     quant = report.get("quantization", {})
     for name, entry in (quant.get("files") or {}).items():
         parity[name] = entry["vs_gated_model"]
+    ort = report.get("ort_format") or {}
+    parity.update(ort.get("parity") or {})          # the .nnapi.ort files, checked like their .onnx
+    ep_for = ort.get("for") or {}
     quality = (quant.get("quality") or {}).get("files") or {}
     totals = report.get("totals", {})
     for name in sorted(n for n in files if n.endswith((".onnx", ".ort"))):
@@ -34,6 +38,7 @@ def summary_rows(report: dict) -> list[dict]:
             "max_abs_diff": None if p is None else p["max_abs_diff"],
             "parity": None if p is None else ("pass" if p.get("check", "gated") == "gated" else "report only"),
             "token_agreement": None if p is None else p.get("token_agreement"),
+            **({"for": ep_for[name]} if name in ep_for else {}),
             **({} if q is None else {"quality_vs": q["vs"], "perplexity_change": q["perplexity_change"],
                                      "greedy_agreement": q["greedy_agreement"], "flagged": q["flagged"]}),
         })
@@ -56,7 +61,8 @@ def format_summary(report: dict, color: bool = False) -> str:
     rows = report.get("summary", [])
     t = report.get("totals", {})
     lines = [f"{'file':<24} {'size':>10} {'params':>12} {'FLOP ratio':>10} {'max |diff|':>11} {'parity':>12}"
-             + ("  quality vs fp32" if any("greedy_agreement" in r for r in rows) else "")]
+             + ("  quality vs fp32" if any("greedy_agreement" in r for r in rows) else "")
+             + ("  for" if any("for" in r for r in rows) else "")]
     for r in rows:
         params = f"{r['params']:,}" if r["params"] is not None else "-"
         ratio = f"{r['flop_ratio']:.2f}x" if r["flop_ratio"] is not None else "-"
@@ -65,7 +71,7 @@ def format_summary(report: dict, color: bool = False) -> str:
         if r.get("token_agreement") is not None and r["parity"] != "pass":
             parity += f" ({100 * r['token_agreement']:.0f}% tok)"
         line = (f"{r['file']:<24} {r['bytes'] / 1e6:>8.2f}MB {params:>12} {ratio:>10} {diff:>11} {parity:>12}"
-                + _quality_cell(r))
+                + _quality_cell(r) + (f"  {r['for']}" if "for" in r else ""))
         lines.append(_red(line, color) if r.get("flagged") else line)
     if t:
         lines.append(f"params {t.get('params_before', 0):,} -> {t.get('params_after', 0):,} "
@@ -75,6 +81,7 @@ def format_summary(report: dict, color: bool = False) -> str:
     if arch:   # which spec the compiler used, so a user can check it (table entry / derived / none: fold only)
         lines.append(f"architecture: {arch.get('spec') or 'no spec fits, gates folded'}; removal: {arch.get('removal')}")
     lines += _quality_lines(report, color)
+    lines += mobile_lines(report)
     metric = report.get("quantization", {}).get("task_metric")
     if metric:
         mode = report["quantization"]["settings"]["mode"]

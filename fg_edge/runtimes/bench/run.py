@@ -20,7 +20,7 @@ import numpy as np
 
 from fg_edge.errors import ConfigError
 from fg_edge.formats.compiled_dir import CompiledDir, ModelFile
-from fg_edge.formats.names import BASELINE_OF, QUANTIZE_MODES
+from fg_edge.formats.names import BASELINE_OF, QUANTIZE_MODES, VARIANTS
 from fg_edge.runtimes.bench.machine import load_average, machine_info, memory_probe
 from fg_edge.runtimes.bench.rows import VariantRun, shape_rows
 from fg_edge.runtimes.bench.schema import BENCH_SCHEMA_VERSION
@@ -79,11 +79,25 @@ class _Progress:
             self.bar.close()
 
 
-def _variants_for(cdir: CompiledDir, spec: ProviderSpec, no_baseline: bool) -> list[ModelFile]:
-    """The model files a provider benchmarks: int8 first for int8-preferring profiles (mobile), else compiled,
-    then every quantized variant present (int8, qdq, int4, int8-wo), each with its dense baseline unless
-    --no-baseline; a missing fp32 baseline raises ModelDirError."""
-    if spec.prefer_int8 and cdir.find("int8") is not None:
+def _chosen_variants(models: Sequence[str], no_baseline: bool) -> list[str]:
+    """--models: the variants named, each followed by its dense partner (names.BASELINE_OF) unless --no-baseline."""
+    names: list[str] = []
+    for m in models:
+        if m not in VARIANTS:
+            raise ConfigError(f"--models {m!r}: unknown variant; expected some of {', '.join(VARIANTS)}")
+        partner = None if no_baseline or VARIANTS[m][2] else BASELINE_OF.get(m)
+        names += [v for v in (m, partner) if v is not None and v not in names]
+    return names
+
+
+def _variants_for(cdir: CompiledDir, spec: ProviderSpec, no_baseline: bool,
+                  models: Optional[Sequence[str]] = None) -> list[ModelFile]:
+    """The model files a provider benchmarks: `models` (--models) with their dense partners when given; else int8
+    first for int8-preferring profiles (mobile), else compiled, then every quantized variant present (int8, qdq,
+    int4, int8-wo), each with its dense baseline unless --no-baseline; a missing file raises ModelDirError."""
+    if models:
+        names = _chosen_variants(models, no_baseline)
+    elif spec.prefer_int8 and cdir.find("int8") is not None:
         names = ["int8"] + ([] if no_baseline else ["baseline-int8" if cdir.find("baseline-int8") else "baseline"])
     else:
         names = ["compiled"] + ([] if no_baseline else ["baseline"])
@@ -107,6 +121,7 @@ class BenchPlan:
     limit: Optional[int]                                        # the model's max positions (None: unknown)
     vocab: int
     flop_ratio: Optional[float]
+    models: Optional[list[str]] = None                          # --models as given (None: each provider's default)
 
     def threads_for(self, rp: ResolvedProvider) -> list[int]:
         """The thread counts a provider runs (capped by a profile's max_threads, e.g. mobile's 2)."""
@@ -116,7 +131,8 @@ class BenchPlan:
 
 
 def plan_bench(compiled_dir: str | Path, providers: Sequence[str] | str, batches: Sequence[int] | str,
-               seqs: Sequence[int] | str, threads: Sequence[int] | str, no_baseline: bool) -> BenchPlan:
+               seqs: Sequence[int] | str, threads: Sequence[int] | str, no_baseline: bool,
+               models: Optional[Sequence[str] | str] = None) -> BenchPlan:
     """Check every option and file up front (unknown / unavailable providers, bad lists, missing baseline,
     a --seq beyond the model's positions) so a bad run fails before any work."""
     cdir = CompiledDir(compiled_dir)
@@ -124,14 +140,17 @@ def plan_bench(compiled_dir: str | Path, providers: Sequence[str] | str, batches
     resolved = [resolve_provider(p) for p in provider_names]
     batches, seqs, threads = (parse_int_list(batches, "batch"), parse_int_list(seqs, "seq"),
                               parse_int_list(threads, "threads"))
-    cases = [(rp, _variants_for(cdir, rp.spec, no_baseline)) for rp in resolved]
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    models = list(models) if models else None
+    cases = [(rp, _variants_for(cdir, rp.spec, no_baseline, models)) for rp in resolved]
     limit = cdir.max_positions()
     for seq in seqs:
         if limit and seq > limit:
             raise ConfigError(f"--seq {seq} exceeds the model's {limit} positions "
                               f"(max_position_embeddings in {cdir.path / 'config.json'})")
     return BenchPlan(cdir, provider_names, cases, batches, seqs, threads, limit, cdir.vocab_size() or 100,
-                     cdir.flop_ratio())
+                     cdir.flop_ratio(), models)
 
 
 def _inputs(model: OnnxModel, batch: int, seq: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -271,13 +290,16 @@ def _check_engine(engine: str, plan: BenchPlan, gen_tokens: int) -> None:
 def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",), batches: Sequence[int] = (1,),
               seqs: Sequence[int] = (128,), threads: Sequence[int] = (1,), repeats: int = 20, warmup: int = 3,
               gen_tokens: int = 16, no_baseline: bool = False, graph_optimization: str = "all",
-              progress: bool = True, seed: int = 0, engine: str = "ort") -> dict[str, Any]:
-    """Benchmark a compiled_dir; returns the bench.json dict (schema: fg_edge.runtimes.bench.schema)."""
+              progress: bool = True, seed: int = 0, models: Optional[Sequence[str] | str] = None,
+              engine: str = "ort") -> dict[str, Any]:
+    """Benchmark a compiled_dir; returns the bench.json dict (schema: fg_edge.runtimes.bench.schema). `models`:
+    the variants to run (names.VARIANTS, e.g. "nnapi,qdq-nnapi"), each with its dense partner; default: see
+    _variants_for. `engine`: who runs the decoders' generation loop ('ort': fg-edge's, 'genai')."""
     import onnxruntime as ort
 
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0 (got {repeats}, {warmup})")
-    plan = plan_bench(compiled_dir, providers, batches, seqs, threads, no_baseline)
+    plan = plan_bench(compiled_dir, providers, batches, seqs, threads, no_baseline, models)
     _check_engine(engine, plan, gen_tokens)
     mem_method, rss = memory_probe()
     load_start = load_average()
@@ -299,7 +321,8 @@ def run_bench(compiled_dir: str | Path, providers: Sequence[str] | str = ("cpu",
         "settings": {"providers": plan.provider_names, "batches": plan.batches, "seqs": plan.seqs,
                      "threads": plan.threads, "repeats": repeats, "warmup": warmup, "gen_tokens": gen_tokens,
                      "graph_optimization": graph_optimization, "alternation": ALTERNATION,
-                     "memory_method": mem_method, "no_baseline": no_baseline, "engine": engine},
+                     "memory_method": mem_method, "no_baseline": no_baseline,
+                     "models": plan.models, "engine": engine},
         "layers": plan.cdir.layers,
         "rows": rows,
     }

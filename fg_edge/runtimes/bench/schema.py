@@ -12,15 +12,16 @@ bench.json schema (BENCH_SCHEMA_VERSION = 1), every key always present (null whe
                            load_average_end} (1/5/15-minute load averages, None where the OS has none)
     onnxruntime           {version, available_providers}
     settings              {providers, batches, seqs, threads, repeats, warmup, gen_tokens, graph_optimization,
-                           alternation, memory_method, no_baseline, engine ('ort' | 'genai': who ran the
-                           generation rows' loop)}
+                           alternation, memory_method, no_baseline, models (--models; null: the defaults),
+                           engine ('ort' | 'genai': who ran the generation rows' loop)}
     layers                config.json fg_edge_layers (per-layer heads / kv heads / head_dim / ffn_size)
     rows                  list of rows, one per provider x threads x batch x seq x variant:
       provider            short name ('cpu', 'mobile', 'cuda', ...)
       provider_label      how reports show it ('mobile (emulated on CPU EP)' for the mobile profile)
       ep                  ONNX Runtime execution provider name
       variant             'compiled' | 'baseline' | 'int8' | 'baseline-int8' | 'qdq' | 'baseline-qdq' | 'int4' |
-                          'baseline-int4' | 'int8-wo' | 'baseline-int8-wo' (fg_edge.formats.names.VARIANTS)
+                          'baseline-int4' | 'int8-wo' | 'baseline-int8-wo' | 'nnapi' | 'baseline-nnapi' | 'qdq-nnapi' |
+                          'baseline-qdq-nnapi' (fg_edge.formats.names.VARIANTS; the *nnapi ones are .ort only)
       file                model file name;  format: 'onnx' | 'ort';  dense: bool
       precision           'fp32' | 'int8' | 'qdq' | 'int4' | 'int8-wo' (the variant's family)
       file_size_bytes     model file (+ external data) size
