@@ -54,7 +54,10 @@ def test_matmulnbits_on_non_uniform_decoders(tmp_path, model_type, bits, tied):
     assert attrs["bits"] == 8 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
     body = [n for n in nodes.values() if n.op_type == "MatMulNBits" and n is not head]
     assert all({a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"] == bits for n in body)
-    assert settings["method"] == "rtn" and settings["symmetric"] is True      # the defaults
+    # the defaults: hqq (asymmetric, integer zero points + correction) for 4 bits, rtn symmetric for 8
+    assert (settings["method"], settings["symmetric"]) == (("hqq", False) if bits == 4 else ("rtn", True))
+    if bits == 4:
+        assert settings["zero_points"].startswith("integer") and any(n.endswith("/Correction") for n in nodes)
     res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[bits], res
 
@@ -77,7 +80,8 @@ def test_weight_only_options(tmp_path):
     assert rtn["symmetric"] is False and all(len(n.input) == 4 for n in asym)       # zero points
     assert LM_HEAD_NODE + "_Q4" in {n.name for n in asym} and rtn["lm_head"].startswith("quantized, 4-bit")
     assert WeightOnlyConfig(method="rtn").validate().symmetric is True      # rtn's default
-    assert WeightOnlyConfig().validate().method == "rtn"
+    assert WeightOnlyConfig().validate().method == "hqq" and WeightOnlyConfig(bits=8).validate().method == "rtn"
+    assert WeightOnlyConfig(symmetric=True).validate().method == "rtn"      # --symmetric exists for rtn only
     res = check_onnx_parity(gated, tmp_path / "hqq.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[4]
     emb = quantize_weight_only(src, tmp_path / "emb.onnx", include_embedding=True)
@@ -85,6 +89,47 @@ def test_weight_only_options(tmp_path):
     assert emb["embedding"].startswith("quantized")
     res = check_onnx_parity(gated, tmp_path / "emb.onnx", kind=info.kind, steps=4, raise_on_fail=False)
     assert res["max_abs_diff"] < BOUND[4]
+
+
+def _nbits_graph(k, n, bs, zp_tensor):
+    """One MatMulNBits node (4 bits, accuracy level 1 = fp32 compute) with random packed weights; returns the
+    model, the unpacked levels q (N, K) and the scales (N, blocks)."""
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(n, k // bs, bs // 2)
+    scales = rng.uniform(0.01, 0.1, size=(n, k // bs)).astype(np.float32)
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales.reshape(-1), "S"), zp_tensor]
+    node = helper.make_node("MatMulNBits", ["x", "B", "S", zp_tensor.name], ["y"], name="mm", domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=bs, accuracy_level=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return model, q, scales
+
+
+def test_integer_zero_points_rewrite_is_exact():
+    """Float zero points (HQQ's; some outside the 4-bit range) -> packed integer ones + the correction MatMul:
+    the output equals both the float-zero-point node and x @ ((q - z) * s) to float32 rounding."""
+    import onnxruntime as ort
+
+    from fg_edge.exporters.zero_points import integer_zero_points
+
+    k, n, bs = 128, 24, 32
+    z = np.random.default_rng(2).uniform(-2.0, 17.0, size=(n, k // bs)).astype(np.float32)
+    model, q, scales = _nbits_graph(k, n, bs, numpy_helper.from_array(z.reshape(-1), "Z"))
+    x = np.random.default_rng(3).normal(size=(2, 3, k)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    before = run(model)
+    assert integer_zero_points(model) == {"nodes": 1, "correction_params": n * k // bs}
+    zp = next(t for t in model.graph.initializer if t.name.endswith("zero_points_int"))
+    assert zp.data_type == TensorProto.UINT8 and {nd.op_type for nd in model.graph.node} == {"MatMulNBits", "MatMul",
+                                                                                            "Add"}
+    after = run(model)
+    w = (q.astype(np.float32) - np.repeat(z, bs, axis=1)) * np.repeat(scales, bs, axis=1)     # (N, K)
+    ref = x @ w.T
+    scale = np.abs(ref).max()
+    assert np.abs(after - ref).max() < 1e-5 * scale and np.abs(after - before).max() < 1e-5 * scale
 
 
 @pytest.mark.parametrize("bits,symmetric", [(4, False), (4, True), (8, False)])

@@ -232,13 +232,16 @@ def quantized_op_counts(path: str | Path) -> dict[str, int]:
     GatherBlockQuantized, …)."""
     import onnx
 
+    from fg_edge.exporters.zero_points import op_kind
+
     proto = onnx.load(str(path), load_external_data=False)
     counts: dict[str, int] = {}
     for node in proto.graph.node:
-        if node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
-                            "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul",
-                            "MatMulNBits", "GatherBlockQuantized"):
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        kind = op_kind(node)
+        if kind in ("MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear",
+                    "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMul",
+                    "MatMulNBits", "GatherBlockQuantized", "ZeroPointCorrection"):
+            counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 

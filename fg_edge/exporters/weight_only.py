@@ -7,8 +7,10 @@
   the fast path on x86 / ARM CPUs).
 * methods: ``rtn`` (round to nearest on each block's min/max; ORT's default quantizer, C++ kernels) and ``hqq``
   (half-quadratic optimisation of scale / zero point per block, no calibration data; ORT's HQQ quantizer, which
-  needs torch and is asymmetric only). Defaults: hqq for 4 bits, rtn (symmetric) for 8 — on SmolLM2-135M, 4-bit
-  RTN lost 40-50 % of the greedy tokens where HQQ kept 97 % (README).
+  needs torch and is asymmetric only). HQQ's float zero points are then split into integer ones plus an exact
+  correction MatMul (fg_edge.exporters.zero_points), so its files run on ORT's fast integer kernels.
+  Defaults: hqq for 4 bits, rtn (symmetric) for 8 — on SmolLM2-135M, 4-bit RTN lost 40 % of the greedy tokens
+  where HQQ kept 93-97 % (README).
 * the LM head is 8-bit RTN by default, also on a 4-bit body (`lm_head_bits`; measured on SmolLM2-135M: with
   RTN perplexity 313 with a 4-bit head, 286 with an 8-bit one; with HQQ 283 vs 271, fp32 272).
 * Gemm nodes with a constant weight (GPT-2's Conv1D) are rewritten to MatMul (+ Add) first, so they are quantized
@@ -58,16 +60,21 @@ class WeightOnlyConfig:
     #: None: symmetric for rtn (measured better on SmolLM2-135M, see README), asymmetric for hqq (its only form)
     symmetric: Optional[bool] = None
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    #: rtn (default: ORT's fast kernels) or hqq (more accurate, but its float zero points run on a slow path)
-    method: str = "rtn"
+    #: rtn or hqq; None: hqq for 4 bits (far more accurate on SmolLM2-135M), rtn for 8 (README)
+    method: Optional[str] = None
     include_lm_head: bool = True
     #: bits of the LM head when it is quantized: 8 (default; RTN symmetric, on a 4-bit body too) or 4
     lm_head_bits: int = 8
     include_embedding: bool = False
+    #: hqq: float zero points -> integer ones + an exact correction (fast kernels); False keeps the floats
+    integer_zero_points: bool = True
 
     def validate(self) -> "WeightOnlyConfig":
         if self.bits not in (4, 8):
             raise ConfigError(f"weight-only bits {self.bits}: use 4 (--quantize int4) or 8 (--quantize int8-wo)")
+        if self.method is None:     # --symmetric exists for rtn only, so asking for it picks rtn
+            method = "hqq" if self.bits == 4 and not self.symmetric else "rtn"
+            return replace(self, method=method).validate()
         bs = self.block_size
         if not isinstance(bs, int) or bs < 16 or bs & (bs - 1):
             raise ConfigError(f"--block-size {bs}: MatMulNBits needs a power of 2 >= 16 (e.g. 32, 64, 128)")
@@ -235,10 +242,13 @@ def _set_accuracy_level(proto, level: int) -> None:
 
 
 def _count_ops(proto) -> dict[str, int]:
+    from fg_edge.exporters.zero_points import op_kind
+
     counts: dict[str, int] = {}
     for n in proto.graph.node:
-        if n.op_type in ("MatMul", "MatMulNBits", "GatherBlockQuantized"):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+        kind = op_kind(n)
+        if kind in ("MatMul", "MatMulNBits", "GatherBlockQuantized", "ZeroPointCorrection"):
+            counts[kind] = counts.get(kind, 0) + 1
     return counts
 
 
@@ -270,6 +280,11 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
                 head = replace(config, bits=head_bits, method="rtn", symmetric=True)
                 quantizer = nbits.MatMulNBitsQuantizer(quantizer.model.model, algo_config=_algo_config(nbits, head))
                 quantizer.process()
+            zero_points = {"nodes": 0}
+            if config.method == "hqq" and config.integer_zero_points:    # last: its MatMuls stay float
+                from fg_edge.exporters.zero_points import integer_zero_points
+
+                zero_points = integer_zero_points(quantizer.model.model)
             _set_accuracy_level(quantizer.model.model, config.accuracy_level)
             quantizer.model.save_model_to_file(str(dst), use_external_data_format=external)
     except (ExportError, ConfigError):
@@ -290,6 +305,10 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
               "activations": "float" + (", int8 per block inside the kernel (accuracy_level 4)"
                                         if config.accuracy_level == 4 else ""),
               "lm_head": head, **extra, "gemm_rewritten_to_matmul": gemms, "quantized_ops": ops}
+    if config.method == "hqq":
+        result["zero_points"] = (f"integer, plus an exact correction MatMul for the float remainder "
+                                 f"({zero_points['nodes']} nodes, fg_edge.exporters.zero_points)"
+                                 if zero_points["nodes"] else "float (onnxruntime's slow path)")
     log.info("quantized %s -> %s (weight-only %d-bit %s, block %d, %d MatMulNBits)", src.name, dst.name,
              config.bits, config.method, config.block_size, ops.get("MatMulNBits", 0))
     return result

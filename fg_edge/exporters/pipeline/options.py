@@ -31,7 +31,7 @@ class CompileOptions:
     block_size: int = DEFAULT_BLOCK_SIZE
     symmetric: Optional[bool] = None       # None: the method's default (rtn symmetric, hqq asymmetric)
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    quant_method: str = "rtn"
+    quant_method: Optional[str] = None     # None: hqq for int4, rtn for int8-wo (WeightOnlyConfig)
     lm_head_bits: int = 8                  # int4: the LM head's bits (8 by default)
     quantize_embedding: bool = False
     #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
