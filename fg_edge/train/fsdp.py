@@ -5,9 +5,10 @@ What is sharded and what is not, and why:
   weight matrices, embeddings, the LM head, frozen norms / biases. `fully_shard` runs on each transformer block
   (architecture table: `fg_edge.arch.layers_of`; else the longest nn.ModuleList) and then on the root, on a 1-D
   device mesh over all processes. A block's weights are all-gathered just before its forward (and again in the
-  backward, to compute the gradient of its input) and freed after it; the root's (embeddings, LM head) stay
-  gathered from the root's forward until its backward ends. Frozen weights get no gradient, so nothing is
-  reduce-scattered.
+  backward, to compute the gradient of its input) and freed after it. The root's own tensors (embeddings, LM
+  head) are gathered for the whole forward and again for the whole backward; the root, too, reshards after its
+  forward (FSDP's default keeps it gathered until the backward, and after a no-grad pass — the dense teacher,
+  a dev evaluation — until the next backward). Frozen weights get no gradient, so nothing is reduce-scattered.
 - **replicated** (plain tensors, `ignored_params` of fully_shard): everything that trains — gate logits,
   adapters, gated biases, norms, task head. The sparsity term, the Lagrangian controller, the frozen-mask snap,
   BestCheckpoint, the cross-rank fingerprint and `gate_state_dict` read and write these outside forward; kept
@@ -85,7 +86,7 @@ def shard_frozen_base(model: nn.Module, accelerator) -> dict:
     blocks = _blocks(model)
     for block in blocks:
         fully_shard(block, mesh=mesh, ignored_params=ignored)
-    fully_shard(model, mesh=mesh, ignored_params=ignored)
+    fully_shard(model, mesh=mesh, ignored_params=ignored, reshard_after_forward=True)
     autocast_forward(model, accelerator)
     info = {"enabled": True, "processes": accelerator.num_processes, "units": len(blocks) + 1,
             **_param_bytes(model, accelerator)}
