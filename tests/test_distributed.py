@@ -6,6 +6,9 @@ global --batch-size, seeds and data, the gates, the loss curve, the dev metrics 
 within float summation noise; the main process alone logs and writes. A run whose ranks do not synchronise their
 gradients (tests/helpers/no_grad_sync.py) is refused before anything is written.
 
+With `--fsdp` the frozen base is sharded over the two processes (FSDP2) and the same comparison holds; the
+model_dir rank 0 writes from the gathered full tensors is the one a single process writes.
+
 The tiny BERT has dropout switched off: dropout draws a mask per row, so a row's mask depends on how the batch
 is split, and no two process counts could agree exactly with it on.
 """
@@ -31,6 +34,11 @@ BIN = Path(sys.executable).parent
 #: gates and losses of 1 vs 2 processes: float summation order differs, nothing else
 GATE_ATOL = 1e-5
 LOSS_RTOL = 1e-5
+#: logits of the model_dir written by a --fsdp run vs the one written by one process (measured: 3.0e-8)
+LOGITS_ATOL = 1e-5
+#: tensors of model.safetensors, --fsdp vs 1 process (measured: 1.2e-7 in float32, 1.2e-7 with bf16 autocast;
+#: bf16 vs float32 differ by 2.8e-3, so this tolerance tells them apart)
+WEIGHT_ATOL = 1e-5
 
 
 def _port() -> int:
@@ -150,3 +158,99 @@ def test_bf16_autocast_trains_and_saves_float32(setup):
     assert {t.dtype for t in gates.values()} == {torch.float32}
     assert all(bool(torch.isfinite(t).all()) for t in gates.values())
     assert json.loads((out / "training.json").read_text())["args"]["mixed_precision"] == "bf16"
+
+
+# -- --fsdp ----------------------------------------------------------------------------------------------------
+def _same_model_dir(a: Path, b: Path, inputs: dict) -> None:
+    """The same files, config.json, base weights and outputs: b loads with fg-edge's loader like a."""
+    from safetensors.torch import load_file
+    import torch
+
+    from fg_edge.model_dir import load
+
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert json.loads((a / "config.json").read_text()) == json.loads((b / "config.json").read_text())
+    wa, wb = (load_file(str(d / "model.safetensors")) for d in (a, b))
+    assert wa.keys() == wb.keys()
+    diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert diff <= WEIGHT_ATOL, f"weights differ by {diff:.2e}"
+    with torch.no_grad():
+        la, lb = (load(d)(**inputs).logits for d in (a, b))
+    assert float((la - lb).abs().max()) <= LOGITS_ATOL
+
+
+def _check_sharded(model_dir: Path) -> None:
+    """training.json's "fsdp" record: each process held half of the frozen parameters' bytes (so --fsdp did
+    shard) and all of the trained ones."""
+    record = json.loads((model_dir / "training.json").read_text())["fsdp"]
+    assert record["enabled"] and record["processes"] == 2 and record["units"] == 3
+    replicated, total = record["replicated_param_bytes"], record["param_bytes_total"]
+    frozen = [held - replicated for held in record["param_bytes_per_process"]]
+    assert total - replicated > total / 2 and sum(frozen) == total - replicated
+    assert max(frozen) <= (total - replicated) / 2 * 1.05, record
+
+
+def test_fsdp_trains_what_one_process_does(setup, single):
+    """torchrun, 2 processes, --fsdp: the gates, losses, dev metrics, checkpoint and the written model_dir are
+    those of the 1-process run without --fsdp; the frozen weights were sharded; rank 0 alone wrote."""
+    import torch
+
+    out = setup / "fsdp"
+    proc = _run(_torchrun(["-m", "fg_edge.cli"]), [*_train_args(setup, out), "--fsdp"])
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text
+    _same_training(single, out)
+    ids = torch.randint(5, 58, (3, 9), generator=torch.Generator().manual_seed(0))
+    _same_model_dir(single, out, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    _check_sharded(out)
+    assert json.loads((single / "training.json").read_text())["fsdp"] == {"enabled": False}
+    assert text.count("wrote model_dir") == 1, text
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory):
+    """A tiny LLaMA with a tied LM head (the tied tensor is sharded once and saved once) and short texts."""
+    from fg_edge.testing import tiny_model
+
+    root = tmp_path_factory.mktemp("dist-lm")
+    tiny_model("llama", tie_word_embeddings=True).save_pretrained(root / "llama")
+    tiny_tokenizer("decoder").save_pretrained(root / "llama")
+    write_tsv(root / "train.tsv", sentiment_rows(64, seed=3, min_words=6, max_words=14))
+    write_tsv(root / "dev.tsv", sentiment_rows(12, seed=4, min_words=6, max_words=14))
+    return root
+
+
+def test_fsdp_distills_a_decoder_in_bf16(decoder):
+    """Causal LM --distill (the dense teacher is the sharded model itself with the gates taken out) under bf16
+    autocast: --fsdp on 2 processes trains and writes what one process does."""
+    import torch
+
+    args = ["train", str(decoder / "llama"), "--task", "causal-lm", "--distill", "--train", str(decoder / "train.tsv"),
+            "--dev", str(decoder / "dev.tsv"), "--max-length", "16", "--steps", "8", "--batch-size", "4",
+            "--eval-every", "2", "--mixed-precision", "bf16", "--no-progress"]
+    one = _run([sys.executable, "-m", "fg_edge.cli"], [*args, "--output", str(decoder / "one")])
+    assert one.returncode == 0, one.stderr
+    two = _run(_torchrun(["-m", "fg_edge.cli"]), [*args, "--output", str(decoder / "fsdp"), "--fsdp"])
+    assert two.returncode == 0, two.stdout + two.stderr
+    _same_training(decoder / "one", decoder / "fsdp")
+    first_kl = json.loads((decoder / "fsdp" / "training.json").read_text())["history"][0]["dev"]["distill_kl"]
+    assert abs(first_kl) < 1e-6       # all gates open: the student is the dense teacher
+    ids = torch.randint(5, 58, (2, 11), generator=torch.Generator().manual_seed(1))
+    _same_model_dir(decoder / "one", decoder / "fsdp", {"input_ids": ids})
+    _check_sharded(decoder / "fsdp")
+
+
+def test_fsdp_needs_processes_and_a_frozen_base(setup):
+    """--fsdp on one process is refused in one line before anything is read; so is --fsdp with --train-base."""
+    from fg_edge.errors import ConfigError
+    from fg_edge.train.fsdp import check_fsdp
+
+    out = setup / "fsdp-one"
+    proc = _run([sys.executable, "-m", "fg_edge.cli"], [*_train_args(setup, out), "--fsdp"])
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: --fsdp shards the frozen base over the "
+                                                             "training processes, and this run has 1"), proc.stderr
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="--train-base"):
+        check_fsdp(2, train_base=True)
+    check_fsdp(2, train_base=False)

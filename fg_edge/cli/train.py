@@ -118,6 +118,7 @@ def _metadata(model_source: str, task: str, train_data, dev_data, result, args, 
         "epochs": result.epochs,
         "wall_time_s": round(result.wall_time_s, 2),
         "processes": _process_count(),
+        "fsdp": result.fsdp or {"enabled": False},
         "metrics": {"dev_metric": result.dev_metric_name, "dev": result.dev_metrics, "best_step": result.best_step,
                     "best_at_target": result.best_at_target, "train_loss": result.train_loss,
                     "train_loss_start": result.train_loss_start},
@@ -221,6 +222,7 @@ def _summary_lines(result, output: Path) -> list[str]:
 @click.option("--train-base/--freeze-base", default=None, help=_arg_help("train_base"))
 @click.option("--base-lr", type=click.FloatRange(min=0.0, min_open=True), help=_arg_help("base_lr"))
 @click.option("--mixed-precision", type=click.Choice(MIXED_PRECISIONS), help=_arg_help("mixed_precision"))
+@click.option("--fsdp", is_flag=True, default=None, help=_arg_help("fsdp"))
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the model folder / hub.")
 @click.option("--tokenizer", "tokenizer_source", default=None, metavar="PATH|ID",
               help="Tokenizer to use instead of the model's own: a llama2.c tokenizer .bin, a GGUF file, a "
@@ -266,6 +268,11 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
         granularity=granularity, target_sparsity=target_sparsity, sparsity_lambda=sparsity_lambda,
         adapter_rank=adapter_rank, scale_gates=scale_gates, train_biases=train_biases, task=task,
         adapter_modules=adapter_modules, target_modules=target_modules))
+    if args.fsdp:   # fails before any data or weights are read (train() checks it too)
+        from fg_edge.train.distributed import process_count
+        from fg_edge.train.fsdp import check_fsdp
+
+        check_fsdp(process_count(), args.train_base)
     resolved = resolve_source(model)  # cheap: a missing file / folder fails here, before the data is read
     check_not_an_input(output, {"base model": resolved.path, "--train file": train_path, "--dev file": dev_path,
                                 "--teacher folder": teacher_path})
@@ -286,7 +293,13 @@ def train_cmd(model: str, task: str, train_path: str, dev_path: Optional[str], o
                          teacher_path, columns)
     from accelerate import PartialState
 
+    from fg_edge.train.fsdp import full_state, plain_class
+
+    # --fsdp: the base weights are shards; every process joins the gather, rank 0 writes the full tensors
+    base_state = full_state(model_obj) if args.fsdp else None
     if PartialState().is_main_process:
-        save_model_dir(model_obj, gate_config, output, tokenizer=tokenizer, metadata=metadata, overwrite=overwrite)
+        with plain_class(model_obj):
+            save_model_dir(model_obj, gate_config, output, tokenizer=tokenizer, metadata=metadata,
+                           overwrite=overwrite, base_state=base_state)
         for line in _summary_lines(result, output):
             click.echo(line)

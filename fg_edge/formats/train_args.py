@@ -107,6 +107,10 @@ class TrainArgs:
     mixed_precision: str = field(default="no", metadata={
         "help": "Autocast of the training forward: no, bf16 (CPUs and recent GPUs) or fp16 (GPUs); gates and "
                 "saved weights stay float32."})
+    fsdp: bool = field(default=False, metadata={
+        "help": "Shard the frozen base weights over the training processes (FSDP2; 2 or more processes, e.g. "
+                "torchrun): each process holds 1/N of them between forwards; the trained parts (gates, "
+                "adapters, biases, norms, head) stay whole on every process. Not with train_base."})
 
     def __post_init__(self) -> None:
         def number(name: str, value: Any, *, minimum: float = 0.0, strict: bool = True, optional: bool = False):

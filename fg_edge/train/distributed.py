@@ -9,6 +9,8 @@ Data parallel on Hugging Face Accelerate, arranged so that N processes train the
 - `check_same_on_every_rank` compares a fingerprint of the trained parameters and the chosen checkpoint across
   processes before anything is written, so diverged ranks fail loudly instead of saving rank 0's view.
 - only the main process logs at INFO, shows progress and writes the model_dir (fg_edge.cli.train).
+- with `--fsdp` the frozen base is sharded instead of copied to every process, and the trained parameters'
+  gradients are all-reduced by fg_edge.train.fsdp rather than DDP; everything above holds unchanged.
 On a machine without a GPU the processes use the gloo backend (`cpu=True`: Accelerate picks MULTI_CPU only then).
 """
 
@@ -29,15 +31,27 @@ log = logging.getLogger(__name__)
 FINGERPRINT_RTOL = 1e-5
 
 
+def has_device() -> bool:
+    """Whether an accelerator (GPU, ...) is present; without one the processes run on CPUs with gloo."""
+    accel = getattr(torch, "accelerator", None)
+    return accel.is_available() if accel is not None else torch.cuda.is_available()
+
+
+def process_count() -> int:
+    """How many training processes this launch started (Accelerate's process state, made as make_accelerator
+    makes it, so that the Accelerator made later shares it)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not has_device()).num_processes
+
+
 def make_accelerator(mixed_precision: str = "no"):
     """The Accelerator every training run uses (one process or many): split batches, unused-parameter search
     (the frozen-mask phase stops the gates' gradients mid-run), the CPU backend where no GPU is present."""
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import DistributedDataParallelKwargs
 
-    accel = getattr(torch, "accelerator", None)
-    has_device = accel.is_available() if accel is not None else torch.cuda.is_available()
-    return Accelerator(cpu=not has_device, mixed_precision=mixed_precision,
+    return Accelerator(cpu=not has_device(), mixed_precision=mixed_precision,
                        dataloader_config=DataLoaderConfiguration(split_batches=True),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 

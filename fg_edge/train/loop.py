@@ -33,6 +33,9 @@ Checkpoint selection: after every dev evaluation the trainable tensors are kept 
 the best so far — in the frozen-mask phase when there is one (every checkpoint there has the final mask), else
 among evaluations whose sparsity is within `sparsity_tolerance` of the target (falling back to the best overall);
 the best one is restored at the end and recorded.
+
+Several processes train data-parallel (fg_edge.train.distributed); with `TrainArgs.fsdp` the frozen base weights
+are sharded over them (fg_edge.train.fsdp) and the loop is otherwise the same.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from fg_edge.train.losses import DenseTeacher, task_loss
 from fg_edge.train.result import TrainResult, learning_warnings
 from fg_edge.train.distributed import (check_batch_size, check_same_on_every_rank, eval_batch_for, make_accelerator,
                                        quiet_other_ranks)
+from fg_edge.train.fsdp import check_fsdp, shard_frozen_base, sync_replicated_grads
 from fg_edge.train.setup import build_loaders, make_teacher, param_groups, prepare_model, total_steps
 from fg_edge.train.sparsity import SparsityTerm, snap_to_target_
 
@@ -89,6 +93,8 @@ class _Run:
     freeze_at: Optional[int]                 # step at which the mask is frozen (None: never)
     eval_steps: set
     best: BestCheckpoint
+    replicated: Optional[list] = None        # --fsdp: the trainable parameters whose gradients are all-reduced here
+    fsdp: Optional[dict] = None              # --fsdp: what fg_edge.train.fsdp.shard_frozen_base did
     history: list = field(default_factory=list)
     window: list = field(default_factory=list)
     term: float = 0.0
@@ -128,9 +134,7 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     args = args or TrainArgs()
     task = gate_config.task
     set_seed(args.seed)
-    accelerator = make_accelerator(args.mixed_precision)
-    quiet_other_ranks(accelerator)
-    check_batch_size(args.batch_size, accelerator.num_processes)
+    accelerator = _accelerator(args)
     loader_args = dataclasses.replace(args, eval_batch_size=eval_batch_for(args.eval_batch_size,
                                                                             accelerator.num_processes))
     train_loader, dev_loader = build_loaders(task, tokenizer, train_data, dev_data, loader_args)
@@ -145,11 +149,8 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     teacher_fn, dev_teacher = make_teacher(model, args, teacher, accelerator.device, task, train_loader,
                                             dev_loader)
     teacher_seconds = sum(getattr(t, "seconds", 0.0) for t in {id(t): t for t in (teacher_fn, dev_teacher)}.values())
-    optimizer = torch.optim.AdamW(param_groups(model, args), weight_decay=0.0)
-    prepared = accelerator.prepare(model, optimizer, train_loader, *([dev_loader] if dev_loader else []))
-    wrapped, optimizer, train_loader = prepared[:3]
-    dev_loader = prepared[3] if dev_loader else None
-    inner = accelerator.unwrap_model(wrapped)
+    wrapped, inner, optimizer, train_loader, dev_loader, fsdp = _prepare(accelerator, model, args, train_loader,
+                                                                         dev_loader)
     if isinstance(teacher_fn, DenseTeacher):
         teacher_fn = dev_teacher = DenseTeacher(inner)  # after prepare: the originals on the training device
     total, epochs = total_steps(args, len(train_loader))
@@ -161,7 +162,8 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
                sparsity=SparsityTerm(inner, gate_config, args, freeze_at or total), total=total, freeze_at=freeze_at,
                eval_steps=_eval_schedule(total, freeze_at, args.eval_every),
                best=BestCheckpoint([p for p in inner.parameters() if p.requires_grad], metric,
-                                   gate_config.target_sparsity, args.sparsity_tolerance))
+                                   gate_config.target_sparsity, args.sparsity_tolerance),
+               replicated=[p for p in model.parameters() if p.requires_grad] if fsdp else None, fsdp=fsdp)
     log.info("training %s: %d steps (%.2f epochs, %d batches/epoch); sparsity in %s, %s control, ramp over %d "
              "steps%s; %d trainable parameters (%.3f%% of %d)", task, total, epochs, len(train_loader),
              run.sparsity.unit, args.sparsity_control, run.sparsity.ramp,
@@ -176,6 +178,32 @@ def train(model: nn.Module, tokenizer, gate_config: GateConfig, train_data, dev_
     inner.eval()
     check_same_on_every_rank(accelerator, inner, chosen["step"] if chosen is not None else None)
     return _result(run, chosen, metric, total / len(train_loader), wall, trainable, base, teacher_seconds)
+
+
+def _accelerator(args: TrainArgs):
+    """The run's Accelerator, once the checks that need the process count have passed."""
+    accelerator = make_accelerator(args.mixed_precision)
+    quiet_other_ranks(accelerator)
+    check_batch_size(args.batch_size, accelerator.num_processes)
+    if args.fsdp:
+        check_fsdp(accelerator.num_processes, args.train_base)
+    return accelerator
+
+
+def _prepare(accelerator, model: nn.Module, args: TrainArgs, train_loader, dev_loader):
+    """(model to call, the model itself, optimiser, loaders, fsdp record or None) after accelerator.prepare.
+    Without --fsdp the model is DDP-wrapped by prepare; with it, FSDP shards its frozen base first
+    (fg_edge.train.fsdp) and it is not passed to prepare, which would wrap it in DDP."""
+    fsdp = shard_frozen_base(model, accelerator) if args.fsdp else None
+    optimizer = torch.optim.AdamW(param_groups(model, args), weight_decay=0.0)
+    loaders = [train_loader] + ([dev_loader] if dev_loader is not None else [])
+    if fsdp is not None:
+        optimizer, *loaders = accelerator.prepare(optimizer, *loaders)
+        wrapped = inner = model
+    else:
+        wrapped, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
+        inner = accelerator.unwrap_model(wrapped)
+    return wrapped, inner, optimizer, loaders[0], loaders[1] if dev_loader is not None else None, fsdp
 
 
 def _loop(run: _Run, train_loader) -> None:
@@ -239,8 +267,12 @@ def _train_step(run: _Run, batch, step: int) -> float:
         term, run.term = run.sparsity.term(step)
         loss = loss + term
     run.accelerator.backward(loss)
+    if run.replicated is not None:
+        sync_replicated_grads(run.replicated, run.accelerator.num_processes)
     if run.args.max_grad_norm is not None:
-        run.accelerator.clip_grad_norm_(run.wrapped.parameters(), run.args.max_grad_norm)
+        # --fsdp: the replicated parameters are the ones with gradients (the sharded ones are frozen)
+        params = run.replicated if run.replicated is not None else run.wrapped.parameters()
+        run.accelerator.clip_grad_norm_(params, run.args.max_grad_norm)
     if run.frozen:
         left = (run.total - step) / max(run.total - run.freeze_at, 1)
         for group, lr0 in zip(run.optimizer.param_groups, run.phase_lrs):
@@ -315,6 +347,7 @@ def _result(run: _Run, chosen, metric, epochs, wall, trainable, base, teacher_se
         snap=run.snap,
         controller=run.sparsity.controller.state() if run.sparsity.controller is not None else None,
         teacher_seconds=teacher_seconds,
+        fsdp=run.fsdp,
         history=history)
 
 

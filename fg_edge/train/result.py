@@ -37,6 +37,7 @@ class TrainResult:
     snap: Optional[dict] = None            # what the snap did (fg_edge.train.sparsity.snap_to_target_)
     controller: Optional[dict] = None      # final Lagrange multipliers
     teacher_seconds: float = 0.0           # time spent computing cached teacher logits (not in wall_time_s)
+    fsdp: Optional[dict] = None            # --fsdp: processes, units, parameter bytes held per process (train.fsdp)
     history: list = field(default_factory=list)
     warnings: list = field(default_factory=list)   # signs that training learned nothing (learning_warnings)
 
