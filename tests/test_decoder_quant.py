@@ -215,3 +215,16 @@ def test_engine_genai_bad_uses_fail_with_one_line(int4_dir, tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)      # import now raises ImportError
     res = CliRunner().invoke(cli, ["run", str(int4_dir[0]), "good", "--engine", "genai"])
     assert res.exit_code != 0 and "pip install 'fg-edge[genai]'" in res.output, res.output
+
+
+def test_quality_text_is_capped_by_tokens():
+    """The compile's perplexity check reads the leading documents up to MAX_EVAL_TOKENS (at least one)."""
+    from types import SimpleNamespace
+
+    from fg_edge.exporters.pipeline.quality import _token_capped
+
+    tok = SimpleNamespace(encode_batch=lambda texts: [SimpleNamespace(ids=t.split()) for t in texts])
+    texts = ["a b c", "d e", "f g h i", "j"]
+    assert _token_capped(tok, texts, cap=5) == ["a b c", "d e"]
+    assert _token_capped(tok, texts, cap=2) == ["a b c"]            # one document even when it is longer
+    assert _token_capped(tok, texts, cap=100) == texts
