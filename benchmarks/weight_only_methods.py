@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +25,11 @@ import numpy as np
 
 SETTINGS = [
     dict(method="rtn", symmetric=False, lm_head_bits=4),
-    dict(method="rtn", symmetric=True, lm_head_bits=4),
     dict(method="rtn", symmetric=True, lm_head_bits=8),
+    dict(method="hqq", lm_head_bits=8, integer_zero_points=False),
+    dict(method="hqq", lm_head_bits=8),                                 # the int4 default
+    dict(method="hqq", lm_head_bits=8, accuracy_level=1),
     dict(method="hqq", lm_head_bits=4),
-    dict(method="hqq", block_size=64, lm_head_bits=8),
-    dict(method="hqq", lm_head_bits=8),
     dict(method="hqq", include_lm_head=False),
     dict(bits=8),
 ]
@@ -112,8 +113,9 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             got = _logits(Path(tmp) / "q.onnx", docs, args.threads)
             agree = float(np.mean(np.concatenate([g.argmax(-1) == r.argmax(-1) for g, r in zip(got, ref)])))
-            row = {"setting": setting, "resolved": {k: used[k] for k in ("bits", "method", "block_size", "symmetric",
-                                                                          "lm_head")},
+            row = {"setting": setting, "resolved": {k: used.get(k) for k in ("bits", "method", "block_size", "symmetric",
+                                                                              "accuracy_level", "lm_head",
+                                                                              "zero_points")},
                    "perplexity": _perplexity(docs, got), "top1_agreement": agree,
                    "max_abs_logit_diff": float(max(np.abs(g - r).max() for g, r in zip(got, ref))),
                    "quantize_s": round(seconds, 1), "decode_ms": _decode_ms(Path(tmp) / "q.onnx")}
@@ -121,6 +123,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"compiled_dir": str(args.compiled_dir), "data": str(args.data),
+                                       "load_average_end": list(os.getloadavg()),
                                        "rows": len(docs), "tokens": int(sum(d.size for d in docs)),
                                        "results": rows}, indent=2) + "\n")
 
