@@ -254,3 +254,42 @@ def test_fsdp_needs_processes_and_a_frozen_base(setup):
     with pytest.raises(ConfigError, match="--train-base"):
         check_fsdp(2, train_base=True)
     check_fsdp(2, train_base=False)
+
+
+def test_sigterm_stops_every_rank_and_leaves_no_output(setup, tmp_path):
+    """SIGTERM to a 2-process run part-way through training (what a cluster scheduler sends): every process
+    stops, nothing is written in the output's folder (no model_dir, no temporary folder) and the exit status is
+    non-zero."""
+    import signal
+    import threading
+    import time
+
+    out_parent = tmp_path / "runs"
+    out_parent.mkdir()
+    args = _train_args(setup, out_parent / "model_dir")
+    args[args.index("--steps") + 1] = "100000"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*_torchrun(["-m", "fg_edge.cli"]), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "training classification" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(300), "".join(lines)[-3000:]
+    time.sleep(2.0)                                   # some steps in
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=30)
+    text = "".join(lines)
+    assert proc.returncode != 0 and "step 2:" in text, text[-3000:]       # stopped mid-training
+    assert list(out_parent.iterdir()) == [], f"left behind: {list(out_parent.iterdir())}"
+    time.sleep(1.0)
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running: {left}\n{text[-3000:]}"
