@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 @click.option("--quality-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="Quantized decoders: greedy tokens per prompt compared with the fp32 graph at compile time.")
 @click.option("--calibration", type=click.Path(path_type=Path),
-              help="qdq calibration text: one sentence per line, or TSV/CSV/JSONL with a 'text' column "
-                   "[default: a few sentences of the training data recorded in training.json].")
+              help="qdq calibration text: plain text (paragraphs separated by blank lines), or TSV/CSV/JSONL with a "
+                   "'text' column [default: a few sentences of the training data recorded in training.json].")
 @click.option("--eval-data", type=click.Path(path_type=Path),
               help="Classifiers: TSV/CSV/JSONL (text, label): fp32 vs quantized accuracy. Decoders: text (or a "
                    "text column) for the fp32 vs quantized perplexity [default: a built-in sample].")

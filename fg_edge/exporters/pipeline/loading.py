@@ -55,8 +55,8 @@ def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[st
     texts = calibration_texts_from_training(meta)
     if not texts:
         raise ConfigError(f"--quantize qdq needs calibration text and {model_dir}/training.json records no readable "
-                          f"training data: pass --calibration FILE (one sentence per line, or a TSV/CSV/JSONL "
-                          f"file with a 'text' column)")
+                          f"training data: pass --calibration FILE (plain text, paragraphs separated by blank "
+                          f"lines, or a TSV/CSV/JSONL file with a 'text' column)")
     return texts, "training data recorded in training.json"
 
 
