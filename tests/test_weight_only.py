@@ -95,9 +95,11 @@ def _nbits_graph(k, n, bs, zp_tensor):
     """One MatMulNBits node (4 bits, accuracy level 1 = fp32 compute) with random packed weights; returns the
     model, the unpacked levels q (N, K) and the scales (N, blocks)."""
     rng = np.random.default_rng(1)
-    q = rng.integers(0, 16, size=(n, k)).astype(np.uint8)
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(n, k // bs, bs // 2)
-    scales = rng.uniform(0.01, 0.1, size=(n, k // bs)).astype(np.float32)
+    blocks = -(-k // bs)
+    q = rng.integers(0, 16, size=(n, blocks * bs)).astype(np.uint8)     # a partial last block is padded
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(n, blocks, bs // 2)
+    q = q[:, :k]
+    scales = rng.uniform(0.01, 0.1, size=(n, blocks)).astype(np.float32)
     inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales.reshape(-1), "S"), zp_tensor]
     node = helper.make_node("MatMulNBits", ["x", "B", "S", zp_tensor.name], ["y"], name="mm", domain="com.microsoft",
                             K=k, N=n, bits=4, block_size=bs, accuracy_level=1)
@@ -107,26 +109,28 @@ def _nbits_graph(k, n, bs, zp_tensor):
     return model, q, scales
 
 
-def test_integer_zero_points_rewrite_is_exact():
+@pytest.mark.parametrize("k", [128, 120])       # 120: a pruned FFN width, the last block of 32 partial
+def test_integer_zero_points_rewrite_is_exact(k):
     """Float zero points (HQQ's; some outside the 4-bit range) -> packed integer ones + the correction MatMul:
     the output equals both the float-zero-point node and x @ ((q - z) * s) to float32 rounding."""
     import onnxruntime as ort
 
     from fg_edge.exporters.zero_points import integer_zero_points
 
-    k, n, bs = 128, 24, 32
-    z = np.random.default_rng(2).uniform(-2.0, 17.0, size=(n, k // bs)).astype(np.float32)
+    n, bs = 24, 32
+    blocks = -(-k // bs)
+    z = np.random.default_rng(2).uniform(-2.0, 17.0, size=(n, blocks)).astype(np.float32)
     model, q, scales = _nbits_graph(k, n, bs, numpy_helper.from_array(z.reshape(-1), "Z"))
     x = np.random.default_rng(3).normal(size=(2, 3, k)).astype(np.float32)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": x})[0]
     before = run(model)
-    assert integer_zero_points(model) == {"nodes": 1, "correction_params": n * k // bs}
+    assert integer_zero_points(model) == {"nodes": 1, "correction_params": n * blocks}
     zp = next(t for t in model.graph.initializer if t.name.endswith("zero_points_int"))
     assert zp.data_type == TensorProto.UINT8 and {nd.op_type for nd in model.graph.node} == {"MatMulNBits", "MatMul",
                                                                                             "Add"}
     after = run(model)
-    w = (q.astype(np.float32) - np.repeat(z, bs, axis=1)) * np.repeat(scales, bs, axis=1)     # (N, K)
+    w = ((q.astype(np.float32) - np.repeat(z, bs, axis=1)[:, :k]) * np.repeat(scales, bs, axis=1)[:, :k])  # (N, K)
     ref = x @ w.T
     scale = np.abs(ref).max()
     assert np.abs(after - ref).max() < 1e-5 * scale and np.abs(after - before).max() < 1e-5 * scale

@@ -75,8 +75,6 @@ def integer_zero_points(proto) -> dict:
         a = _attrs(node)
         k, n, bits, bs = int(a["K"]), int(a["N"]), int(a.get("bits", 4)), int(a["block_size"])
         blocks = -(-k // bs)
-        if k % bs:      # a partial last block: leave the node as it is
-            continue
         scales = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(n, blocks)
         z = numpy_helper.to_array(zp_init).astype(np.float32).reshape(n, blocks)
         z_int = np.clip(np.rint(z), 0, 2 ** bits - 1)
@@ -86,8 +84,9 @@ def integer_zero_points(proto) -> dict:
         c = numpy_helper.from_array(np.ascontiguousarray(corr), name + "/zero_point_correction")
         member = f"fg_edge/block_membership_{k}x{bs}"
         if member not in inits:
-            inits[member] = numpy_helper.from_array(np.kron(np.eye(blocks, dtype=np.float32),
-                                                            np.ones((bs, 1), np.float32)), member)
+            s_matrix = np.zeros((k, blocks), dtype=np.float32)    # the last block may be partial (pruned K)
+            s_matrix[np.arange(k), np.arange(k) // bs] = 1.0
+            inits[member] = numpy_helper.from_array(s_matrix, member)
             graph.initializer.append(inits[member])
         graph.initializer.extend([zp, c])
         out = node.output[0]
