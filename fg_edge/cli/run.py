@@ -32,8 +32,8 @@ from fg_edge.formats.compiled_dir import MODEL_CHOICES
 @click.option("--normalize", is_flag=True, help="Embedding models: L2-normalise the embedding.")
 @truncate_option
 @json_option("the full result")
-def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, engine, threads, max_new_tokens, top_k, temperature,
-            seed, normalize, truncate, json_path):
+def run_cmd(compiled_dir, text, pair, variant, provider, ep_libraries, engine, threads, max_new_tokens, top_k,
+            temperature, seed, normalize, truncate, json_path):
     """Run TEXT through COMPILED_DIR (a folder written by `fg-edge compile`).
 
     \b
