@@ -479,7 +479,9 @@ def test_signal_during_compile_leaves_nothing(sig, world: World, tmp_path: Path)
     before = snapshot(world.root)
     proc = subprocess.Popen([sys.executable, "-m", "fg_edge.cli", "compile", str(world.model_dir), "-o", str(out),
                              "--quantize", "int8"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True,
+                            # a shell's background job (`cmd &`) starts with SIGINT ignored, and Python keeps it so
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(tmp_path.glob(".o.tmp-*")):
         time.sleep(0.01)
