@@ -19,7 +19,7 @@ from fg_edge.gates.stats import expected_sparsity, mark_trainable_
 from fg_edge.testing import padded_batch, tiny_model
 from fg_edge.formats.train_args import TrainArgs
 from fg_edge.train.checkpoint import BestCheckpoint
-from fg_edge.train.losses import DenseTeacher, distill_kl
+from fg_edge.train.losses import DenseTeacher, distill_kl, lm_loss, task_loss
 from fg_edge.train.loop import train
 from fg_edge.train.setup import param_groups
 from fg_edge.train.sparsity import sparsity_lambda_at
@@ -128,6 +128,31 @@ def test_distill_kl_is_zero_for_equal_logits_and_positive_otherwise():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert torch.isclose(distill_kl(a, 2 * a, 1.0, mask), distill_kl(a, 2 * a, 1.0, reduce=False)[mask.bool()].mean())
 
+
+
+def test_causal_lm_distillation_mixes_the_lm_loss_by_alpha():
+    """distill_alpha α for a causal LM: (1 − α)·LM loss + α·KL; the default (None) is KL only; the LM term is
+    HF's own shifted loss with padding left out."""
+    model = tiny_model("llama", "causal-lm").eval()
+    teacher_model = tiny_model("llama", "causal-lm", seed=1).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 6))
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        t_logits = teacher_model(input_ids=ids, attention_mask=mask).logits
+        hf = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        kl = distill_kl(logits, t_logits, 2.0, mask)
+
+        def loss(alpha):
+            return task_loss(model, batch, "causal-lm", TrainArgs(distill=True, distill_alpha=alpha),
+                             lambda b: t_logits)
+
+        assert torch.isclose(lm_loss(logits, ids, mask), hf, atol=1e-6)
+        assert torch.isclose(loss(None), kl) and torch.isclose(loss(1.0), kl)
+        assert torch.isclose(loss(0.0), hf, atol=1e-6)
+        assert torch.isclose(loss(0.25), 0.75 * hf + 0.25 * kl, atol=1e-6)
+    assert TrainArgs().resolved_alpha("classification") == 0.5
 
 # -- short training runs -------------------------------------------------------------------------------------
 def _dev_loss(model, tokenizer, data) -> float:

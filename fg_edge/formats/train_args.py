@@ -99,8 +99,10 @@ class TrainArgs:
         "help": "Causal LM: loss = KL(dense model ‖ gated model) on the logits instead of the LM loss (no labels "
                 "needed). Classification: needs an explicit fine-tuned teacher passed to train()."})
     temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T."})
-    distill_alpha: float = field(default=0.5, metadata={
-        "help": "Classification with a teacher: loss = (1−α)·CE + α·KL."})
+    distill_alpha: Optional[float] = field(default=None, metadata={
+        "help": "Weight α of the KL term when distilling: loss = (1−α)·task loss + α·KL, the task loss being CE "
+                "(classification with a teacher) or the LM loss on the training text (causal LM with distill). "
+                "Default: 0.5 for classification, 1 (KL only) for causal LMs."})
     max_grad_norm: Optional[float] = field(default=None, metadata={"help": "Clip gradients to this norm; None = off."})
     seed: int = field(default=0, metadata={"help": "Seed of torch, numpy, random and the data order."})
     progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar."})
@@ -142,8 +144,8 @@ class TrainArgs:
         integer("sparsity_warmup_steps", self.sparsity_warmup_steps, minimum=0, optional=True)
         number("sparsity_tolerance", self.sparsity_tolerance, strict=False)
         number("temperature", self.temperature)
-        number("distill_alpha", self.distill_alpha, strict=False)
-        if self.distill_alpha > 1:
+        number("distill_alpha", self.distill_alpha, strict=False, optional=True)
+        if self.distill_alpha is not None and self.distill_alpha > 1:
             raise ConfigError(f"distill_alpha must be in [0, 1]; got {self.distill_alpha!r}")
         number("max_grad_norm", self.max_grad_norm, optional=True)
         for name, value, allowed in (("sparsity_unit", self.sparsity_unit, SPARSITY_UNITS),
@@ -175,6 +177,12 @@ class TrainArgs:
         if self.final_fraction <= 0 or total_steps < 2:
             return 0
         return min(total_steps - 1, max(1, round(self.final_fraction * total_steps)))
+
+    def resolved_alpha(self, task: str) -> float:
+        """The KL weight when distilling: distill_alpha, or its default for the task (see the field's help)."""
+        if self.distill_alpha is not None:
+            return self.distill_alpha
+        return 0.5 if task == "classification" else 1.0
 
     def resolved_unit(self, granularity: str) -> str:
         if self.sparsity_unit != "auto":

@@ -17,7 +17,8 @@ the paper's term: loss = task loss + λ_t · mean over gated layers of |mean P(o
 The task loss is cross-entropy for classification — with a fine-tuned dense teacher (`teacher=`, CLI
 `--teacher`), (1 − α)·CE + α·T²·KL(teacher ‖ student) at temperature T, the teacher's logits computed once per
 training row before training (fg_edge.train.teacher.CachedTeacher) — and, for causal LMs, either the plain LM loss or,
-with ``distill``, KL(teacher ‖ student) on the logits, so a decoder can be compressed without labels. The
+with ``distill``, KL(teacher ‖ student) on the logits, so a decoder can be compressed without labels
+(``distill_alpha`` < 1 mixes in the LM loss on the training text: (1 − α)·LM + α·KL). The
 default teacher of a causal LM is the dense model itself: with every gate open the gated model *is* the base
 model, so its logits come from running the same modules with the gates taken out (`fg_edge.gates.inject.unwrapped`)
 and the few trained base tensors (biases, norms) swapped back to their original values — exact, one extra

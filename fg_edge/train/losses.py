@@ -86,8 +86,21 @@ def task_loss(model: nn.Module, batch: dict, task: str, args: TrainArgs,
         return model(**model_inputs(batch), labels=labels).loss
     teacher_logits = teacher(batch)  # before the student forward: the dense teacher swaps tensors
     logits = model(**model_inputs(batch)).logits
+    alpha = args.resolved_alpha(task)
     if task == "classification":
         ce = F.cross_entropy(logits, batch["labels"])
         kl = distill_kl(logits, teacher_logits, args.temperature)
-        return (1 - args.distill_alpha) * ce + args.distill_alpha * kl
-    return distill_kl(logits, teacher_logits, args.temperature, batch.get("attention_mask"))
+        return (1 - alpha) * ce + alpha * kl
+    kl = distill_kl(logits, teacher_logits, args.temperature, batch.get("attention_mask"))
+    if alpha == 1.0:
+        return kl
+    return (1 - alpha) * lm_loss(logits, batch["input_ids"], batch.get("attention_mask")) + alpha * kl
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Next-token cross-entropy of (B, T, V) logits on their own input ids, padding (mask 0) not counted."""
+    targets = input_ids[:, 1:]
+    if mask is not None:
+        targets = targets.masked_fill(mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100)
