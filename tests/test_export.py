@@ -46,7 +46,10 @@ def test_export_parity_every_architecture(tmp_path, model_type):
     proto = onnx.load(str(tmp_path / "model.onnx"))
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
     assert dims["input_ids"] == ["batch_size", "sequence_length"]
+    folding = info.shape_folding   # the shape arithmetic became constants (parity above: nothing else changed)
+    assert folding["applied"] and folding["nodes_after"] == len(proto.graph.node)
     if model_type in DECODERS:
+        assert folding["nodes_after"] < 0.9 * folding["nodes_before"], folding
         assert info.kind == "causal-lm"
         assert result["token_agreement"] == 1.0 and result["greedy_tokens"] == 3 * 33
         # per-layer kv heads follow the compiled model, not the global config: layer 1 kept one kv group
