@@ -196,6 +196,7 @@ def _rewrite(proto, info: _Inferred) -> dict[str, int]:
             arr = np.array(values, dtype=np.int64 if dtype == 7 else np.int32)
             graph.initializer.append(numpy_helper.from_array(arr.reshape(()) if scalar else arr, name))
             made[key] = name
+            constants.add(name)
         return made[key]
 
     bypass: dict[str, str] = {}
@@ -221,7 +222,7 @@ def _rewrite(proto, info: _Inferred) -> dict[str, int]:
             counts["slice"] += 1
             continue
         for i, name in enumerate(node.input):
-            if not name or name in constants or name in graph_inputs or name.startswith("fg_edge/shape_"):
+            if not name or name in constants or name in graph_inputs:
                 continue
             dtype = info.elem_type(name)
             value = _concrete(info.value(name)) if dtype in _INT_TYPES else None
