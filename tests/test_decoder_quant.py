@@ -137,6 +137,27 @@ def test_qdq_and_int8_wo_decoders_compile_and_run(tmp_path):
     assert report["quality"]["eval_text"].startswith("built-in sample")
 
 
+def test_gptq_int4_compile_calibrates_on_text(tmp_path):
+    """--quant-method gptq reads --calibration (packed into chunks within the position limit), writes integer
+    zero points (no correction MatMuls) for both graphs, and is refused without calibration text."""
+    (tmp_path / "cal.txt").write_text(TEXT * 20)
+    md = _model_dir(tmp_path)
+    res = compile_cli(md, "-o", tmp_path / "out", "--quantize", "int4", "--quant-method", "gptq", "--calibration",
+                      tmp_path / "cal.txt", "--quality-tokens", "4")
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "out" / "compile_report.json").read_text())["quantization"]
+    assert q["settings"]["method"] == "gptq" and q["calibration_source"] == str(tmp_path / "cal.txt")
+    assert q["settings"]["gptq"]["calibration_rows"] > 100
+    for name in ("model.int4.onnx", "baseline.int4.onnx"):
+        ops = q["files"][name]["quantized_ops"]
+        assert ops["MatMulNBits"] >= 7 and "ZeroPointCorrection" not in ops
+        assert q["quality"]["files"][name]["max_abs_logit_diff"] < 0.2
+    assert not list(tmp_path.glob("*.npz")) and not list((tmp_path / "out").glob("*.npz"))
+    res = compile_cli(md, "-o", tmp_path / "none", "--quantize", "int4", "--quant-method", "gptq")
+    assert res.exit_code == 1 and "--quant-method gptq needs calibration text" in res.output, res.output
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("args,match", [
     (["--quantize", "int4", "--block-size", "24"], "--block-size 24"),
     (["--quantize", "int4", "--quant-method", "hqq", "--symmetric"], "drop --symmetric"),

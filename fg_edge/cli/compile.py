@@ -38,15 +38,17 @@ log = logging.getLogger(__name__)
               help="int4 / int8-wo: weights per quantization block along the input dimension (a power of 2 >= 16).")
 @click.option("--symmetric/--asymmetric", default=None,
               help="int4 / int8-wo: symmetric blocks (no zero points) or a zero point per block [default: "
-                   "symmetric for rtn (faster, and slightly better on SmolLM2-135M), asymmetric for hqq].")
+                   "symmetric for rtn (faster, and slightly better on SmolLM2-135M), asymmetric for hqq and gptq].")
 @click.option("--accuracy-level", type=int, default=DEFAULT_ACCURACY_LEVEL, show_default=True,
               help="int4 / int8-wo: MatMulNBits compute type on CPU: 0 op default, 1 fp32, 2 fp16, 3 bf16, "
                    "4 int8 (activations quantized per block at run time; fastest).")
-@click.option("--quant-method", type=click.Choice(["rtn", "hqq"]), default=None,
+@click.option("--quant-method", type=click.Choice(["rtn", "hqq", "gptq"]), default=None,
               help="int4 / int8-wo: hqq (half-quadratic optimised scales and zero points, no calibration data; "
                    "asymmetric; its float zero points become integer ones plus an exact correction, so it runs "
-                   "on ORT's fast kernels) or rtn (round to nearest on each block's range). [default: hqq for "
-                   "int4 (SmolLM2-135M kept 93% of the greedy tokens vs 59% with rtn), rtn for int8-wo]")
+                   "on ORT's fast kernels), gptq (rounding error compensated on calibration activations: "
+                   "--calibration FILE or the training data; integer zero points) or rtn (round to nearest on "
+                   "each block's range). [default: hqq for int4 (SmolLM2-135M kept 93% of the greedy tokens vs "
+                   "59% with rtn), rtn for int8-wo]")
 @click.option("--lm-head-bits", type=click.Choice(["4", "8"]), default="8", show_default=True,
               help="int4: bits of the quantized LM head (8: RTN symmetric; a 4-bit head cost SmolLM2-135M the most "
                    "perplexity of any layer choice).")
@@ -58,8 +60,9 @@ log = logging.getLogger(__name__)
 @click.option("--quality-tokens", type=click.IntRange(min=1), default=64, show_default=True,
               help="Quantized decoders: greedy tokens per prompt compared with the fp32 graph at compile time.")
 @click.option("--calibration", type=click.Path(path_type=Path),
-              help="qdq calibration text: plain text (paragraphs separated by blank lines), or TSV/CSV/JSONL with a "
-                   "'text' column [default: a few sentences of the training data recorded in training.json].")
+              help="qdq / gptq calibration text: plain text (paragraphs separated by blank lines), or TSV/CSV/JSONL "
+                   "with a 'text' column [default: the first texts of the training data recorded in training.json: "
+                   "16 for qdq, 256 (up to 256 tokens each) for gptq].")
 @click.option("--eval-data", type=click.Path(path_type=Path),
               help="Classifiers: TSV/CSV/JSONL (text, label): fp32 vs quantized accuracy. Decoders: text (or a "
                    "text column) for the fp32 vs quantized perplexity [default: a built-in sample].")

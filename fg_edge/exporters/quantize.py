@@ -160,22 +160,30 @@ def calibration_texts_from_training(metadata: dict, limit: int = CALIBRATION_SEN
         return []
 
 
+def token_feed(ids, input_names: Sequence[str], kv_shapes: Sequence[tuple[int, int]] = (),
+               token_type_ids=None) -> dict:
+    """The feed dict of one unpadded batch-1 sequence `ids` (1, T) for a graph's inputs (decoders: past length
+    0)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = (np.zeros_like(ids) if token_type_ids is None
+                                  else np.asarray(token_type_ids, dtype=np.int64))
+    if "position_ids" in input_names:
+        feed["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+    for i, (kv, hd) in enumerate(kv_shapes):
+        feed[f"past_key_values.{i}.key"] = np.zeros((1, kv, 0, hd), np.float32)
+        feed[f"past_key_values.{i}.value"] = np.zeros((1, kv, 0, hd), np.float32)
+    return feed
+
+
 def calibration_feeds(texts: Sequence[str], tokenizer, input_names: Sequence[str],
                       kv_shapes: Sequence[tuple[int, int]] = (), max_length: int = CALIBRATION_MAX_LENGTH) -> list[dict]:
     """One feed dict (batch 1) per text, for the graph's inputs (decoders: past length 0)."""
     feeds = []
     for text in texts:
         enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
-        ids = enc["input_ids"].astype(np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        if "token_type_ids" in input_names:
-            feed["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)
-        if "position_ids" in input_names:
-            feed["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
-        for i, (kv, hd) in enumerate(kv_shapes):
-            feed[f"past_key_values.{i}.key"] = np.zeros((1, kv, 0, hd), np.float32)
-            feed[f"past_key_values.{i}.value"] = np.zeros((1, kv, 0, hd), np.float32)
-        feeds.append(feed)
+        feeds.append(token_feed(enc["input_ids"], input_names, kv_shapes, enc.get("token_type_ids")))
     if not feeds:
         raise ConfigError("static QDQ quantization needs calibration text: pass --calibration FILE (one sentence "
                           "per line, or a TSV/CSV/JSONL file with a 'text' column)")

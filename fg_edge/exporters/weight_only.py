@@ -5,10 +5,12 @@
   zero point unless `symmetric`, the default for rtn); activations stay float. `accuracy_level` picks the CPU compute type of the
   kernel (0: the op's default, 1: fp32, 2: fp16, 3: bf16, 4: int8 — activations quantized per block at run time,
   the fast path on x86 / ARM CPUs).
-* methods: ``rtn`` (round to nearest on each block's min/max; ORT's default quantizer, C++ kernels) and ``hqq``
+* methods: ``rtn`` (round to nearest on each block's min/max; ORT's default quantizer, C++ kernels), ``hqq``
   (half-quadratic optimisation of scale / zero point per block, no calibration data; ORT's HQQ quantizer, which
-  needs torch and is asymmetric only). HQQ's float zero points are then split into integer ones plus an exact
-  correction MatMul (fg_edge.exporters.zero_points), so its files run on ORT's fast integer kernels.
+  needs torch and is asymmetric only) and ``gptq`` (rounding error compensated along the inverse Hessian of
+  calibration activations, fg_edge.exporters.gptq; needs calibration feeds; integer zero points). HQQ's float
+  zero points are then split into integer ones plus an exact correction MatMul (fg_edge.exporters.zero_points),
+  so its files run on ORT's fast integer kernels.
   Defaults: hqq for 4 bits, rtn (symmetric) for 8 — on SmolLM2-135M, 4-bit RTN lost 40 % of the greedy tokens
   where HQQ kept 93-97 % (README).
 * the LM head is 8-bit RTN by default, also on a 4-bit body (`lm_head_bits`; measured on SmolLM2-135M: with
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 #: --quantize mode -> bits
 WEIGHT_ONLY_BITS = {"int4": 4, "int8-wo": 8}
-METHODS = ("rtn", "hqq")
+METHODS = ("rtn", "hqq", "gptq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 DEFAULT_BLOCK_SIZE = 32
 DEFAULT_ACCURACY_LEVEL = 4
@@ -58,9 +60,10 @@ class WeightOnlyConfig:
     bits: int = 4
     block_size: int = DEFAULT_BLOCK_SIZE
     #: None: symmetric for rtn (measured better on SmolLM2-135M, see README), asymmetric for hqq (its only form)
+    #: and gptq
     symmetric: Optional[bool] = None
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    #: rtn or hqq; None: hqq for 4 bits (far more accurate on SmolLM2-135M), rtn for 8 (README)
+    #: rtn, hqq or gptq; None: hqq for 4 bits (far more accurate than rtn on SmolLM2-135M), rtn for 8 (README)
     method: Optional[str] = None
     include_lm_head: bool = True
     #: bits of the LM head when it is quantized: 8 (default; RTN symmetric, on a 4-bit body too) or 4
@@ -115,6 +118,14 @@ def _nbits_module() -> Iterator[object]:
 
     with quieter(_NBITS_LOGGER, logging.WARNING):
         yield nbits
+
+
+_QUANTIZER_LABEL = {
+    "rtn": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (DefaultWeightOnlyQuantConfig: "
+           "round to nearest)",
+    "hqq": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (HQQWeightOnlyQuantConfig)",
+    "gptq": "fg_edge.exporters.gptq (GPTQ on calibration activations; LM head: ORT's MatMulNBitsQuantizer, RTN)",
+}
 
 
 def _algo_config(nbits, config: WeightOnlyConfig):
@@ -253,9 +264,10 @@ def _count_ops(proto) -> dict[str, int]:
 
 
 def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[WeightOnlyConfig] = None,
-                         **settings) -> dict:
+                         calibration: Optional[str] = None, **settings) -> dict:
     """Weight-only quantization of `src` into `dst` (MatMulNBits; see the module docstring); `config` or its
-    fields as keyword settings. Returns the settings used, as recorded in compile_report.json."""
+    fields as keyword settings; `calibration`: the feeds of method gptq (an .npz of fg_edge.exporters.gptq.
+    save_feeds). Returns the settings used, as recorded in compile_report.json."""
     import onnx
 
     if config is not None and settings:
@@ -268,13 +280,28 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
     tied = materialize_tied_lm_head(proto) if config.include_lm_head else False
     extra = quantize_embedding(proto, config) if config.include_embedding else {"embedding": "fp32"}
     head_bits = config.lm_head_bits if config.bits == 4 else 8
+    if config.method == "gptq" and not calibration:
+        raise ConfigError("--quant-method gptq needs calibration text (--calibration FILE, or the training data "
+                          "training.json records)")
+    gptq = None
     try:
         with _nbits_module() as nbits, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)    # HQQ: torch.from_numpy on a read-only array
             same_head = config.include_lm_head and head_bits == config.bits
-            quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
-                                                   nodes_to_exclude=[] if same_head else [LM_HEAD_NODE])
-            quantizer.process()
+            exclude = [] if same_head else [LM_HEAD_NODE]
+            if config.method == "gptq":
+                from fg_edge.exporters.gptq import gptq_quantize_graph, load_feeds
+
+                gptq = gptq_quantize_graph(proto, load_feeds(calibration), bits=config.bits,
+                                           block_size=config.block_size, symmetric=config.symmetric,
+                                           accuracy_level=config.accuracy_level, exclude=exclude)
+                # ORT's quantizer only wraps the graph here (and quantizes the head below): nothing else is left
+                quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
+                                                       nodes_to_exclude=[LM_HEAD_NODE])
+            else:
+                quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
+                                                       nodes_to_exclude=exclude)
+                quantizer.process()
             if config.include_lm_head and not same_head:
                 # second pass: every other MatMul with a constant weight is MatMulNBits by now, so only the head
                 head = replace(config, bits=head_bits, method="rtn", symmetric=True)
@@ -297,14 +324,14 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
         f"quantized, {head_bits}-bit" + (" RTN symmetric" if head_bits != config.bits else "")
         + (" (tied embedding: transposed copy materialised)" if tied else ""))
     result = {"mode": "int4" if config.bits == 4 else "int8-wo", **config.to_dict(),
-              "quantizer": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer "
-                           + ("(HQQWeightOnlyQuantConfig)" if config.method == "hqq" else
-                              "(DefaultWeightOnlyQuantConfig: round to nearest)"),
+              "quantizer": _QUANTIZER_LABEL[config.method],
               "weights": f"{config.bits}-bit blocks of {config.block_size} along the input dimension, "
                          + ("symmetric" if config.symmetric else "asymmetric (zero point per block)"),
               "activations": "float" + (", int8 per block inside the kernel (accuracy_level 4)"
                                         if config.accuracy_level == 4 else ""),
               "lm_head": head, **extra, "gemm_rewritten_to_matmul": gemms, "quantized_ops": ops}
+    if gptq is not None:
+        result["gptq"] = gptq
     if config.method == "hqq":
         result["zero_points"] = (f"integer, plus an exact correction MatMul for the float remainder "
                                  f"({zero_points['nodes']} nodes, fg_edge.exporters.zero_points)"
@@ -314,11 +341,12 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
     return result
 
 
-def quantize_weight_only_isolated(src: str | Path, dst: str | Path, config: WeightOnlyConfig) -> dict:
+def quantize_weight_only_isolated(src: str | Path, dst: str | Path, config: WeightOnlyConfig,
+                                  calibration: Optional[str] = None) -> dict:
     """`quantize_weight_only` in a fresh Python process (fg_edge.exporters.isolated), so the protobuf copy of the
     weights does not add to the torch process's peak. Returns its settings."""
     from fg_edge.exporters.isolated import run_isolated
 
     return run_isolated("fg_edge.exporters.weight_only:quantize_weight_only",
                         f"weight-only quantization of {Path(src).name}", src=str(src), dst=str(dst),
-                        **config.validate().to_dict())
+                        calibration=calibration, **config.validate().to_dict())

@@ -88,6 +88,16 @@ def _graph_kv_shapes(path: Path) -> list[tuple[int, int]]:
     return [(int(h), int(d)) for h, d in json.loads(meta.get("fg_edge.kv_shapes", "[]"))]
 
 
+def _position_limit(tmp: Path):
+    """The saved config's position limit (GPTQ's packed calibration chunks stay inside it), or None."""
+    import json
+
+    from fg_edge.formats.positions import position_limit
+
+    path = tmp / "config.json"
+    return position_limit(json.loads(path.read_text())) if path.is_file() else None
+
+
 def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds) -> dict:
     """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq calibration, built for this graph); the
     settings used."""
@@ -96,7 +106,16 @@ def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds) -
 
     if options.weight_only:
         # in a child process, like int8: this (torch) process keeps its heap, the child peaks on its own
-        return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config())
+        if feeds is None:
+            return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config())
+        from fg_edge.exporters.gptq import save_feeds
+
+        calib = tmp.parent / f"{tmp.name}.{g}.calibration.npz"     # beside the output folder, never in it
+        try:
+            return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config(),
+                                                 calibration=save_feeds(feeds, calib))
+        finally:
+            calib.unlink(missing_ok=True)
     config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.lm_head_quantized)
     if options.quantize == "int8":
         return quantize_int8_dynamic_isolated(tmp / g, tmp / dst, config)
@@ -110,15 +129,22 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     fg_edge.exporters.pipeline.quality)."""
     from fg_edge.exporters.quantize import calibration_feeds, quantized_op_counts
 
+    from fg_edge.exporters.gptq import GPTQ_CALIBRATION_MAX_LENGTH, packed_decoder_feeds
+    from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH
+
     result: dict = {"files": {}}
-    if options.quantize == "qdq":
+    if options.needs_calibration:
         result["calibration_source"] = calib[1]
+        result["calibration_texts"] = len(calib[0])
+    packed = options.needs_calibration == "--quant-method gptq" and kind == "causal-lm"
+    chunk = min(GPTQ_CALIBRATION_MAX_LENGTH, _position_limit(tmp) or GPTQ_CALIBRATION_MAX_LENGTH)
     for g in graphs:
         dst = quantized_name(g, options.quantize)
         feeds = None
-        if options.quantize == "qdq":   # past inputs shaped for this graph's own kv heads
+        if options.needs_calibration:   # past inputs shaped for this graph's own kv heads
             kv = _graph_kv_shapes(tmp / g) if kind == "causal-lm" else []
-            feeds = calibration_feeds(calib[0], tokenizer, info.input_names, kv)
+            feeds = (packed_decoder_feeds(calib[0], tokenizer, info.input_names, kv, chunk=chunk) if packed
+                     else calibration_feeds(calib[0], tokenizer, info.input_names, kv, CALIBRATION_MAX_LENGTH))
         result["settings"] = _quantize_one(tmp, g, dst, options, feeds)
         release()
         entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),

@@ -43,18 +43,21 @@ def load_tokenizer(model_dir: Path):
 
 
 def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
+    """The calibration texts of --quantize qdq / --quant-method gptq (options.needs_calibration names which)."""
     from fg_edge.model_dir import read_training_metadata
     from fg_edge.exporters.quantize import calibration_texts_from_training, read_calibration_texts
 
+    limit = options.calibration_limit
     if options.calibration:
-        return read_calibration_texts(options.calibration), str(options.calibration)
+        return read_calibration_texts(options.calibration, limit), str(options.calibration)
     try:
         meta = read_training_metadata(model_dir)
     except (OSError, json.JSONDecodeError):
         meta = {}
-    texts = calibration_texts_from_training(meta)
+    texts = calibration_texts_from_training(meta, limit)
     if not texts:
-        raise ConfigError(f"--quantize qdq needs calibration text and {model_dir}/training.json records no readable "
+        raise ConfigError(f"{options.needs_calibration} needs calibration text and {model_dir}/training.json records "
+                          f"no readable "
                           f"training data: pass --calibration FILE (plain text, paragraphs separated by blank "
                           f"lines, or a TSV/CSV/JSONL file with a 'text' column)")
     return texts, "training data recorded in training.json"

@@ -29,9 +29,9 @@ class CompileOptions:
     quantize_lm_head: Optional[bool] = None
     #: weight-only (int4 / int8-wo) settings, see fg_edge.exporters.weight_only
     block_size: int = DEFAULT_BLOCK_SIZE
-    symmetric: Optional[bool] = None       # None: the method's default (rtn symmetric, hqq asymmetric)
+    symmetric: Optional[bool] = None       # None: the method's default (rtn symmetric, hqq / gptq asymmetric)
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    quant_method: Optional[str] = None     # None: hqq for int4, rtn for int8-wo (WeightOnlyConfig)
+    quant_method: Optional[str] = None     # rtn, hqq, gptq; None: hqq for int4, rtn for int8-wo (WeightOnlyConfig)
     lm_head_bits: int = 8                  # int4: the LM head's bits (8 by default)
     quantize_embedding: bool = False
     #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
@@ -54,13 +54,13 @@ class CompileOptions:
         for opt, value in (("--calibration", self.calibration), ("--eval-data", self.eval_data)):
             if value is not None and not str(value).startswith("hf:") and not Path(value).is_file():
                 raise ConfigError(f"{opt} {value}: no such file")
-        if self.calibration is not None and self.quantize != "qdq":
-            log.warning("--calibration is only used by --quantize qdq; ignoring it")
         if self.weight_only:
             self.weight_only_config()          # raises ConfigError naming the bad option
         elif self.quantize_embedding:
             raise ConfigError(f"--quantize-embedding needs a weight-only mode (--quantize int4 or int8-wo); got "
                               f"--quantize {self.quantize}")
+        if self.calibration is not None and not self.needs_calibration:
+            log.warning("--calibration is only used by --quantize qdq and --quant-method gptq; ignoring it")
         self._validate_ort_targets()
         if self.quality_tokens < 1:
             raise ConfigError(f"--quality-tokens must be >= 1; got {self.quality_tokens}")
@@ -93,6 +93,23 @@ class CompileOptions:
     @property
     def weight_only(self) -> bool:
         return self.quantize in WEIGHT_ONLY_BITS
+
+    @property
+    def needs_calibration(self) -> Optional[str]:
+        """The option that reads calibration text ('--quantize qdq', '--quant-method gptq'), or None."""
+        if self.quantize == "qdq":
+            return "--quantize qdq"
+        if self.weight_only and self.weight_only_config().method == "gptq":
+            return "--quant-method gptq"
+        return None
+
+    @property
+    def calibration_limit(self) -> int:
+        """How many calibration texts are read: GPTQ's Hessians need far more rows than QDQ's ranges."""
+        from fg_edge.exporters.gptq import GPTQ_CALIBRATION_TEXTS
+        from fg_edge.exporters.quantize import CALIBRATION_SENTENCES
+
+        return GPTQ_CALIBRATION_TEXTS if self.needs_calibration == "--quant-method gptq" else CALIBRATION_SENTENCES
 
     @property
     def lm_head_quantized(self) -> bool:

@@ -71,9 +71,10 @@ def _load(st: CompileState) -> None:
         _refuse_int8_decoder(st.options, st.model_dir)
         refuse_nnapi_decoder(st.options, st.model_dir)
     st.tokenizer = load_tokenizer(st.model_dir)
-    if st.options.quantize == "qdq":
+    needs = st.options.needs_calibration
+    if needs:
         if st.tokenizer is None:
-            raise ConfigError(f"--quantize qdq tokenizes calibration text but {st.model_dir} has no tokenizer files")
+            raise ConfigError(f"{needs} tokenizes calibration text but {st.model_dir} has no tokenizer files")
         st.calib = calibration_texts(st.options, st.model_dir)
     if st.options.eval_data:
         st.eval_data = load_eval_data(st.options, st.gated, st.tokenizer, st.model_dir)

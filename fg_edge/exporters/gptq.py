@@ -1,0 +1,345 @@
+"""GPTQ for MatMulNBits: block-quantized weights that compensate their rounding error on calibration activations.
+
+Round to nearest (RTN) and HQQ choose each block's grid from the weights alone. GPTQ (Frantar et al., 2023) also
+looks at what the layer is fed: with X the calibration inputs of one MatMul (rows = tokens) and H = X^T X, it
+quantizes the weight one input row k at a time and spreads that row's rounding error over the rows not yet
+quantized, along H^-1, so that ||X W - X Q|| stays small rather than ||W - Q||. Here:
+
+* H is accumulated for every targeted MatMul from one ONNX Runtime run per calibration feed of the float graph
+  (the MatMul inputs are added as graph outputs), so every layer sees full-precision activations, as in ORT's own
+  GPTQ (onnxruntime.quantization.neural_compressor). ORT's version runs the whole graph once per MatMul input and
+  calibration sample and re-quantizes its result by RTN; this one needs one run per sample and writes the
+  integer codes, scales and zero points GPTQ chose.
+* blocks of `block_size` inputs share a scale (and an integer zero point when asymmetric), set from the block's
+  weights as GPTQ reaches it (min/max including 0, like ORT's RTN); the lazy-batch width is 128 rows (or one
+  block when blocks are larger); dampening adds 1 % of the mean diagonal of H; inputs never active in
+  calibration (H[k, k] = 0) get weight 0.
+* the node written is the standard `com.microsoft::MatMulNBits` (uint8-packed codes, float scales, packed uint8
+  zero points), so it runs on the same fast kernels as RTN files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fg_edge.errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+
+#: calibration texts a GPTQ compile reads (more than static QDQ: H needs many rows), tokens per text (encoders)
+#: or per packed chunk (decoders), and the most tokens used
+GPTQ_CALIBRATION_TEXTS = 4096
+GPTQ_CALIBRATION_MAX_LENGTH = 256
+GPTQ_CALIBRATION_TOKENS = 8192
+PERCDAMP = 0.01
+LAZY_BATCH = 128
+
+
+# -- calibration feeds, passed to the quantizer's worker process as an .npz (np.load without pickle) ---------------
+def save_feeds(feeds: Sequence[dict], path: str | Path) -> str:
+    arrays = {f"{i}|{name}": np.ascontiguousarray(v) for i, feed in enumerate(feeds) for name, v in feed.items()}
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return str(path)
+
+
+def packed_decoder_feeds(texts: Sequence[str], tokenizer, input_names: Sequence[str],
+                         kv_shapes: Sequence[tuple[int, int]], chunk: int = GPTQ_CALIBRATION_MAX_LENGTH,
+                         max_tokens: int = GPTQ_CALIBRATION_TOKENS) -> list[dict]:
+    """A causal LM's calibration feeds: the texts joined (blank lines between) and cut into `chunk`-token
+    sequences, at most `max_tokens` in all (batch 1, past length 0): few long runs instead of many short ones."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text + "\n\n", add_special_tokens=not ids)["input_ids"]
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    from fg_edge.exporters.quantize import token_feed
+
+    pieces = (ids[start:start + chunk] for start in range(0, len(ids), chunk))
+    return [token_feed([piece], input_names, kv_shapes) for piece in pieces if len(piece) >= 2]
+
+
+def load_feeds(path: str | Path) -> list[dict]:
+    feeds: dict[int, dict] = {}
+    with np.load(str(path), allow_pickle=False) as z:
+        for key in z.files:
+            i, _, name = key.partition("|")
+            feeds.setdefault(int(i), {})[name] = z[key]
+    return [feeds[i] for i in sorted(feeds)]
+
+
+# -- the targets and their Hessians ----------------------------------------------------------------------------
+def gptq_targets(proto, exclude: Sequence[str] = ()) -> list:
+    """MatMul nodes of the main graph with a constant 2-D float weight (what MatMulNBits replaces)."""
+    from onnx import TensorProto
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = []
+    for node in proto.graph.node:
+        if node.op_type != "MatMul" or node.name in exclude or node.input[1] not in inits:
+            continue
+        w = inits[node.input[1]]
+        if len(w.dims) == 2 and w.data_type == TensorProto.FLOAT:
+            out.append(node)
+    return out
+
+
+def _skeleton(proto, wanted: Sequence[str]):
+    """The part of `proto`'s graph that computes `wanted`, with outputs `wanted` and every initializer it reads
+    turned into a graph input (fed from numpy at run time, so the weights are not copied into a second proto);
+    also the names of those initializers."""
+    from onnx import helper
+
+    from fg_edge.exporters.shape_folding import subgraph_reads
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    need, stack, nodes = set(), list(wanted), []
+    seen: set[int] = set()
+    while stack:
+        name = stack.pop()
+        if name in need:
+            continue
+        need.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            nodes.append(node)
+            stack += [i for i in node.input if i]
+            fake = helper.make_graph([node], "n", [], [])
+            stack += list(subgraph_reads(fake))
+    order = {id(n): k for k, n in enumerate(graph.node)}
+    nodes.sort(key=lambda n: order[id(n)])
+    inits = {t.name: t for t in graph.initializer if t.name in need}
+    inputs = [vi for vi in graph.input if vi.name in need and vi.name not in inits]
+    inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits.values()]
+    outputs = [helper.make_tensor_value_info(a, 1, None) for a in wanted]        # 1: FLOAT
+    skeleton = helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs),
+                                 opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    return skeleton, list(inits)
+
+
+def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
+                     weights: dict) -> dict[str, tuple[np.ndarray, int]]:
+    """{activation: (X^T X summed over every calibration row, rows)} for the float inputs `activations` of the
+    graph, from one ORT run per feed of the subgraph that computes them (`weights`: numpy values of the
+    initializers, filled in here for every one the subgraph reads)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    wanted = list(dict.fromkeys(activations))
+    skeleton, names = _skeleton(proto, wanted)
+    inits = {t.name: t for t in proto.graph.initializer}
+    for name in names:
+        if name not in weights:
+            weights[name] = numpy_helper.to_array(inits[name])
+    so = ort.SessionOptions()
+    # fusions never swallow a graph output, so the requested activations survive the optimizer
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    session = ort.InferenceSession(skeleton.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed_names = {i.name for i in session.get_inputs()}
+    hessians: dict[str, list] = {}
+    for feed in feeds:
+        values = session.run(wanted, {**{k: v for k, v in feed.items() if k in feed_names},
+                                      **{k: weights[k] for k in names}})
+        for name, x in zip(wanted, values):
+            x = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+            acc = hessians.get(name)
+            if acc is None:
+                hessians[name] = [x.T @ x, x.shape[0]]
+            else:
+                acc[0] += x.T @ x
+                acc[1] += x.shape[0]
+    del session
+    return {k: (v[0], v[1]) for k, v in hessians.items()}
+
+
+# -- GPTQ on one weight ------------------------------------------------------------------------------------------
+#: shrink factors of a block's range tried by the clipped grid search (1.0: the plain min/max grid)
+CLIP_FACTORS = tuple(1.0 - 0.05 * i for i in range(8))
+
+
+def _grid(block: np.ndarray, bits: int, symmetric: bool, importance=None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and integer zero point per output column of `block` (N, <=block_size): ORT's RTN rule (min/max
+    including 0; symmetric: the value of largest magnitude maps to the most negative code, like MLAS). With
+    `importance` (the block inputs' H[k, k]), the range is also shrunk by each of CLIP_FACTORS and the factor with
+    the least importance-weighted squared rounding error is kept, per column."""
+    maxq = 2**bits - 1
+    best = None
+    for factor in (CLIP_FACTORS if importance is not None else (1.0,)):
+        if symmetric:
+            idx = np.abs(block).argmax(axis=1)
+            amax = block[np.arange(block.shape[0]), idx] * factor
+            scale = amax / -(2 ** (bits - 1))
+            zero = np.full(block.shape[0], 2 ** (bits - 1), dtype=np.float64)
+        else:
+            lo = np.minimum(block.min(axis=1), 0.0) * factor
+            hi = np.maximum(block.max(axis=1), 0.0) * factor
+            scale = (hi - lo) / maxq
+            zero = np.clip(np.round(-lo / np.where(scale == 0, 1.0, scale)), 0, maxq)
+        scale = np.where(scale == 0, 1.0, scale)
+        if importance is None:
+            return scale, zero
+        q = np.clip(np.round(block / scale[:, None]) + zero[:, None], 0, maxq)
+        err = (((q - zero[:, None]) * scale[:, None] - block) ** 2 * importance[None, :]).sum(axis=1)
+        if best is None:
+            best = [err, scale, zero]
+        else:
+            better = err < best[0]
+            for k, v in enumerate((err, scale, zero)):
+                best[k] = np.where(better, v, best[k])
+    return best[1], best[2]
+
+
+def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, symmetric: bool,
+                         percdamp: float = PERCDAMP, act_order: bool = True,
+                         clip_search: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ of a (K, N) MatMul weight with input Hessian (K, K). Returns codes (N, K) uint8, scales and zero
+    points (N, ceil(K / block_size)); dequantized W[k, n] = (codes[n, k] - zero[n, b]) * scale[n, b].
+
+    act_order: quantize the inputs by decreasing H[k, k] (the most active first, while the most rows are left to
+    absorb their error), each block's grid set beforehand from its weights ("static groups": the blocks of
+    MatMulNBits are contiguous, not in the visiting order). Without it, inputs go in order and each block's grid
+    is set from its weights as updated when GPTQ reaches it."""
+    k_dim, n_dim = weight.shape
+    maxq = 2**bits - 1
+    w = weight.T.astype(np.float64)                  # (N, K): GPTQ walks the input dimension
+    h = hessian.astype(np.float64)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h[np.diag_indices(k_dim)] += percdamp * float(np.mean(np.diag(h)))
+    blocks = -(-k_dim // block_size)
+    scales = np.zeros((n_dim, blocks), dtype=np.float64)
+    zeros = np.zeros((n_dim, blocks), dtype=np.float64)
+    order = np.arange(k_dim)
+    if act_order:
+        diag = np.diag(h)
+        for g in range(blocks):
+            part = slice(g * block_size, (g + 1) * block_size)
+            scales[:, g], zeros[:, g] = _grid(w[:, part], bits, symmetric, diag[part] if clip_search else None)
+        order = np.argsort(-np.diag(h), kind="stable")
+        w, h = w[:, order], h[np.ix_(order, order)]
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T    # upper U with H^-1 = U^T U
+    except np.linalg.LinAlgError as exc:
+        raise ExportError(f"GPTQ: the calibration Hessian of a ({k_dim}, {n_dim}) weight is not positive "
+                          f"definite ({exc}); use more calibration text or --quant-method hqq") from None
+    # the factorisation in float64, the column sweep in float32 (like the reference implementation)
+    w, hinv, scales32, zeros32 = (a.astype(np.float32) for a in (w, hinv, scales, zeros))
+    group = order // block_size                     # the block of each visited input
+    codes = np.zeros((n_dim, k_dim), dtype=np.uint8)
+    lazy = max(LAZY_BATCH, block_size)               # a multiple of block_size: in order, a block lies in one batch
+    for b0 in range(0, k_dim, lazy):
+        b1 = min(b0 + lazy, k_dim)
+        w1 = w[:, b0:b1].copy()
+        err = np.zeros_like(w1)
+        u1 = hinv[b0:b1, b0:b1]
+        for j in range(b1 - b0):
+            g = group[b0 + j]
+            if not act_order and (b0 + j) % block_size == 0:
+                scales[:, g], zeros[:, g] = _grid(w1[:, j:j + block_size].astype(np.float64), bits, symmetric)
+                scales32[:, g], zeros32[:, g] = scales[:, g], zeros[:, g]
+            q = np.clip(np.round(w1[:, j] / scales32[:, g]) + zeros32[:, g], 0, maxq)
+            codes[:, order[b0 + j]] = q
+            e = (w1[:, j] - (q - zeros32[:, g]) * scales32[:, g]) / u1[j, j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            err[:, j] = e
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return codes, scales, zeros.astype(np.uint8)
+
+
+def _pack_codes(codes: np.ndarray, bits: int, block_size: int, zeros: np.ndarray) -> np.ndarray:
+    """(N, K) codes -> MatMulNBits' B (N, blocks, block_size * bits / 8): low bits first; K padded with each
+    block's zero point (dequantizes to 0)."""
+    n_dim, k_dim = codes.shape
+    blocks = zeros.shape[1]
+    padded = np.repeat(zeros, block_size, axis=1)[:, :blocks * block_size].astype(np.uint8)
+    padded[:, :k_dim] = codes
+    per = 8 // bits
+    padded = padded.reshape(n_dim, blocks, block_size // per, per)
+    out = np.zeros(padded.shape[:3], dtype=np.uint8)
+    for j in range(per):
+        out |= (padded[..., j] << (bits * j)).astype(np.uint8)
+    return out
+
+
+def _matmul_nbits(node, k_dim: int, n_dim: int, codes, scales, zeros, bits: int, block_size: int, symmetric: bool,
+                  accuracy_level: int):
+    """The MatMulNBits node and its initializers replacing MatMul `node`."""
+    from onnx import helper, numpy_helper
+
+    from fg_edge.exporters.zero_points import _pack_zero_points
+
+    prefix = (node.name or node.output[0]) + f"_Q{bits}"
+    tensors = [numpy_helper.from_array(_pack_codes(codes, bits, block_size, zeros), prefix + "/B"),
+               numpy_helper.from_array(scales.astype(np.float32).reshape(-1), prefix + "/scales")]
+    if not symmetric:
+        tensors.append(numpy_helper.from_array(_pack_zero_points(zeros, bits), prefix + "/zero_points"))
+    attrs = {"K": k_dim, "N": n_dim, "bits": bits, "block_size": block_size}
+    if accuracy_level:
+        attrs["accuracy_level"] = accuracy_level
+    q = helper.make_node("MatMulNBits", [node.input[0]] + [t.name for t in tensors], list(node.output),
+                         name=prefix, domain="com.microsoft", **attrs)
+    return q, tensors
+
+
+def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: int, symmetric: bool,
+                        accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True) -> dict:
+    """Replace every targeted MatMul of `proto` (gptq_targets) by a GPTQ MatMulNBits node, in place. Returns
+    counts for the report."""
+    from onnx import helper, numpy_helper
+
+    if not feeds:
+        raise ConfigError("--quant-method gptq needs calibration text: pass --calibration FILE (plain text, or a "
+                          "TSV/CSV/JSONL file with a 'text' column), or train from a data file training.json records")
+    import time
+
+    t0 = time.perf_counter()
+    targets = gptq_targets(proto, exclude)
+    values: dict = {}
+    hessians = collect_hessians(proto, feeds, [n.input[0] for n in targets], values)
+    t1 = time.perf_counter()
+    inits = {t.name: t for t in proto.graph.initializer}
+    graph = proto.graph
+    by_input: dict[str, list] = {}
+    for node in targets:
+        by_input.setdefault(node.input[0], []).append(node)
+    rows = 0
+    for activation, nodes in by_input.items():
+        # the MatMuls that read one activation share its Hessian, and GPTQ treats output columns independently:
+        # one run over their weights side by side (q / k / v, gate / up) gives each what its own run would
+        weights = [values.pop(n.input[1], None) for n in nodes]
+        weights = [numpy_helper.to_array(inits[n.input[1]]) if w is None else w for n, w in zip(nodes, weights)]
+        h, rows = hessians.pop(activation)
+        codes, scales, zeros = gptq_quantize_weight(np.concatenate(weights, axis=1), h, bits, block_size, symmetric,
+                                                    act_order=act_order)
+        start = 0
+        for node, weight in zip(nodes, weights):
+            n_dim = weight.shape[1]
+            part = slice(start, start + n_dim)
+            start += n_dim
+            q, tensors = _matmul_nbits(node, weight.shape[0], n_dim, codes[part], scales[part], zeros[part], bits,
+                                       block_size, symmetric, accuracy_level)
+            graph.node.insert(list(graph.node).index(node), q)
+            graph.node.remove(node)
+            graph.initializer.extend(tensors)
+    t2 = time.perf_counter()
+    from fg_edge.exporters.shape_folding import subgraph_reads
+
+    used = {i for n in graph.node for i in n.input} | subgraph_reads(graph) | {o.name for o in graph.output}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    log.info("GPTQ: %d MatMul(s) quantized to %d bits on %d calibration feed(s), %d rows (activations %.1f s, "
+             "quantization %.1f s)", len(targets), bits, len(feeds), rows, t1 - t0, t2 - t1)
+    return {"nodes": len(targets), "calibration_feeds": len(feeds), "calibration_rows": rows,
+            "percdamp": PERCDAMP, "lazy_batch": LAZY_BATCH, "act_order": act_order,
+            "seconds": {"activations": round(t1 - t0, 1), "quantization": round(t2 - t1, 1)}}
