@@ -289,7 +289,7 @@ def main() -> None:
                                f"({texts['python_docs'].stat().st_size} characters); fg-edge eval, 256-token windows"),
               "int4_text": ("`fg-edge compile --quantize int4 --quant-method M` (4-bit blocks of 32, 8-bit RTN LM "
                             "head, accuracy level 4) for M in " + ", ".join(methods)
-                            + ("; gptq calibrated on the first 8,192 tokens of the SST-2 training file"
+                            + ("; gptq calibrated on the first 4,096 tokens of the SST-2 training file"
                                if "gptq" in methods else "")),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
               "rows": [], "checks": [], "compile": {}, "samples": {}, "training": {}}

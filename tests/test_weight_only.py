@@ -168,7 +168,7 @@ def test_gptq_on_a_non_uniform_decoder(tmp_path):
     settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "q.onnx", method="gptq",
                                     calibration=save_feeds(feeds, tmp_path / "cal.npz"))
     assert settings["method"] == "gptq" and settings["symmetric"] is False and "GPTQ" in settings["quantizer"]
-    assert settings["gptq"]["calibration_rows"] == 400 and settings["gptq"]["nodes"] == expected - 1
+    assert settings["gptq"]["calibration_tokens"] == 400 and settings["gptq"]["nodes"] == expected - 1
     nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
     ops = quantized_op_counts(tmp_path / "q.onnx")
     assert ops["MatMulNBits"] == expected and "ZeroPointCorrection" not in ops
@@ -177,6 +177,23 @@ def test_gptq_on_a_non_uniform_decoder(tmp_path):
     assert res["max_abs_diff"] < BOUND[4], res
     with pytest.raises(ConfigError, match="--quant-method gptq needs calibration"):
         quantize_weight_only(tmp_path / "model.onnx", tmp_path / "x.onnx", method="gptq")
+
+
+def test_gptq_on_an_encoder(tmp_path):
+    """The option for encoders: a tiny BERT's projections quantized by GPTQ on token feeds stay within the int4
+    bound of the gated model."""
+    from fg_edge.exporters.gptq import save_feeds
+    from fg_edge.exporters.quantize import token_feed
+
+    gated, info = _exported(tmp_path, "bert")
+    rng = np.random.default_rng(0)
+    feeds = [token_feed(rng.integers(5, 90, size=(1, 24)), info.input_names) for _ in range(12)]
+    settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "q.onnx", method="gptq",
+                                    calibration=save_feeds(feeds, tmp_path / "cal.npz"))
+    assert settings["gptq"]["calibration_tokens"] == 12 * 24
+    assert quantized_op_counts(tmp_path / "q.onnx")["MatMulNBits"] == _const_matmuls(tmp_path / "model.onnx")
+    res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, raise_on_fail=False)
+    assert res["max_abs_diff"] < BOUND[4], res
 
 
 def _nbits_graph(k, n, bs, zp_tensor):

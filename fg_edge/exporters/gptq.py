@@ -5,17 +5,24 @@ looks at what the layer is fed: with X the calibration inputs of one MatMul (row
 quantizes the weight one input row k at a time and spreads that row's rounding error over the rows not yet
 quantized, along H^-1, so that ||X W - X Q|| stays small rather than ||W - Q||. Here:
 
-* H is accumulated for every targeted MatMul from one ONNX Runtime run per calibration feed of the float graph
-  (the MatMul inputs are added as graph outputs), so every layer sees full-precision activations, as in ORT's own
-  GPTQ (onnxruntime.quantization.neural_compressor). ORT's version runs the whole graph once per MatMul input and
+* H is accumulated for every targeted MatMul from one ONNX Runtime run per calibration feed of the part of the
+  float graph that computes the MatMul inputs (its initializers fed from numpy, so the weights are not held in a
+  second proto), so every layer sees full-precision activations, as in ORT's own GPTQ
+  (onnxruntime.quantization.neural_compressor). ORT's version runs the whole graph once per MatMul input and
   calibration sample and re-quantizes its result by RTN; this one needs one run per sample and writes the
-  integer codes, scales and zero points GPTQ chose.
-* blocks of `block_size` inputs share a scale (and an integer zero point when asymmetric), set from the block's
-  weights as GPTQ reaches it (min/max including 0, like ORT's RTN); the lazy-batch width is 128 rows (or one
-  block when blocks are larger); dampening adds 1 % of the mean diagonal of H; inputs never active in
-  calibration (H[k, k] = 0) get weight 0.
+  integer codes, scales and zero points GPTQ chose. MatMuls that read the same input (q / k / v, gate / up) are
+  quantized in one run over their weights side by side: output columns are independent given H.
+* act-order with static blocks (default): inputs are visited by decreasing H[k, k], and each block of
+  `block_size` inputs gets its scale (and integer zero point when asymmetric) before the sweep, from its
+  weights: the min/max grid including 0 (ORT's RTN rule) shrunk by the factor of CLIP_FACTORS with the least
+  H[k, k]-weighted squared rounding error, per output column. Measured on SmolLM2-135M with off-grid weights
+  (input rows scaled by U(0.85, 1.15), as folded gates do), int4 blocks of 32, SST-2 dev perplexity against the
+  fp32 graph: HQQ +20.1 %; in-order GPTQ +13.5 % (3,314 tokens, unpacked sentences); act-order +8.9 % (4,096
+  packed tokens), +7.1 % (8,192); act-order and the clipped grid +5.4 % (4,096), +5.3 % (8,192).
+* the lazy-batch width is 128 inputs (or one block when blocks are larger); dampening adds 1 % of the mean
+  diagonal of H; inputs never active in calibration (H[k, k] = 0) get weight 0.
 * the node written is the standard `com.microsoft::MatMulNBits` (uint8-packed codes, float scales, packed uint8
-  zero points), so it runs on the same fast kernels as RTN files.
+  zero points), so it runs on the same fast kernels as RTN files (no zero-point correction as for HQQ).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ log = logging.getLogger(__name__)
 #: or per packed chunk (decoders), and the most tokens used
 GPTQ_CALIBRATION_TEXTS = 4096
 GPTQ_CALIBRATION_MAX_LENGTH = 256
-GPTQ_CALIBRATION_TOKENS = 8192
+GPTQ_CALIBRATION_TOKENS = 4096
 PERCDAMP = 0.01
 LAZY_BATCH = 128
 
@@ -291,7 +298,8 @@ def _matmul_nbits(node, k_dim: int, n_dim: int, codes, scales, zeros, bits: int,
 
 
 def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: int, symmetric: bool,
-                        accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True) -> dict:
+                        accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True,
+                        clip_search: bool = True) -> dict:
     """Replace every targeted MatMul of `proto` (gptq_targets) by a GPTQ MatMulNBits node, in place. Returns
     counts for the report."""
     from onnx import helper, numpy_helper
@@ -311,15 +319,14 @@ def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: 
     by_input: dict[str, list] = {}
     for node in targets:
         by_input.setdefault(node.input[0], []).append(node)
-    rows = 0
     for activation, nodes in by_input.items():
         # the MatMuls that read one activation share its Hessian, and GPTQ treats output columns independently:
         # one run over their weights side by side (q / k / v, gate / up) gives each what its own run would
         weights = [values.pop(n.input[1], None) for n in nodes]
         weights = [numpy_helper.to_array(inits[n.input[1]]) if w is None else w for n, w in zip(nodes, weights)]
-        h, rows = hessians.pop(activation)
+        h, _ = hessians.pop(activation)
         codes, scales, zeros = gptq_quantize_weight(np.concatenate(weights, axis=1), h, bits, block_size, symmetric,
-                                                    act_order=act_order)
+                                                    act_order=act_order, clip_search=clip_search)
         start = 0
         for node, weight in zip(nodes, weights):
             n_dim = weight.shape[1]
@@ -338,8 +345,9 @@ def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: 
         graph.initializer.remove(t)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    log.info("GPTQ: %d MatMul(s) quantized to %d bits on %d calibration feed(s), %d rows (activations %.1f s, "
-             "quantization %.1f s)", len(targets), bits, len(feeds), rows, t1 - t0, t2 - t1)
-    return {"nodes": len(targets), "calibration_feeds": len(feeds), "calibration_rows": rows,
-            "percdamp": PERCDAMP, "lazy_batch": LAZY_BATCH, "act_order": act_order,
+    tokens = int(sum(np.asarray(f["input_ids"]).size for f in feeds))
+    log.info("GPTQ: %d MatMul(s) quantized to %d bits on %d calibration feed(s), %d tokens (activations %.1f s, "
+             "quantization %.1f s)", len(targets), bits, len(feeds), tokens, t1 - t0, t2 - t1)
+    return {"nodes": len(targets), "calibration_feeds": len(feeds), "calibration_tokens": tokens,
+            "percdamp": PERCDAMP, "lazy_batch": LAZY_BATCH, "act_order": act_order, "clip_search": clip_search,
             "seconds": {"activations": round(t1 - t0, 1), "quantization": round(t2 - t1, 1)}}

@@ -124,7 +124,7 @@ _QUANTIZER_LABEL = {
     "rtn": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (DefaultWeightOnlyQuantConfig: "
            "round to nearest)",
     "hqq": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer (HQQWeightOnlyQuantConfig)",
-    "gptq": "fg_edge.exporters.gptq (GPTQ on calibration activations; LM head: ORT's MatMulNBitsQuantizer, RTN)",
+    "gptq": "fg_edge.exporters.gptq (GPTQ on calibration activations)",
 }
 
 

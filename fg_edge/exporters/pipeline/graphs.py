@@ -88,6 +88,16 @@ def _graph_kv_shapes(path: Path) -> list[tuple[int, int]]:
     return [(int(h), int(d)) for h, d in json.loads(meta.get("fg_edge.kv_shapes", "[]"))]
 
 
+def _first_tokens(feeds: list[dict], limit: int) -> list[dict]:
+    """The leading feeds that hold about `limit` tokens in all (at least one)."""
+    total = 0
+    for k, feed in enumerate(feeds):
+        total += feed["input_ids"].size
+        if total >= limit:
+            return feeds[:k + 1]
+    return feeds
+
+
 def _position_limit(tmp: Path):
     """The saved config's position limit (GPTQ's packed calibration chunks stay inside it), or None."""
     import json
@@ -129,7 +139,7 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     fg_edge.exporters.pipeline.quality)."""
     from fg_edge.exporters.quantize import calibration_feeds, quantized_op_counts
 
-    from fg_edge.exporters.gptq import GPTQ_CALIBRATION_MAX_LENGTH, packed_decoder_feeds
+    from fg_edge.exporters.gptq import GPTQ_CALIBRATION_MAX_LENGTH, GPTQ_CALIBRATION_TOKENS, packed_decoder_feeds
     from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH
 
     result: dict = {"files": {}}
@@ -145,6 +155,8 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
             kv = _graph_kv_shapes(tmp / g) if kind == "causal-lm" else []
             feeds = (packed_decoder_feeds(calib[0], tokenizer, info.input_names, kv, chunk=chunk) if packed
                      else calibration_feeds(calib[0], tokenizer, info.input_names, kv, CALIBRATION_MAX_LENGTH))
+            if options.needs_calibration == "--quant-method gptq":
+                feeds = _first_tokens(feeds, GPTQ_CALIBRATION_TOKENS)
         result["settings"] = _quantize_one(tmp, g, dst, options, feeds)
         release()
         entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),

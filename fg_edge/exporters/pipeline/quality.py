@@ -1,7 +1,9 @@
 """What quantization costs a decoder, measured at compile time against the fp32 graph it was made from.
 
-For every quantized decoder file (model.int4.onnx vs model.onnx, baseline.int4.onnx vs baseline.onnx, …), with
-the torch-free runtime `fg-edge run` / `eval` use (fg_edge.runtimes), on the folder being written:
+For every quantized decoder file against an fp32 graph (the compile measures model.int4.onnx and
+baseline.int4.onnx, …, both against model.onnx: baseline.onnx computes the same function, parity-checked, so one
+fp32 reference serves both), with the torch-free runtime `fg-edge run` / `eval` use (fg_edge.runtimes), on the
+folder being written:
 
 * perplexity on `--eval-data` text (or SAMPLE_TEXT, a few built-in English sentences; its first documents up to
   MAX_EVAL_TOKENS tokens), computed as `fg-edge eval`
@@ -151,12 +153,15 @@ def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: in
               "eval_documents": len(texts), "eval_documents_given": len(given), "max_eval_tokens": MAX_EVAL_TOKENS,
               "thresholds": {"min_greedy_agreement": MIN_GREEDY_AGREEMENT,
                              "max_perplexity_increase": MAX_PERPLEXITY_INCREASE}, "files": {}}
+    refs: dict[str, _Reference] = {}
     for fp32, quant in pairs:
-        runner = Runner(folder, model=fp32)
-        prompts, n = _prompt_ids(runner, n_tokens)
-        ref = _Reference(runner, prompts, n, texts)
-        record.update(new_tokens=n, eval_tokens=ref.ppl["tokens"])
-        del runner
+        if fp32 not in refs:        # pairs that share an fp32 graph share its side of the comparison
+            runner = Runner(folder, model=fp32)
+            prompts, n = _prompt_ids(runner, n_tokens)
+            refs[fp32] = _Reference(runner, prompts, n, texts)
+            record.update(new_tokens=n, eval_tokens=refs[fp32].ppl["tokens"])
+            del runner
+        ref = refs[fp32]
         entry = _compare(Runner(folder, model=quant), ref, texts)
         name = VARIANTS[quant][0] + ".onnx"
         record["files"][name] = {"vs": VARIANTS[fp32][0] + ".onnx", **entry}

@@ -172,7 +172,9 @@ def _quantize(st: CompileState) -> None:
                                                 st.options, st.calib, st.eval_data)
     st.quant_graphs = [quantized_name(g, mode) for g in st.graphs]
     if st.kind == "causal-lm":
-        pairs = [("compiled", mode)] + ([("baseline", f"baseline-{mode}")] if "baseline.onnx" in st.graphs else [])
+        # baseline.onnx computes the compiled model's function (parity-checked against the gated model like
+        # model.onnx), so both quantized files are measured against one fp32 reference: model.onnx's
+        pairs = [("compiled", mode)] + ([("compiled", f"baseline-{mode}")] if "baseline.onnx" in st.graphs else [])
         texts = st.eval_data.texts if st.eval_data is not None else None
         source = st.eval_data.source if st.eval_data is not None else None
         st.report["quantization"]["quality"] = measure_quality(st.tmp, pairs, st.options.quality_tokens, texts,
