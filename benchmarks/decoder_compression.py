@@ -140,6 +140,22 @@ def _samples(compiled: Path, model: str) -> dict:
     return _cached_json(compiled.parent / f"{compiled.name}.samples.{model}.json", make)
 
 
+def _genai_check(compiled: Path, model: str, steps: int = 32) -> dict:
+    """Greedy tokens of ONNX Runtime GenAI vs fg-edge's own loop over `steps` new tokens, per prompt (issue 11:
+    identical on the SmolLM2 run)."""
+    def make():
+        got = {}
+        for p in PROMPTS:
+            ids = {}
+            for engine in ("ort", "genai"):
+                out = _run([*FG, "run", compiled, p, "--model", model, "--engine", engine, "--max-new-tokens",
+                            str(steps), "--threads", "2", "--json", "-"], capture=True)
+                ids[engine] = json.loads(out).get("token_ids")
+            got[p] = {"identical": ids["ort"] == ids["genai"], "tokens": len(ids["ort"] or [])}
+        return got
+    return _cached_json(compiled.parent / f"{compiled.name}.genai.{model}.json", make)
+
+
 def _compiled_name(method: str, primary: str) -> str:
     return "compiled" if method == primary else f"compiled-{method}"
 
@@ -309,7 +325,14 @@ def main() -> None:
         result["samples"][name] = {"compiled": _samples(lv["methods"][methods[0]]["compiled"], "compiled")}
         for m in methods:
             result["samples"][name][f"int4 {m}"] = _samples(lv["methods"][m]["compiled"], "int4")
-        result["checks"].append(_checks(level, rows, lv, methods, weights_mib))
+        check = _checks(level, rows, lv, methods, weights_mib)
+        for m in methods:
+            for model in ("compiled", "int4") if m == methods[0] else ("int4",):
+                got = _genai_check(lv["methods"][m]["compiled"], model)
+                check[f"genai vs fg-edge run, {model} {m if model == 'int4' else ''}".rstrip()] = (
+                    f"{sum(g['identical'] for g in got.values())}/{len(got)} prompts identical over "
+                    f"{min(g['tokens'] for g in got.values())} greedy tokens")
+        result["checks"].append(check)
     result["wall_s"] = round(time.time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "smollm2.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

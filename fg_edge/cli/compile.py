@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 @click.option("--calibration", type=click.Path(path_type=Path),
               help="qdq / gptq calibration text: plain text (paragraphs separated by blank lines), or TSV/CSV/JSONL "
                    "with a 'text' column [default: the first texts of the training data recorded in training.json: "
-                   "16 for qdq, 256 (up to 256 tokens each) for gptq].")
+                   "16 for qdq; for gptq 4,096 tokens (decoders: packed into 64-token sequences)].")
 @click.option("--eval-data", type=click.Path(path_type=Path),
               help="Classifiers: TSV/CSV/JSONL (text, label): fp32 vs quantized accuracy. Decoders: text (or a "
                    "text column) for the fp32 vs quantized perplexity [default: a built-in sample].")

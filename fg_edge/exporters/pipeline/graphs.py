@@ -139,7 +139,7 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     fg_edge.exporters.pipeline.quality)."""
     from fg_edge.exporters.quantize import calibration_feeds, quantized_op_counts
 
-    from fg_edge.exporters.gptq import GPTQ_CALIBRATION_MAX_LENGTH, GPTQ_CALIBRATION_TOKENS, packed_decoder_feeds
+    from fg_edge.exporters.gptq import GPTQ_CALIBRATION_TOKENS, GPTQ_CHUNK_TOKENS, packed_decoder_feeds
     from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH
 
     result: dict = {"files": {}}
@@ -147,7 +147,7 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
         result["calibration_source"] = calib[1]
         result["calibration_texts"] = len(calib[0])
     packed = options.needs_calibration == "--quant-method gptq" and kind == "causal-lm"
-    chunk = min(GPTQ_CALIBRATION_MAX_LENGTH, _position_limit(tmp) or GPTQ_CALIBRATION_MAX_LENGTH)
+    chunk = min(GPTQ_CHUNK_TOKENS, _position_limit(tmp) or GPTQ_CHUNK_TOKENS)
     for g in graphs:
         dst = quantized_name(g, options.quantize)
         feeds = None
