@@ -200,14 +200,19 @@ def test_compile_parity_and_removal(tmp_path, model_type, granularity):
     # the input model is untouched and still gated
     assert gated_modules(gated) and not gated_modules(compiled)
     assert all(torch.equal(state_before[k], v) for k, v in gate_state_dict(gated).items())
-    # parity ran inside compile_model: float32 max-abs ≤ 1e-5, decoders 32 identical cached greedy steps
+    # parity ran inside compile_model: float32 max-abs ≤ 1e-5 · max(1, max|gated output|) (the product's rule:
+    # Gemma's hidden states reach tens, so float32 rounding alone passes 1e-5 absolute there), decoders 32
+    # identical cached greedy steps
     parity = report["parity"]
-    assert parity["max_abs_diff"] <= 1e-5
+    assert parity["logits_max_abs_diff"] <= parity["logits_tolerance"]
+    assert parity["hidden_max_abs_diff"] <= parity["hidden_tolerance"]
+    assert parity["logits_tolerance"] < 1e-3 and parity["hidden_tolerance"] < 1e-3   # scaled from 1e-5, no looser
     if model_type in DECODERS:
         assert parity["decoder_steps"] == 32 and parity["tokens_identical"]
     # and independently here, over the padded batch
     left = model_type in DECODERS
-    assert (_outputs(gated, left) - _outputs(compiled, left)).abs().max() <= 1e-5
+    ref = _outputs(gated, left)
+    assert (ref - _outputs(compiled, left)).abs().max() <= 1e-5 * max(1.0, float(ref.abs().max()))
 
     s = plan.summary()
     assert s["ffn_channels_removed"] > 0.3 * s["ffn_channels_total"]

@@ -137,10 +137,8 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
     with eval data, the task accuracy of every graph before and after (classifiers; decoders are measured by
     fg_edge.exporters.pipeline.quality)."""
-    from fg_edge.exporters.quantize import calibration_feeds, quantized_op_counts
-
     from fg_edge.exporters.gptq import GPTQ_CALIBRATION_TOKENS, GPTQ_CHUNK_TOKENS, packed_decoder_feeds
-    from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH
+    from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH, calibration_feeds, quantized_op_counts
 
     result: dict = {"files": {}}
     if options.needs_calibration:

@@ -57,9 +57,8 @@ def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[st
     texts = calibration_texts_from_training(meta, limit)
     if not texts:
         raise ConfigError(f"{options.needs_calibration} needs calibration text and {model_dir}/training.json records "
-                          f"no readable "
-                          f"training data: pass --calibration FILE (plain text, paragraphs separated by blank "
-                          f"lines, or a TSV/CSV/JSONL file with a 'text' column)")
+                          f"no readable training data: pass --calibration FILE (plain text, paragraphs separated by "
+                          f"blank lines, or a TSV/CSV/JSONL file with a 'text' column)")
     return texts, "training data recorded in training.json"
 
 
