@@ -105,7 +105,7 @@ def _skeleton(proto, wanted: Sequence[str]):
     """The part of `proto`'s graph that computes `wanted`, with outputs `wanted` and every initializer it reads
     turned into a graph input (fed from numpy at run time, so the weights are not copied into a second proto);
     also the names of those initializers."""
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     from fg_edge.exporters.shape_folding import subgraph_reads
 
@@ -123,14 +123,14 @@ def _skeleton(proto, wanted: Sequence[str]):
             seen.add(id(node))
             nodes.append(node)
             stack += [i for i in node.input if i]
-            fake = helper.make_graph([node], "n", [], [])
-            stack += list(subgraph_reads(fake))
+            if any(a.HasField("g") or a.graphs for a in node.attribute):    # If / Loop: outer-scope reads
+                stack += list(subgraph_reads(helper.make_graph([node], "n", [], [])))
     order = {id(n): k for k, n in enumerate(graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
     inits = {t.name: t for t in graph.initializer if t.name in need}
     inputs = [vi for vi in graph.input if vi.name in need and vi.name not in inits]
     inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits.values()]
-    outputs = [helper.make_tensor_value_info(a, 1, None) for a in wanted]        # 1: FLOAT
+    outputs = [helper.make_tensor_value_info(a, TensorProto.FLOAT, None) for a in wanted]
     skeleton = helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs),
                                  opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
     return skeleton, list(inits)
@@ -268,18 +268,16 @@ def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, blo
 
 
 def _pack_codes(codes: np.ndarray, bits: int, block_size: int, zeros: np.ndarray) -> np.ndarray:
-    """(N, K) codes -> MatMulNBits' B (N, blocks, block_size * bits / 8): low bits first; K padded with each
-    block's zero point (dequantizes to 0)."""
+    """(N, K) codes -> MatMulNBits' B (N, blocks, block_size * bits / 8): low bits first (the zero points'
+    packing, one block per row); K padded with each block's zero point (dequantizes to 0)."""
+    from fg_edge.exporters.zero_points import _pack_zero_points
+
     n_dim, k_dim = codes.shape
     blocks = zeros.shape[1]
     padded = np.repeat(zeros, block_size, axis=1)[:, :blocks * block_size].astype(np.uint8)
     padded[:, :k_dim] = codes
-    per = 8 // bits
-    padded = padded.reshape(n_dim, blocks, block_size // per, per)
-    out = np.zeros(padded.shape[:3], dtype=np.uint8)
-    for j in range(per):
-        out |= (padded[..., j] << (bits * j)).astype(np.uint8)
-    return out
+    packed = _pack_zero_points(padded.reshape(n_dim * blocks, block_size), bits)
+    return packed.reshape(n_dim, blocks, block_size * bits // 8)
 
 
 def _matmul_nbits(node, k_dim: int, n_dim: int, codes, scales, zeros, bits: int, block_size: int, symmetric: bool,
