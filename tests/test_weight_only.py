@@ -99,7 +99,8 @@ def _gptq_node_model(k, n, bits, bs, symmetric, codes, scales, zeros):
     mm = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
     node, tensors = _matmul_nbits(mm, k, n, codes, scales, zeros, bits, bs, symmetric, 0)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], tensors)
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, name) for name, v in tensors.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                    helper.make_opsetid("com.microsoft", 1)])
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -86,25 +86,49 @@ def load_feeds(path: str | Path) -> list[dict]:
 
 
 # -- the targets and their Hessians ----------------------------------------------------------------------------
-def gptq_targets(proto, exclude: Sequence[str] = ()) -> list:
-    """MatMul nodes of the main graph with a constant 2-D float weight (what MatMulNBits replaces)."""
+def gptq_targets(proto, exclude: Sequence[str] = (), weights: Optional[Mapping[str, np.ndarray]] = None) -> list:
+    """MatMul nodes of the main graph with a constant 2-D float weight (what MatMulNBits replaces); `weights`:
+    the initializers as numpy when `proto` is detached from them (detach_initializers)."""
     from onnx import TensorProto
 
-    inits = {t.name: t for t in proto.graph.initializer}
-    out = []
-    for node in proto.graph.node:
-        if node.op_type != "MatMul" or node.name in exclude or node.input[1] not in inits:
-            continue
-        w = inits[node.input[1]]
-        if len(w.dims) == 2 and w.data_type == TensorProto.FLOAT:
-            out.append(node)
-    return out
+    if weights is None:
+        consts = {t.name: (len(t.dims), t.data_type == TensorProto.FLOAT) for t in proto.graph.initializer}
+    else:
+        consts = {k: (v.ndim, v.dtype == np.float32) for k, v in weights.items()}
+    return [node for node in proto.graph.node
+            if node.op_type == "MatMul" and node.name not in exclude and consts.get(node.input[1]) == (2, True)]
 
 
-def _skeleton(proto, wanted: Sequence[str]):
+def detach_initializers(proto):
+    """(a copy of `proto` without its initializers, {name: numpy value} in their order). Protobuf (upb) gives a
+    message's memory back only with the whole message, so a caller that drops `proto` afterwards holds the
+    weights once, as numpy, instead of twice while GPTQ reads them (about the fp32 weights less at the peak)."""
+    from onnx import numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    del proto.graph.initializer[:]
+    return type(proto).FromString(proto.SerializeToString()), arrays
+
+
+def attach_initializers(proto, arrays: dict) -> None:
+    """Give detached `proto` its initializers back from `arrays` (emptied on the way): the ones a node, a
+    subgraph or a graph output reads."""
+    from onnx import numpy_helper
+
+    from fg_edge.exporters.shape_folding import subgraph_reads
+
+    graph = proto.graph
+    used = {i for n in graph.node for i in n.input} | subgraph_reads(graph) | {o.name for o in graph.output}
+    for name in list(arrays):
+        value = arrays.pop(name)
+        if name in used:
+            graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def _skeleton(proto, wanted: Sequence[str], weights: Mapping[str, np.ndarray]):
     """The part of `proto`'s graph that computes `wanted`, with outputs `wanted` and every initializer it reads
-    turned into a graph input (fed from numpy at run time, so the weights are not copied into a second proto);
-    also the names of those initializers."""
+    (`weights`: all of them, as numpy) turned into a graph input fed from numpy at run time, so the weights are
+    not copied into a second proto; also the names of those initializers."""
     from onnx import TensorProto, helper
 
     from fg_edge.exporters.shape_folding import subgraph_reads
@@ -127,29 +151,25 @@ def _skeleton(proto, wanted: Sequence[str]):
                 stack += list(subgraph_reads(helper.make_graph([node], "n", [], [])))
     order = {id(n): k for k, n in enumerate(graph.node)}
     nodes.sort(key=lambda n: order[id(n)])
-    inits = {t.name: t for t in graph.initializer if t.name in need}
-    inputs = [vi for vi in graph.input if vi.name in need and vi.name not in inits]
-    inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits.values()]
+    inits = [name for name in weights if name in need]
+    inputs = [vi for vi in graph.input if vi.name in need and vi.name not in weights]
+    inputs += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(weights[name].dtype),
+                                             list(weights[name].shape)) for name in inits]
     outputs = [helper.make_tensor_value_info(a, TensorProto.FLOAT, None) for a in wanted]
     skeleton = helper.make_model(helper.make_graph(nodes, graph.name, inputs, outputs),
                                  opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
-    return skeleton, list(inits)
+    return skeleton, inits
 
 
 def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
-                     weights: dict) -> dict[str, tuple[np.ndarray, int]]:
-    """{activation: (X^T X summed over every calibration row, rows)} for the float inputs `activations` of the
-    graph, from one ORT run per feed of the subgraph that computes them (`weights`: numpy values of the
-    initializers, filled in here for every one the subgraph reads)."""
+                     weights: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
+    """{activation: (X^T X summed over every calibration row, rows)} for the float inputs `activations` of
+    detached graph `proto` (`weights`: its initializers, detach_initializers), from one ORT run per feed of the
+    subgraph that computes them."""
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     wanted = list(dict.fromkeys(activations))
-    skeleton, names = _skeleton(proto, wanted)
-    inits = {t.name: t for t in proto.graph.initializer}
-    for name in names:
-        if name not in weights:
-            weights[name] = numpy_helper.to_array(inits[name])
+    skeleton, names = _skeleton(proto, wanted, weights)
     so = ort.SessionOptions()
     # fusions never swallow a graph output, so the requested activations survive the optimizer
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -282,56 +302,58 @@ def _pack_codes(codes: np.ndarray, bits: int, block_size: int, zeros: np.ndarray
 
 def _matmul_nbits(node, k_dim: int, n_dim: int, codes, scales, zeros, bits: int, block_size: int, symmetric: bool,
                   accuracy_level: int):
-    """The MatMulNBits node and its initializers replacing MatMul `node`."""
-    from onnx import helper, numpy_helper
+    """The MatMulNBits node replacing MatMul `node`, and its initializers ({name: numpy value})."""
+    from onnx import helper
 
     from fg_edge.exporters.zero_points import _pack_zero_points
 
     prefix = (node.name or node.output[0]) + f"_Q{bits}"
-    tensors = [numpy_helper.from_array(_pack_codes(codes, bits, block_size, zeros), prefix + "/B"),
-               numpy_helper.from_array(scales.astype(np.float32).reshape(-1), prefix + "/scales")]
+    tensors = {prefix + "/B": _pack_codes(codes, bits, block_size, zeros),
+               prefix + "/scales": scales.astype(np.float32).reshape(-1)}
     if not symmetric:
-        tensors.append(numpy_helper.from_array(_pack_zero_points(zeros, bits), prefix + "/zero_points"))
+        tensors[prefix + "/zero_points"] = _pack_zero_points(zeros, bits)
     attrs = {"K": k_dim, "N": n_dim, "bits": bits, "block_size": block_size}
     if accuracy_level:
         attrs["accuracy_level"] = accuracy_level
-    q = helper.make_node("MatMulNBits", [node.input[0]] + [t.name for t in tensors], list(node.output),
+    q = helper.make_node("MatMulNBits", [node.input[0], *tensors], list(node.output),
                          name=prefix, domain="com.microsoft", **attrs)
     return q, tensors
 
 
-def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: int, symmetric: bool,
-                        accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True,
+def gptq_quantize_graph(proto, weights: dict, feeds: Sequence[dict], *, bits: int, block_size: int,
+                        symmetric: bool, accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True,
                         clip_search: bool = True) -> dict:
-    """Replace every targeted MatMul of `proto` (gptq_targets) by a GPTQ MatMulNBits node, in place. Returns
-    counts for the report."""
-    from onnx import helper, numpy_helper
+    """Replace every targeted MatMul of detached graph `proto` (gptq_targets) by a GPTQ MatMulNBits node, in
+    place; `weights` (its initializers, detach_initializers) loses the targets' float weights and gains the new
+    nodes' codes, scales and zero points. Returns counts for the report."""
+    import time
+
+    from onnx import helper
 
     if not feeds:
         raise ConfigError("--quant-method gptq needs calibration text: pass --calibration FILE (plain text, or a "
                           "TSV/CSV/JSONL file with a 'text' column), or train from a data file training.json records")
-    import time
-
     t0 = time.perf_counter()
-    targets = gptq_targets(proto, exclude)
-    values: dict = {}
-    hessians = collect_hessians(proto, feeds, [n.input[0] for n in targets], values)
+    targets = gptq_targets(proto, exclude, weights)
+    hessians = collect_hessians(proto, feeds, [n.input[0] for n in targets], weights)
     t1 = time.perf_counter()
-    inits = {t.name: t for t in proto.graph.initializer}
     graph = proto.graph
     by_input: dict[str, list] = {}
     for node in targets:
         by_input.setdefault(node.input[0], []).append(node)
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
     for activation, nodes in by_input.items():
         # the MatMuls that read one activation share its Hessian, and GPTQ treats output columns independently:
         # one run over their weights side by side (q / k / v, gate / up) gives each what its own run would
-        weights = [values.pop(n.input[1], None) for n in nodes]
-        weights = [numpy_helper.to_array(inits[n.input[1]]) if w is None else w for n, w in zip(nodes, weights)]
+        mats = [weights[n.input[1]] for n in nodes]
         h, _ = hessians.pop(activation)
-        codes, scales, zeros = gptq_quantize_weight(np.concatenate(weights, axis=1), h, bits, block_size, symmetric,
+        codes, scales, zeros = gptq_quantize_weight(np.concatenate(mats, axis=1), h, bits, block_size, symmetric,
                                                     act_order=act_order, clip_search=clip_search)
         start = 0
-        for node, weight in zip(nodes, weights):
+        for node, weight in zip(nodes, mats):
             n_dim = weight.shape[1]
             part = slice(start, start + n_dim)
             start += n_dim
@@ -339,13 +361,11 @@ def gptq_quantize_graph(proto, feeds: Sequence[dict], *, bits: int, block_size: 
                                        block_size, symmetric, accuracy_level)
             graph.node.insert(list(graph.node).index(node), q)
             graph.node.remove(node)
-            graph.initializer.extend(tensors)
+            readers[node.input[1]] -= 1
+            if not readers[node.input[1]]:
+                weights.pop(node.input[1])     # a weight nothing else reads: its memory goes now
+            weights.update(tensors)
     t2 = time.perf_counter()
-    from fg_edge.exporters.shape_folding import subgraph_reads
-
-    used = {i for n in graph.node for i in n.input} | subgraph_reads(graph) | {o.name for o in graph.output}
-    for t in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(t)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     tokens = int(sum(np.asarray(f["input_ids"]).size for f in feeds))

@@ -290,11 +290,14 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
             same_head = config.include_lm_head and head_bits == config.bits
             exclude = [] if same_head else [LM_HEAD_NODE]
             if config.method == "gptq":
-                from fg_edge.exporters.gptq import gptq_quantize_graph, load_feeds
+                from fg_edge.exporters.gptq import (attach_initializers, detach_initializers, gptq_quantize_graph,
+                                                    load_feeds)
 
-                gptq = gptq_quantize_graph(proto, load_feeds(calibration), bits=config.bits,
+                proto, weights = detach_initializers(proto)     # the old proto is dropped: weights held once
+                gptq = gptq_quantize_graph(proto, weights, load_feeds(calibration), bits=config.bits,
                                            block_size=config.block_size, symmetric=config.symmetric,
                                            accuracy_level=config.accuracy_level, exclude=exclude)
+                attach_initializers(proto, weights)
                 # ORT's quantizer only wraps the graph here (and quantizes the head below): nothing else is left
                 quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
                                                        nodes_to_exclude=[LM_HEAD_NODE])
