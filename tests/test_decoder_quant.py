@@ -158,6 +158,36 @@ def test_gptq_int4_compile_calibrates_on_text(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
+def test_int4_default_method_follows_the_calibration_text_at_hand(tmp_path):
+    """--quantize int4 without --quant-method: gptq on the training data training.json records while that file can
+    be read (the report says why), hqq once it cannot or without a tokenizer; --calibration alone picks gptq."""
+    from fg_edge.exporters.pipeline.loading import choose_int4_method
+    from fg_edge.exporters.pipeline.options import CompileOptions
+
+    (tmp_path / "train.txt").write_text(TEXT * 20)
+    md = _model_dir(tmp_path)
+    (md / "training.json").write_text(json.dumps({"data": {"train": {"path": str(tmp_path / "train.txt")}}}))
+    res = compile_cli(md, "-o", tmp_path / "out", "--quantize", "int4", "--quality-tokens", "4")
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "out" / "compile_report.json").read_text())["quantization"]
+    assert q["settings"]["method"] == "gptq" and "training.json" in q["method_choice"]
+    assert q["calibration_source"] == "training data recorded in training.json"
+    assert "ZeroPointCorrection" not in q["files"]["model.int4.onnx"]["quantized_ops"]
+
+    options = CompileOptions(quantize="int4").validate()
+    (tmp_path / "train.txt").unlink()
+    chosen, calib, why = choose_int4_method(options, md, tokenizer=object())
+    assert chosen.quant_method == "hqq" and calib is None and "no readable training data" in why
+    (tmp_path / "train.txt").write_text(TEXT)
+    chosen, calib, why = choose_int4_method(options, md, tokenizer=None)
+    assert chosen.quant_method == "hqq" and "no tokenizer" in why
+    chosen, calib, _ = choose_int4_method(options, md, tokenizer=object())
+    assert chosen.quant_method == "gptq" and calib[0] and options.quant_method is None
+    given = CompileOptions(quantize="int4", calibration=str(tmp_path / "train.txt")).validate()
+    assert given.quant_method == "gptq" and given.needs_calibration == "--quant-method gptq"
+    assert CompileOptions(quantize="int8-wo", calibration=str(tmp_path / "train.txt")).validate().quant_method is None
+
+
 @pytest.mark.parametrize("args,match", [
     (["--quantize", "int4", "--block-size", "24"], "--block-size 24"),
     (["--quantize", "int4", "--quant-method", "hqq", "--symmetric"], "drop --symmetric"),

@@ -31,7 +31,9 @@ class CompileOptions:
     block_size: int = DEFAULT_BLOCK_SIZE
     symmetric: Optional[bool] = None       # None: the method's default (rtn symmetric, hqq / gptq asymmetric)
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL
-    quant_method: Optional[str] = None     # rtn, hqq, gptq; None: hqq for int4, rtn for int8-wo (WeightOnlyConfig)
+    #: rtn, hqq, gptq; None: int4 takes gptq when there is calibration text (--calibration, or the training data
+    #: training.json records; pipeline.loading.choose_int4_method), else hqq; int8-wo takes rtn
+    quant_method: Optional[str] = None
     lm_head_bits: int = 8                  # int4: the LM head's bits (8 by default)
     quantize_embedding: bool = False
     #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
@@ -54,6 +56,8 @@ class CompileOptions:
         for opt, value in (("--calibration", self.calibration), ("--eval-data", self.eval_data)):
             if value is not None and not str(value).startswith("hf:") and not Path(value).is_file():
                 raise ConfigError(f"{opt} {value}: no such file")
+        if self.quantize == "int4" and self.quant_method is None and self.calibration is not None:
+            self.quant_method = "gptq"         # int4's default with calibration text at hand (choose_int4_method)
         if self.weight_only:
             self.weight_only_config()          # raises ConfigError naming the bad option
         elif self.quantize_embedding:

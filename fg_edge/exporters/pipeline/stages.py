@@ -19,7 +19,8 @@ from fg_edge.errors import CompileError, ConfigError
 from fg_edge.exporters import onnx_export as _ox
 from fg_edge.exporters.onnx_parity import check_onnx_parity
 from fg_edge.exporters.pipeline.graphs import export_graph, quantize_graphs
-from fg_edge.exporters.pipeline.loading import calibration_texts, input_record, load_eval_data, load_gated, load_tokenizer
+from fg_edge.exporters.pipeline.loading import (calibration_texts, choose_int4_method, input_record, load_eval_data,
+                                                load_gated, load_tokenizer)
 from fg_edge.exporters.pipeline.memory import release
 from fg_edge.exporters.pipeline.mobile import ort_format_stage, refuse_nnapi_decoder
 from fg_edge.exporters.pipeline.options import CompileOptions
@@ -54,6 +55,7 @@ class CompileState:
     graphs: list[str] = field(default_factory=list)
     quant_graphs: list[str] = field(default_factory=list)
     packed: bool = False
+    method_choice: str = ""               # why --quantize int4 took the method it did (no --quant-method)
 
 
 def _refuse_int8_decoder(options: CompileOptions, model_dir: Path) -> None:
@@ -71,8 +73,10 @@ def _load(st: CompileState) -> None:
         _refuse_int8_decoder(st.options, st.model_dir)
         refuse_nnapi_decoder(st.options, st.model_dir)
     st.tokenizer = load_tokenizer(st.model_dir)
+    if st.options.quantize == "int4" and st.options.quant_method is None:
+        st.options, st.calib, st.method_choice = choose_int4_method(st.options, st.model_dir, st.tokenizer)
     needs = st.options.needs_calibration
-    if needs:
+    if needs and st.calib is None:
         if st.tokenizer is None:
             raise ConfigError(f"{needs} tokenizes calibration text but {st.model_dir} has no tokenizer files")
         st.calib = calibration_texts(st.options, st.model_dir)
@@ -170,6 +174,8 @@ def _quantize(st: CompileState) -> None:
     mode = st.options.quantize
     st.report["quantization"] = quantize_graphs(st.tmp, st.graphs, st.reference, st.kind, st.info, st.tokenizer,
                                                 st.options, st.calib, st.eval_data)
+    if st.method_choice:
+        st.report["quantization"]["method_choice"] = st.method_choice
     st.quant_graphs = [quantized_name(g, mode) for g in st.graphs]
     if st.kind == "causal-lm":
         # baseline.onnx computes the compiled model's function (parity-checked against the gated model like
