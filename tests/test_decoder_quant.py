@@ -91,6 +91,22 @@ def test_run_eval_bench_know_the_int4_variants(int4_dir, tmp_path):
     assert rows["int4"]["baseline_variant"] == "baseline-int4" and rows["int4"]["precision"] == "int4"
 
 
+def test_mobile_profile_runs_a_decoders_int4(int4_dir):
+    """The mobile profile takes the quantized variant a decoder ships as (int4; int8 dynamic is refused for
+    decoders) for `run` and `bench`, against its own quantized baseline."""
+    from fg_edge.formats.compiled_dir import CompiledDir
+    from fg_edge.runtimes.bench.run import _variants_for
+    from fg_edge.runtimes.providers import PROVIDERS
+    from fg_edge.runtimes.runner import Runner
+
+    out, _, _ = int4_dir
+    assert Runner(out, provider="mobile").variant == "int4"
+    files = _variants_for(CompiledDir(out), PROVIDERS["mobile"], no_baseline=False)
+    assert [f.path.name for f in files] == ["model.int4.onnx", "baseline.int4.onnx"]
+    assert [f.path.name for f in _variants_for(CompiledDir(out), PROVIDERS["cpu"], True)][:2] == [
+        "model.onnx", "model.int4.onnx"]
+
+
 def test_far_off_variant_is_flagged_in_red(int4_dir, monkeypatch):
     from fg_edge.exporters.pipeline import quality
     from fg_edge.exporters.pipeline.summary import format_summary, summary_rows

@@ -54,7 +54,7 @@ def test_provider_table_covers_targets():
     assert "Android" in P.PROVIDERS["nnapi"].install
     assert "macOS" in P.PROVIDERS["coreml"].install
     mobile = P.PROVIDERS["mobile"]
-    assert mobile.ep == "CPUExecutionProvider" and mobile.max_threads == 2 and mobile.prefer_int8
+    assert mobile.ep == "CPUExecutionProvider" and mobile.max_threads == 2 and mobile.prefer_quantized[0] == "int8"
     assert mobile.display == "mobile (emulated on CPU EP)"
     assert P.resolve_provider("cpu").ep == "CPUExecutionProvider"
     rows = P.provider_table()

@@ -38,11 +38,17 @@ class ProviderSpec:
     emulated: bool = False                      # a profile emulated on another EP (mobile)
     max_threads: Optional[int] = None           # thread cap of a profile (mobile: 2)
     prefer_ort_format: bool = False             # use model.ort / model.int8.ort when present
-    prefer_int8: bool = False                   # use the int8 model when present
+    #: quantized variants used instead of `compiled` when present, first found wins (mobile: int8 for encoders,
+    #: the weight-only int4 / int8-wo that decoders ship as, since int8 dynamic is refused for them)
+    prefer_quantized: tuple[str, ...] = ()
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+    def preferred_variant(self, cdir) -> Optional[str]:
+        """The first of prefer_quantized that compiled dir `cdir` holds, or None."""
+        return next((v for v in self.prefer_quantized if cdir.find(v) is not None), None)
 
 
 #: short name -> ProviderSpec. Default options are the ORT defaults made explicit where they matter for a fair,
@@ -87,7 +93,8 @@ PROVIDERS: dict[str, ProviderSpec] = {
         "an onnxruntime build with --use_webgpu (or onnxruntime-web in a browser)", {}),
     "mobile": ProviderSpec(
         "mobile", "CPUExecutionProvider", "pip install onnxruntime (emulated on the CPU EP)",
-        label=MOBILE_LABEL, emulated=True, max_threads=2, prefer_ort_format=True, prefer_int8=True),
+        label=MOBILE_LABEL, emulated=True, max_threads=2, prefer_ort_format=True,
+        prefer_quantized=("int8", "int4", "int8-wo")),
 }
 
 _EP_TO_SHORT = {spec.ep: name for name, spec in PROVIDERS.items() if not spec.emulated}

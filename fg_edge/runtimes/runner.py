@@ -194,8 +194,8 @@ class Runner:
             settings = SessionSettings(**{**settings.to_dict(), "intra_op_threads": threads})
         spec = self.provider.spec
         variant = model
-        if spec.prefer_int8 and model == "compiled" and self.cdir.find("int8") is not None:
-            variant = "int8"
+        if model == "compiled":
+            variant = spec.preferred_variant(self.cdir) or model
         self.file: ModelFile = self.cdir.require(variant, prefer_ort=spec.prefer_ort_format)
         self.variant = variant
         self.model = OnnxModel(self.file.path, self.provider, settings, cdir=self.cdir)

@@ -92,16 +92,19 @@ def _chosen_variants(models: Sequence[str], no_baseline: bool) -> list[str]:
 
 def _variants_for(cdir: CompiledDir, spec: ProviderSpec, no_baseline: bool,
                   models: Optional[Sequence[str]] = None) -> list[ModelFile]:
-    """The model files a provider benchmarks: `models` (--models) with their dense partners when given; else int8
-    first for int8-preferring profiles (mobile), else compiled, then every quantized variant present (int8, qdq,
-    int4, int8-wo), each with its dense baseline unless --no-baseline; a missing file raises ModelDirError."""
+    """The model files a provider benchmarks: `models` (--models) with their dense partners when given; else, for
+    a profile that prefers a quantized variant (mobile: int8, int4, int8-wo), the first one present; else compiled,
+    then every quantized variant present (int8, qdq, int4, int8-wo); each with its dense baseline unless
+    --no-baseline; a missing file raises ModelDirError."""
+    preferred = spec.preferred_variant(cdir)
     if models:
         names = _chosen_variants(models, no_baseline)
-    elif spec.prefer_int8 and cdir.find("int8") is not None:
-        names = ["int8"] + ([] if no_baseline else ["baseline-int8" if cdir.find("baseline-int8") else "baseline"])
+    elif preferred:
+        dense = BASELINE_OF[preferred]
+        names = [preferred] + ([] if no_baseline else [dense if cdir.find(dense) else "baseline"])
     else:
         names = ["compiled"] + ([] if no_baseline else ["baseline"])
-        if not spec.prefer_int8:
+        if not spec.prefer_quantized:
             for mode in QUANTIZE_MODES:
                 names += [v for v in (mode, BASELINE_OF[mode]) if cdir.find(v) is not None and
                           not (no_baseline and v == BASELINE_OF[mode])]
