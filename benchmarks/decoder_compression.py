@@ -20,6 +20,10 @@ For each level L of transformer-block parameters removed:
 4. greedy samples of `fg-edge run` for a few prompts, per variant; ONNX Runtime GenAI's greedy tokens against
    `fg-edge run`'s (`--engine genai`, up to 32 tokens).
 
+Besides the levels, the same training at target 0 (row `adapted-fp32`, unless --no-adapted): adapters, norms and
+the loss adapt the model to the training text with nothing removed, so compiled / adapted separates what removal
+costs on each held-out text from what the adaptation does (the dense model is the untrained original).
+
 Evals, benches, samples and GenAI checks are kept as JSON in --work, so a re-run only measures what is missing.
 
 The dense rows' perplexity comes from the original model compiled with every gate exactly open
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = Path(os.environ.get("SST2_DIR", ROOT.parent / "shared" / "data" / "SST-2"))
@@ -186,15 +191,31 @@ def _dense(work: Path, texts: dict, methods: list[str]) -> dict:
     return per
 
 
-def _level(work: Path, level: float, steps: int, alpha: float, texts: dict, methods: list[str]) -> dict:
-    base = work / f"removed_{int(round(level * 100))}"
-    mdir = base / "model_dir"
+def _train(mdir: Path, level: float, steps: int, alpha: float) -> dict:
     if not (mdir / "training.json").is_file():
         _run([*FG, "train", MODEL, "--task", "causal-lm", "--distill", "--train", SST2 / "train.tsv",
               "--dev", SST2 / "dev.tsv", "--max-dev", "16", "--max-length", "128", "--batch-size", "4",
               "--steps", str(steps), "--distill-alpha", str(alpha), "--target-sparsity", str(level),
               "--sparsity-unit", "params",
               "--adapter-rank", "8", "--train-norms", "--output", mdir, "--overwrite", "--no-progress"])
+    return json.loads((mdir / "training.json").read_text())
+
+
+def _adapted(work: Path, steps: int, alpha: float, texts: dict) -> dict:
+    """The same training at target 0 (adapters, norms and the LM + KL loss, nothing pushed closed), compiled fp32:
+    what adapting to the training text alone does to each held-out text, apart from what removal costs."""
+    base = work / "adapted_0"
+    training = _train(base / "model_dir", 0.0, steps, alpha)
+    cdir = base / "compiled"
+    if not (cdir / "model.onnx").is_file():
+        _run([*FG, "compile", base / "model_dir", "-o", cdir, "--overwrite", "--no-baseline", "--no-progress"])
+    return {"training": training, "ppl": _perplexity(cdir, "compiled", texts)}
+
+
+def _level(work: Path, level: float, steps: int, alpha: float, texts: dict, methods: list[str]) -> dict:
+    base = work / f"removed_{int(round(level * 100))}"
+    mdir = base / "model_dir"
+    _train(mdir, level, steps, alpha)
     per = {}
     for m in methods:
         name = _compiled_name(m, methods[0])
@@ -236,13 +257,25 @@ def _rows(dense: dict, lv: dict, level: float, methods: list[str]) -> list[dict]
     return rows
 
 
-def _checks(level: float, rows: list[dict], lv: dict, methods: list[str], weights_mib: float) -> dict:
+def _adapted_row(adapted: dict) -> dict:
+    ppl = {text: adapted["ppl"][text]["compiled"] for text in HELDOUT}
+    return {"variant": "adapted-fp32", "quant_method": None, "target_removed": 0.0,
+            "block_params_removed": adapted["training"]["sparsity"].get("block_params_removed_share"),
+            "perplexity": ppl["sst2_dev"], "perplexity_heldout": ppl, "tokens_per_s": None, "ttft_ms": None,
+            "greedy_agreement": None, "bench_file": None}
+
+
+def _checks(level: float, rows: list[dict], lv: dict, methods: list[str], weights_mib: float,
+            adapted: Optional[dict] = None) -> dict:
     by = {r["variant"]: r for r in rows}
     c, d = by["compiled-fp32"], by["dense-fp32"]
     check: dict = {"level": level}
     for text in HELDOUT:
         check[f"{text}: compiled fp32 perplexity / dense"] = round(c["perplexity_heldout"][text]
                                                                    / d["perplexity_heldout"][text], 3)
+        if adapted is not None:
+            check[f"{text}: compiled fp32 perplexity / adapted fp32 (same training, nothing removed)"] = round(
+                c["perplexity_heldout"][text] / adapted["perplexity_heldout"][text], 3)
     for m in methods:
         suffix = "" if m == methods[0] else f"-{m}"
         q, dq = by[f"compiled-int4{suffix}"], by[f"dense-int4{suffix}"]
@@ -301,6 +334,9 @@ def main() -> None:
     ap.add_argument("--quant-methods", default="hqq,gptq",
                     help="int4 methods, each compiled and measured (the first is compiled-int4 / dense-int4, the "
                          "others get a -METHOD suffix); gptq calibrates on the training file")
+    ap.add_argument("--no-adapted", action="store_true",
+                    help="skip the reference trained the same way at target 0 (adapted-fp32: what adapting to the "
+                         "training text does to each held-out text without removing anything)")
     ap.add_argument("--work", default="/tmp/fg_decoder_compression")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder"))
     opts = ap.parse_args()
@@ -330,6 +366,10 @@ def main() -> None:
         result["compile"][f"dense {m}"] = dense[m]["timing"]
     result["samples"]["dense"] = {"compiled": _samples(dense[methods[0]]["compiled"], "compiled")}
     weights_mib = (dense[methods[0]]["compiled"] / "model.onnx").stat().st_size / 2**20
+    adapted = None
+    if not opts.no_adapted:
+        adapted = _adapted_row(_adapted(work, opts.steps, opts.distill_alpha, texts))
+        result["rows"].append(adapted)
     for level in levels:
         lv = _level(work, level, opts.steps, opts.distill_alpha, texts, methods)
         rows = _rows(dense, lv, level, methods)
@@ -342,7 +382,7 @@ def main() -> None:
         result["samples"][name] = {"compiled": _samples(lv["methods"][methods[0]]["compiled"], "compiled")}
         for m in methods:
             result["samples"][name][f"int4 {m}"] = _samples(lv["methods"][m]["compiled"], "int4")
-        check = _checks(level, rows, lv, methods, weights_mib)
+        check = _checks(level, rows, lv, methods, weights_mib, adapted)
         for m in methods:
             for model in ("compiled", "int4") if m == methods[0] else ("int4",):
                 got = _genai_check(lv["methods"][m]["compiled"], model)
