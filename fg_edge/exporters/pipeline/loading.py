@@ -43,19 +43,26 @@ def load_tokenizer(model_dir: Path):
         return None
 
 
-def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
-    """The calibration texts of --quantize qdq / --quant-method gptq (options.needs_calibration names which)."""
+def _training_texts(model_dir: Path, limit: int) -> list[str]:
+    """Up to `limit` texts of the training data training.json records ([] when there is none or it is unreadable)."""
     from fg_edge.model_dir import read_training_metadata
-    from fg_edge.exporters.quantize import calibration_texts_from_training, read_calibration_texts
+    from fg_edge.exporters.quantize import calibration_texts_from_training
 
-    limit = options.calibration_limit
-    if options.calibration:
-        return read_calibration_texts(options.calibration, limit), str(options.calibration)
     try:
         meta = read_training_metadata(model_dir)
     except (OSError, json.JSONDecodeError):
         meta = {}
-    texts = calibration_texts_from_training(meta, limit)
+    return calibration_texts_from_training(meta, limit)
+
+
+def calibration_texts(options: CompileOptions, model_dir: Path) -> tuple[list[str], str]:
+    """The calibration texts of --quantize qdq / --quant-method gptq (options.needs_calibration names which)."""
+    from fg_edge.exporters.quantize import read_calibration_texts
+
+    limit = options.calibration_limit
+    if options.calibration:
+        return read_calibration_texts(options.calibration, limit), str(options.calibration)
+    texts = _training_texts(model_dir, limit)
     if not texts:
         raise ConfigError(f"{options.needs_calibration} needs calibration text and {model_dir}/training.json records "
                           f"no readable training data: pass --calibration FILE (plain text, paragraphs separated by "
@@ -74,17 +81,10 @@ def choose_int4_method(options: CompileOptions, model_dir: Path, tokenizer) -> t
     and +5.5 % with GPTQ (benchmarks/decoder_compression.py, README)."""
     from dataclasses import replace
 
-    from fg_edge.model_dir import read_training_metadata
-    from fg_edge.exporters.quantize import calibration_texts_from_training
-
     gptq = replace(options, quant_method="gptq")
     texts: list[str] = []
     if tokenizer is not None:
-        try:
-            meta = read_training_metadata(model_dir)
-        except (OSError, json.JSONDecodeError):
-            meta = {}
-        texts = calibration_texts_from_training(meta, gptq.calibration_limit)
+        texts = _training_texts(model_dir, gptq.calibration_limit)
     if texts:
         why = "default with calibration text at hand: gptq on the training data recorded in training.json"
         log.info("--quantize int4: %s (--quant-method hqq needs none and compiles faster)", why)
