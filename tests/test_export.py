@@ -47,7 +47,8 @@ def test_export_parity_every_architecture(tmp_path, model_type):
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
     assert dims["input_ids"] == ["batch_size", "sequence_length"]
     folding = info.shape_folding   # the shape arithmetic became constants (parity above: nothing else changed)
-    assert folding["applied"] and folding["nodes_after"] == len(proto.graph.node)
+    assert folding["applied"] and folding["nodes_after"] == info.grouped_attention.get("nodes_before",
+                                                                                         len(proto.graph.node))
     if model_type in DECODERS:
         assert folding["nodes_after"] < 0.9 * folding["nodes_before"], folding
         assert info.kind == "causal-lm"
@@ -58,6 +59,13 @@ def test_export_parity_every_architecture(tmp_path, model_type):
                                                       for r in record]
         if model_type != "gpt2":
             assert [s[0] for s in info.kv_shapes] == [2, 1]
+            # GQA (2 query heads per kv head in both layers) reads the kv-head cache: no repeat_kv copy is left
+            assert info.grouped_attention == {"applied": True, "layers": 2, "nodes_before": folding["nodes_after"],
+                                              "nodes_after": len(proto.graph.node)}
+            producer = {o: n for n in proto.graph.node for o in n.output}
+            assert not [n.name for n in proto.graph.node if n.op_type == "Expand"
+                        and producer[n.input[0]].op_type == "Unsqueeze"
+                        and producer[n.input[0]].input[0].startswith("present.")]
         else:
             assert [s[0] for s in info.kv_shapes] == [3, 2]
         assert dims["past_key_values.1.key"][1] == info.kv_shapes[1][0]

@@ -13,6 +13,7 @@ Graph interfaces (the names the runtime and the parity gate rely on):
 
 This module holds the I/O spec, the tracing (`trace_to_onnx`) and `finalize_onnx`; the file writer is
 `onnx_files`, the graph rewrites (LM head, metadata) `graph_rewrites`, the shape folding `shape_folding`, the
+GQA rewrite (attention reads the kv-head cache without repeat_kv copies) `grouped_attention`, the
 library patches `patches`.
 `LM_HEAD_NODE`, `pack_onnx`, `onnx_files` and `onnx_param_count` are re-exported here, where callers import them.
 """
@@ -36,6 +37,7 @@ from fg_edge.arch import model_kind
 from fg_edge.errors import ConfigError, ExportError
 from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE, add_metadata, dedupe_lm_head, restore_unused_inputs
 from fg_edge.exporters.onnx_files import attach_initializers, onnx_files, onnx_param_count, pack_onnx, save_onnx
+from fg_edge.exporters.grouped_attention import ungroup_kv_repeats
 from fg_edge.exporters.shape_folding import fold_shape_computations
 from fg_edge.formats.names import KINDS
 from fg_edge.gates.layer import replace_module
@@ -159,6 +161,7 @@ class ExportInfo:
     kv_shapes: list[tuple[int, int]] = field(default_factory=list)
     lm_head: dict = field(default_factory=dict)
     shape_folding: dict = field(default_factory=dict)
+    grouped_attention: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -360,6 +363,8 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     if lm_head.get("lm_head_node"):
         meta["fg_edge.lm_head_node"] = lm_head["lm_head_node"]
     folding = fold_shape_computations(proto)
+    # after folding: the repeat_kv chains' Expand / Reshape targets must be constants to be recognised
+    grouped = ungroup_kv_repeats(proto) if kind == "causal-lm" else {}
     add_metadata(proto, meta)
     save_onnx(proto, path, external_data, base_dir=raw.path.parent)
     del proto
@@ -368,7 +373,8 @@ def finalize_onnx(raw: "RawExport", path: str | Path, *, kind: Optional[str] = N
     gc.collect()
     info = ExportInfo(kind=kind, opset=raw.opset, input_names=raw.input_names, output_names=raw.output_names,
                       external_data=bool(external_data), token_type_ids="token_type_ids" in raw.input_names,
-                      kv_shapes=raw.kv_shapes, lm_head=lm_head, shape_folding=folding)
+                      kv_shapes=raw.kv_shapes, lm_head=lm_head, shape_folding=folding,
+                      grouped_attention=grouped)
     log.info("exported %s (%s, opset %d%s) to %s", raw.model_class, kind, raw.opset,
              ", external data" if external_data else "", path)
     return info
