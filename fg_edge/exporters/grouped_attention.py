@@ -71,6 +71,8 @@ def ungroup_kv_repeats(proto) -> dict[str, Any]:
     from onnx import helper, numpy_helper
     import numpy as np
 
+    from fg_edge.exporters.shape_folding import remove_dead
+
     graph = proto.graph
     nodes = list(graph.node)
     producer = {o: n for n in nodes for o in n.output}
@@ -95,6 +97,15 @@ def ungroup_kv_repeats(proto) -> dict[str, Any]:
             shapes[values] = name
         return shapes[values]
 
+    # MatMuls whose right operand ends a repeat chain read by them alone: the candidates for probabilities x
+    # values (one pass, so the match below is linear in the graph)
+    value_side: dict[int, tuple] = {}
+    for cand in nodes:
+        v_rep = producer.get(cand.input[1]) if cand.op_type == "MatMul" else None
+        v_chain = _repeat_chain(v_rep, producer, inits, consts) if v_rep is not None else None
+        if v_chain and only_reader(v_rep.output[0]) is cand:
+            value_side[id(cand)] = (cand, v_chain)
+
     drop, insert_before, layers = set(), [], 0
     for score_mm in nodes:
         if score_mm.op_type != "MatMul":
@@ -107,17 +118,12 @@ def ungroup_kv_repeats(proto) -> dict[str, Any]:
         if k_chain is None or only_reader(k_rep.output[0]) is not kt or only_reader(kt.output[0]) is not score_mm:
             continue
         k_src, kv, g, k_nodes = k_chain
-        # the value chain with the same grouping, read by exactly one MatMul (probabilities x values)
+        # the value chain with the same grouping, read by exactly one MatMul (probabilities x values) that
+        # the scores reach
         pv_mm = v_nodes = v_src = None
-        for cand in nodes:
-            if cand.op_type != "MatMul" or cand is score_mm:
-                continue
-            v_rep = producer.get(cand.input[1])
-            v_chain = _repeat_chain(v_rep, producer, inits, consts) if v_rep is not None else None
-            if v_chain and v_chain[1:3] == (kv, g) and only_reader(v_rep.output[0]) is cand and \
-                    _downstream(score_mm.output[0], cand, readers, limit=12):
-                pv_mm, (v_src, _, _, v_nodes) = cand, v_chain
-                break
+        hit = _first_downstream(score_mm.output[0], value_side, readers, limit=12)
+        if hit is not None and hit[1][1:3] == (kv, g) and id(hit[0]) not in drop:
+            pv_mm, (v_src, _, _, v_nodes) = hit
         if pv_mm is None:
             continue
         if any(only_reader(n.output[0]) is None for n in k_nodes[:2] + v_nodes[:2]):
@@ -155,33 +161,26 @@ def ungroup_kv_repeats(proto) -> dict[str, Any]:
             out.append(n)
     del graph.node[:]
     graph.node.extend(out)
-    _drop_unread_constants(graph)
+    remove_dead(proto)   # the repeat chains' axes and targets, now unread
     after = len(graph.node)
     log.info("grouped attention: %d layer(s) read the kv-head cache directly (no repeat_kv copies); %d -> %d "
              "nodes", layers, before, after)
     return {"applied": True, "layers": layers, "nodes_before": before, "nodes_after": after}
 
 
-def _downstream(start: str, target, readers: dict, limit: int) -> bool:
-    """True when `target` reads, within `limit` single-input hops of elementwise nodes, what `start` feeds."""
+def _first_downstream(start: str, targets: dict, readers: dict, limit: int) -> Optional[tuple]:
+    """The entry of `targets` (keyed by node id) whose node first reads, within `limit` hops, what `start`
+    feeds; None when none does."""
     frontier, seen = [start], set()
     for _ in range(limit):
         nxt = []
         for name in frontier:
             for r in readers.get(name, []):
-                if r is target:
-                    return True
+                if id(r) in targets:
+                    return targets[id(r)]
                 if id(r) not in seen:
                     seen.add(id(r))
                     nxt.extend(r.output)
         frontier = nxt
-    return False
+    return None
 
-
-def _drop_unread_constants(graph) -> None:
-    """Remove the initializers and Constant nodes the rewrite left unread (the repeat chains' axes and targets)."""
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for n in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in read]:
-        graph.node.remove(n)
-    for t in [t for t in graph.initializer if t.name not in read]:
-        graph.initializer.remove(t)

@@ -40,7 +40,7 @@ def fold_shape_computations(proto) -> dict[str, Any]:
         return {"applied": False, "reason": f"{type(exc).__name__}: {exc}", "nodes_before": before,
                 "nodes_after": before}
     counts = _rewrite(proto, info)
-    counts["removed_nodes"] = _remove_dead(proto)
+    counts["removed_nodes"] = remove_dead(proto)
     after = len(proto.graph.node)
     log.info("shape folding: %d -> %d nodes (%s)", before, after,
              ", ".join(f"{k} {v}" for k, v in counts.items() if k != "removed_nodes"))
@@ -258,9 +258,12 @@ def subgraph_reads(graph) -> set[str]:
     return names
 
 
-def _remove_dead(proto) -> int:
+def remove_dead(proto) -> int:
+    """Drop the nodes and initializers nothing reads (graph outputs and subgraphs count as readers; an
+    initializer that is also a graph input stays, as it is a default the caller may override); return how many
+    nodes went."""
     graph = proto.graph
-    needed = {o.name for o in graph.output} | subgraph_reads(graph)
+    needed = {o.name for o in graph.output} | subgraph_reads(graph) | {i.name for i in graph.input}
     alive = []
     for node in reversed(graph.node):
         if any(o in needed for o in node.output):
