@@ -150,20 +150,147 @@ def test_gptq_beats_round_to_nearest_on_correlated_activations():
         assert err(*gq, x) < 0.7 * err(*rtn, x), (err(*gq, x), err(*rtn, x))
 
 
+@pytest.mark.parametrize("k", [1, 7, 128, 129, 300, 577])
+def test_upper_cholesky_of_inverse(k):
+    """U upper triangular with H^-1 = U^T U, the factor the textbook gets from inv() then cholesky(); a matrix
+    that is not positive definite raises LinAlgError (GPTQ turns it into an ExportError)."""
+    from fg_edge.exporters.gptq import upper_cholesky_of_inverse
+
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(2 * k + 8, k))
+    h = x.T @ x + 0.01 * np.eye(k)
+    u = upper_cholesky_of_inverse(h)
+    assert np.array_equal(u, np.triu(u))
+    np.testing.assert_allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-8, atol=1e-10 * np.abs(u).max())
+    with pytest.raises(np.linalg.LinAlgError):
+        upper_cholesky_of_inverse(h - 2 * np.linalg.eigvalsh(h).max() * np.eye(k))
+
+
+def _block_grid(block, bits, symmetric, importance=None):
+    """The grid rule of one block (N, <=bs), in float64: min/max including 0 (symmetric: the signed value of
+    largest magnitude on the most negative code), shrunk by the CLIP_FACTORS factor of least importance-weighted
+    squared error per column."""
+    from fg_edge.exporters.gptq import CLIP_FACTORS
+
+    maxq, best = 2**bits - 1, None
+    for factor in (CLIP_FACTORS if importance is not None else (1.0,)):
+        if symmetric:
+            peak = block[np.arange(len(block)), np.abs(block).argmax(axis=1)] * factor
+            scale, zero = peak / -(2 ** (bits - 1)), np.full(len(block), 2.0 ** (bits - 1))
+        else:
+            lo, hi = np.minimum(block.min(axis=1), 0) * factor, np.maximum(block.max(axis=1), 0) * factor
+            scale = (hi - lo) / maxq
+            zero = np.clip(np.round(-lo / np.where(scale == 0, 1, scale)), 0, maxq)
+        scale = np.where(scale == 0, 1.0, scale)
+        if importance is None:
+            return scale, zero
+        q = np.clip(np.round(block / scale[:, None]) + zero[:, None], 0, maxq)
+        err = ((((q - zero[:, None]) * scale[:, None]) - block) ** 2 * importance).sum(axis=1)
+        if best is None:
+            best = [err, scale, zero]
+        else:
+            better = err < best[0]
+            best = [np.where(better, v, b) for v, b in zip((err, scale, zero), best)]
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("symmetric,clip", [(False, True), (True, True), (False, False), (True, False)])
+def test_gptq_grids_follow_the_block_rule(symmetric, clip, monkeypatch):
+    """_grids (every block at once, in chunks, float32, the last block padded) chooses what the one-block rule
+    chooses: scales to float32 rounding, the same zero points, on nearly every block."""
+    import fg_edge.exporters.gptq as gptq
+
+    monkeypatch.setattr(gptq, "GRID_CHUNK_ELEMENTS", 40 * 32 * 3)      # chunks of 3 blocks: 4 chunks, one short
+    rng = np.random.default_rng(3)
+    n, k, bs = 40, 330, 32                                              # 11 blocks, the last one of 10 inputs
+    w = (rng.normal(size=(n, k)) * rng.uniform(0.2, 2.0, size=(n, 1))).astype(np.float32)
+    w[:, 5] = 0.0
+    w[0, :] = 0.0                                                       # an all-zero row: scale 1
+    imp = rng.uniform(0.1, 5.0, size=k) if clip else None
+    scales, zeros = gptq._grids(w, 4, symmetric, bs, imp)
+    assert scales.shape == zeros.shape == (n, 11) and scales.dtype == np.float32
+    ref = [_block_grid(w[:, g * bs:(g + 1) * bs].astype(np.float64), 4, symmetric,
+                       None if imp is None else imp[g * bs:(g + 1) * bs]) for g in range(11)]
+    ref_s, ref_z = np.stack([r[0] for r in ref], 1), np.stack([r[1] for r in ref], 1)
+    same = np.isclose(scales, ref_s, rtol=1e-6) & (zeros == ref_z)
+    assert same.mean() > 0.98 and same[:, -1].all() and np.all(scales[0] == 1.0), same.mean()
+
+
+def _textbook_gptq(w, h, bits, bs, symmetric, act_order):
+    """GPTQ as the paper writes it (float64, one input at a time, no lazy batches), on fg-edge's grid rule."""
+    from fg_edge.exporters.gptq import PERCDAMP, _grids
+
+    k = w.shape[0]
+    w, h = w.T.astype(np.float64), h.astype(np.float64).copy()
+    h[np.diag_indices(k)] += PERCDAMP * np.mean(np.diag(h))
+    blocks = -(-k // bs)
+    scales, zeros = np.zeros((w.shape[0], blocks)), np.zeros((w.shape[0], blocks))
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    if act_order:
+        scales, zeros = _grids(w, bits, symmetric, bs, np.diag(h))
+    w, h = w[:, order], h[np.ix_(order, order)]
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    codes = np.zeros(w.shape, dtype=np.int64)
+    for j in range(k):
+        g = order[j] // bs
+        if not act_order and j % bs == 0:
+            grid = _grids(w[:, j:j + bs], bits, symmetric, bs)
+            scales[:, g], zeros[:, g] = grid[0][:, 0], grid[1][:, 0]
+        q = np.clip(np.round(w[:, j] / scales[:, g]) + zeros[:, g], 0, 2**bits - 1)
+        codes[:, order[j]] = q
+        e = (w[:, j] - (q - zeros[:, g]) * scales[:, g]) / u[j, j]
+        w[:, j:] -= np.outer(e, u[j, j:])
+    return codes, scales, zeros
+
+
+@pytest.mark.parametrize("symmetric,act_order", [(False, True), (True, True), (False, False)])
+def test_gptq_sweep_matches_the_textbook_algorithm(symmetric, act_order):
+    """The lazy-batched, input-major float32 sweep computes what one-input-at-a-time float64 GPTQ computes: the
+    same grids and all but a few codes (float32 rounding may flip a value that sits on a rounding boundary),
+    and the same output error on the calibration rows."""
+    from fg_edge.exporters.gptq import gptq_quantize_weight
+
+    rng = np.random.default_rng(1)
+    k, n, bs = 200, 48, 32                       # two lazy batches, a partial last block
+    x = rng.normal(size=(1024, k)) @ (rng.normal(size=(k, k)) * np.linspace(2.0, 0.1, k)[:, None])
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    h = x.T @ x
+    codes, scales, zeros = gptq_quantize_weight(w, h, 4, bs, symmetric, act_order=act_order)
+    ref_codes, ref_scales, ref_zeros = _textbook_gptq(w, h, 4, bs, symmetric, act_order)
+    assert (codes == ref_codes).mean() > 0.99
+    if act_order:                                # set from the weights before the sweep: identical
+        assert np.array_equal(scales, ref_scales) and np.array_equal(zeros, ref_zeros)
+    blk = np.arange(k) // bs
+
+    def out_err(c, s, z):
+        deq = ((c.astype(np.float64) - z[:, blk]) * s[:, blk]).T
+        return np.linalg.norm(x @ deq - x @ w) / np.linalg.norm(x @ w)
+
+    assert abs(out_err(codes, scales, zeros) - out_err(ref_codes, ref_scales, ref_zeros)) < 0.02 * out_err(
+        ref_codes, ref_scales, ref_zeros)
+
+
+class _WordTokenizer:
+    """A tokenizer stand-in for calibration packing: one id in [3, 43) per word."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [3 + (sum(map(ord, word)) % 40) for word in text.split()]}
+
+
+def _kv_shapes(path):
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return [(int(h), int(d)) for h, d in json.loads(meta["fg_edge.kv_shapes"])]
+
+
 def test_gptq_on_a_non_uniform_decoder(tmp_path):
     """--quant-method gptq: every projection becomes MatMulNBits with integer zero points (no correction
     MatMuls), the head 8-bit RTN, outputs within the int4 bound; no feeds is a ConfigError naming the option."""
     from fg_edge.exporters.gptq import packed_decoder_feeds, save_feeds
 
-    class _Tok:
-        def __call__(self, text, add_special_tokens=True):
-            return {"input_ids": [3 + (sum(map(ord, word)) % 40) for word in text.split()]}
-
     gated, info = _exported(tmp_path, "llama")
     texts = [" ".join(f"w{(i * 7 + j) % 31}" for j in range(12)) for i in range(40)]
-    kv = [(int(h), int(d)) for h, d in json.loads(
-        {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}["fg_edge.kv_shapes"])]
-    feeds = packed_decoder_feeds(texts, _Tok(), info.input_names, kv, chunk=32, max_tokens=400)
+    kv = _kv_shapes(tmp_path / "model.onnx")
+    feeds = packed_decoder_feeds(texts, _WordTokenizer(), info.input_names, kv, chunk=32, max_tokens=400)
     assert len(feeds) == 13 and all(f["input_ids"].shape[1] <= 32 for f in feeds)
     expected = _const_matmuls(tmp_path / "model.onnx")
     settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "q.onnx", method="gptq",
@@ -178,6 +305,32 @@ def test_gptq_on_a_non_uniform_decoder(tmp_path):
     assert res["max_abs_diff"] < BOUND[4], res
     with pytest.raises(ConfigError, match="--quant-method gptq needs calibration"):
         quantize_weight_only(tmp_path / "model.onnx", tmp_path / "x.onnx", method="gptq")
+
+
+def test_gptq_calibration_runs_stack_sequences_without_changing_the_hessians(tmp_path):
+    """Packed calibration sequences run side by side in the batch (stack_feeds): the Hessians equal those of one
+    run per sequence; runs hold at most the token budget; shapes that differ after the batch axis, or an input
+    without a dynamic batch axis, are never stacked."""
+    from fg_edge.exporters.gptq import (collect_hessians, detach_initializers, gptq_targets, packed_decoder_feeds,
+                                        stack_feeds)
+
+    _, info = _exported(tmp_path, "llama")
+    texts = [" ".join(f"w{(i * 5 + j) % 29}" for j in range(12)) for i in range(40)]
+    kv = _kv_shapes(tmp_path / "model.onnx")
+    feeds = packed_decoder_feeds(texts, _WordTokenizer(), info.input_names, kv, chunk=32, max_tokens=400)   # 12 x 32 + 16
+    runs = stack_feeds(feeds, set(feeds[0]), max_tokens=128)
+    assert [r["input_ids"].shape for r in runs] == [(4, 32)] * 3 + [(1, 16)]
+    alone = stack_feeds(feeds, set(feeds[0]) - {"attention_mask"}, 128)             # an input of fixed batch
+    assert len(alone) == len(feeds) and all(a is f for a, f in zip(alone, feeds))
+    proto, weights = detach_initializers(onnx.load(str(tmp_path / "model.onnx")))
+    acts = list(dict.fromkeys(n.input[0] for n in gptq_targets(proto, weights=weights)))
+    one = collect_hessians(proto, feeds, acts, weights, run_tokens=1)
+    stacked = collect_hessians(proto, feeds, acts, weights, run_tokens=128)
+    assert set(one) == set(stacked) == set(acts)
+    for name in acts:
+        assert one[name][1] == stacked[name][1] == 400
+        np.testing.assert_allclose(stacked[name][0], one[name][0], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(one[name][0]).max()))
 
 
 def test_gptq_on_an_encoder(tmp_path):

@@ -5,13 +5,14 @@ looks at what the layer is fed: with X the calibration inputs of one MatMul (row
 quantizes the weight one input row k at a time and spreads that row's rounding error over the rows not yet
 quantized, along H^-1, so that ||X W - X Q|| stays small rather than ||W - Q||. Here:
 
-* H is accumulated for every targeted MatMul from one ONNX Runtime run per calibration feed of the part of the
-  float graph that computes the MatMul inputs (its initializers fed from numpy, so the weights are not held in a
-  second proto), so every layer sees full-precision activations, as in ORT's own GPTQ
-  (onnxruntime.quantization.neural_compressor). ORT's version runs the whole graph once per MatMul input and
-  calibration sample and re-quantizes its result by RTN; this one needs one run per sample and writes the
-  integer codes, scales and zero points GPTQ chose. MatMuls that read the same input (q / k / v, gate / up) are
-  quantized in one run over their weights side by side: output columns are independent given H.
+* H is accumulated for every targeted MatMul from ONNX Runtime runs of the part of the float graph that computes
+  the MatMul inputs (its initializers fed from numpy, so the weights are not held in a second proto), so every
+  layer sees full-precision activations, as in ORT's own GPTQ (onnxruntime.quantization.neural_compressor).
+  ORT's version runs the whole graph once per MatMul input and calibration sample and re-quantizes its result
+  by RTN; this one needs one run per GPTQ_RUN_TOKENS calibration tokens (calibration sequences side by side in
+  the batch) and writes the integer codes, scales and zero points GPTQ chose. MatMuls that read the same input
+  (q / k / v, gate / up) are quantized in one run over their weights side by side: output columns are
+  independent given H.
 * act-order with static blocks (default): inputs are visited by decreasing H[k, k], and each block of
   `block_size` inputs gets its scale (and integer zero point when asymmetric) before the sweep, from its
   weights: the min/max grid including 0 (ORT's RTN rule) shrunk by the factor of CLIP_FACTORS with the least
@@ -46,6 +47,10 @@ GPTQ_CALIBRATION_TOKENS = 4096
 #: starts, not only long contexts: on off-grid SmolLM2-135M, 4,096 tokens in chunks of 256 / 64 / 32 gave
 #: +5.4 / +2.9 / +2.6 % int4 perplexity (benchmarks/gptq_offgrid.py); 64 is the balance with run count.
 GPTQ_CHUNK_TOKENS = 64
+#: tokens per calibration run: several packed sequences side by side in the batch, so the MatMuls and the
+#: X^T X updates work on 512 rows rather than 64 (SmolLM2-135M, 30 % removed, 4,096 tokens: activations and
+#: Hessians 33 s in 64 runs, 9.5 s in 8; the run's outputs, every targeted activation, are ~150 MB)
+GPTQ_RUN_TOKENS = 512
 PERCDAMP = 0.01
 LAZY_BATCH = 128
 
@@ -161,11 +166,45 @@ def _skeleton(proto, wanted: Sequence[str], weights: Mapping[str, np.ndarray]):
     return skeleton, inits
 
 
+def stack_feeds(feeds: Sequence[dict], batched: set, max_tokens: int = GPTQ_RUN_TOKENS) -> list[dict]:
+    """`feeds` joined along the batch axis into runs of at most `max_tokens` tokens (input_ids elements): runs of
+    consecutive feeds whose inputs all have a dynamic batch axis (`batched`) and equal shapes after it, so every
+    sequence sees exactly what it saw alone. A feed with a fixed-batch input, or shaped unlike its neighbours,
+    runs as it is."""
+    out: list[dict] = []
+    group: list[dict] = []
+    group_tokens = 0
+
+    def flush():
+        if group:
+            out.append(group[0] if len(group) == 1 else
+                       {k: np.concatenate([g[k] for g in group], axis=0) for k in group[0]})
+            group.clear()
+
+    def key(feed):
+        return sorted((k, np.shape(v)[1:], np.asarray(v).dtype.str) for k, v in feed.items())
+
+    for feed in feeds:
+        stackable = "input_ids" in feed and all(k in batched and np.ndim(v) >= 1 for k, v in feed.items())
+        tokens = int(np.size(feed["input_ids"])) if stackable else max_tokens
+        if group and (not stackable or key(group[0]) != key(feed) or group_tokens + tokens > max_tokens):
+            flush()
+            group_tokens = 0
+        if not stackable:
+            out.append(feed)
+            continue
+        group.append(feed)
+        group_tokens += tokens
+    flush()
+    return out
+
+
 def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
-                     weights: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, int]]:
+                     weights: Mapping[str, np.ndarray],
+                     run_tokens: int = GPTQ_RUN_TOKENS) -> dict[str, tuple[np.ndarray, int]]:
     """{activation: (X^T X summed over every calibration row, rows)} for the float inputs `activations` of
-    detached graph `proto` (`weights`: its initializers, detach_initializers), from one ORT run per feed of the
-    subgraph that computes them."""
+    detached graph `proto` (`weights`: its initializers, detach_initializers), from ORT runs of the subgraph that
+    computes them, one per stack of feeds of at most `run_tokens` tokens (stack_feeds)."""
     import onnxruntime as ort
 
     wanted = list(dict.fromkeys(activations))
@@ -175,11 +214,11 @@ def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.log_severity_level = 3
     session = ort.InferenceSession(skeleton.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    feed_names = {i.name for i in session.get_inputs()}
+    batched = {i.name for i in session.get_inputs() if i.shape and not isinstance(i.shape[0], int)}
+    feed_names = {i.name for i in session.get_inputs()} - set(names)
     hessians: dict[str, list] = {}
-    for feed in feeds:
-        values = session.run(wanted, {**{k: v for k, v in feed.items() if k in feed_names},
-                                      **{k: weights[k] for k in names}})
+    for feed in stack_feeds([{k: v for k, v in f.items() if k in feed_names} for f in feeds], batched, run_tokens):
+        values = session.run(wanted, {**feed, **{k: weights[k] for k in names}})
         for name, x in zip(wanted, values):
             x = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
             acc = hessians.get(name)
@@ -188,6 +227,7 @@ def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
             else:
                 acc[0] += x.T @ x
                 acc[1] += x.shape[0]
+        del values
     del session
     return {k: (v[0], v[1]) for k, v in hessians.items()}
 
@@ -197,36 +237,99 @@ def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
 CLIP_FACTORS = tuple(1.0 - 0.05 * i for i in range(8))
 
 
-def _grid(block: np.ndarray, bits: int, symmetric: bool, importance=None) -> tuple[np.ndarray, np.ndarray]:
-    """Scale and integer zero point per output column of `block` (N, <=block_size): ORT's RTN rule (min/max
-    including 0; symmetric: the value of largest magnitude maps to the most negative code, like MLAS). With
-    `importance` (the block inputs' H[k, k]), the range is also shrunk by each of CLIP_FACTORS and the factor with
-    the least importance-weighted squared rounding error is kept, per column."""
+#: elements of the weight whose grids one vectorized pass of _grids searches: its float32 temporaries (256 KiB)
+#: stay in cache (a 3072 x 576 weight: 0.12 s; in chunks of 2^21 elements 0.14 s)
+GRID_CHUNK_ELEMENTS = 1 << 16
+
+
+def _grids(w: np.ndarray, bits: int, symmetric: bool, block_size: int,
+           importance=None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and integer zero point (float32, (N, blocks)) of every block of `block_size` inputs of `w` (N, K),
+    per output column: ORT's RTN rule (min/max including 0; symmetric: the value of largest magnitude maps to the
+    most negative code, like MLAS). With `importance` (K,) (the inputs' H[k, k]), the range is also shrunk by
+    each of CLIP_FACTORS and the factor with the least importance-weighted squared rounding error is kept, per
+    column and block. A partial last block is padded with zeros of importance 0 (they change neither its range,
+    which includes 0, nor its error); the search runs over chunks of blocks, in float32 like the sweep."""
+    n_dim, k_dim = w.shape
+    blocks = -(-k_dim // block_size)
+    padded = np.zeros((n_dim, blocks * block_size), dtype=np.float32)
+    padded[:, :k_dim] = w
+    padded = padded.reshape(n_dim, blocks, block_size)
+    imp = None
+    if importance is not None:
+        imp = np.zeros(blocks * block_size, dtype=np.float32)
+        imp[:k_dim] = importance
+        imp = imp.reshape(blocks, block_size)
+    scales = np.empty((n_dim, blocks), dtype=np.float32)
+    zeros = np.empty((n_dim, blocks), dtype=np.float32)
+    step = max(1, GRID_CHUNK_ELEMENTS // (n_dim * block_size))
+    for b0 in range(0, blocks, step):
+        part = slice(b0, b0 + step)
+        scales[:, part], zeros[:, part] = _grid_search(padded[:, part], bits, symmetric,
+                                                       None if imp is None else imp[part])
+    return scales, zeros
+
+
+def _grid_search(blk: np.ndarray, bits: int, symmetric: bool, imp) -> tuple[np.ndarray, np.ndarray]:
+    """_grids on blocks `blk` (N, C, block_size) float32, importance `imp` (C, block_size) or None."""
     maxq = 2**bits - 1
+    if symmetric:
+        idx = np.abs(blk).argmax(axis=2)[..., None]
+        peak = np.take_along_axis(blk, idx, axis=2)[..., 0]
+        zero = np.full(peak.shape, 2 ** (bits - 1), dtype=np.float32)
+    else:
+        lo0, hi0 = np.minimum(blk.min(axis=2), 0.0), np.maximum(blk.max(axis=2), 0.0)
     best = None
-    for factor in (CLIP_FACTORS if importance is not None else (1.0,)):
+    err = np.empty(blk.shape, dtype=np.float32)
+    for factor in (CLIP_FACTORS if imp is not None else (1.0,)):
+        f = np.float32(factor)
         if symmetric:
-            idx = np.abs(block).argmax(axis=1)
-            amax = block[np.arange(block.shape[0]), idx] * factor
-            scale = amax / -(2 ** (bits - 1))
-            zero = np.full(block.shape[0], 2 ** (bits - 1), dtype=np.float64)
+            scale = peak * f / np.float32(-(2 ** (bits - 1)))
         else:
-            lo = np.minimum(block.min(axis=1), 0.0) * factor
-            hi = np.maximum(block.max(axis=1), 0.0) * factor
-            scale = (hi - lo) / maxq
-            zero = np.clip(np.round(-lo / np.where(scale == 0, 1.0, scale)), 0, maxq)
-        scale = np.where(scale == 0, 1.0, scale)
-        if importance is None:
+            lo = lo0 * f
+            scale = (hi0 * f - lo) / np.float32(maxq)
+            zero = np.clip(np.round(-lo / np.where(scale == 0, np.float32(1), scale)), 0, maxq)
+        scale = np.where(scale == 0, np.float32(1), scale)
+        if imp is None:
             return scale, zero
-        q = np.clip(np.round(block / scale[:, None]) + zero[:, None], 0, maxq)
-        err = (((q - zero[:, None]) * scale[:, None] - block) ** 2 * importance[None, :]).sum(axis=1)
+        # the sweep's code q = clip(round(w / s) + z, 0, maxq) dequantizes to (q - z) s; in units of s, with
+        # t = w / s: q - z = clip(round(t), -z, maxq - z), and the squared error is s^2 (q - z - t)^2
+        t = blk / scale[..., None]
+        np.round(t, out=err)
+        np.clip(err, -zero[..., None], maxq - zero[..., None], out=err)
+        err -= t
+        err *= err
+        total = np.einsum("ncb,cb->nc", err, imp) * scale**2
         if best is None:
-            best = [err, scale, zero]
+            best = [total, scale, zero]
         else:
-            better = err < best[0]
-            for k, v in enumerate((err, scale, zero)):
+            better = total < best[0]
+            for k, v in enumerate((total, scale, zero)):
                 best[k] = np.where(better, v, best[k])
     return best[1], best[2]
+
+
+def _upper_triangular_inverse(r: np.ndarray) -> np.ndarray:
+    """Inverse of upper-triangular `r`, by halves: [[A, B], [0, D]]^-1 = [[A^-1, -A^-1 B D^-1], [0, D^-1]]
+    (about n^3 / 3 multiply-adds in matrix products; np.linalg.inv does a general LU, about 2 n^3)."""
+    n = r.shape[0]
+    if n <= 128:
+        return np.triu(np.linalg.inv(r))
+    m = n // 2
+    a_inv, d_inv = _upper_triangular_inverse(r[:m, :m]), _upper_triangular_inverse(r[m:, m:])
+    out = np.zeros_like(r)
+    out[:m, :m], out[m:, m:] = a_inv, d_inv
+    out[:m, m:] = -(a_inv @ r[:m, m:]) @ d_inv
+    return out
+
+
+def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
+    """Upper-triangular U with H^-1 = U^T U (what the GPTQ sweep reads), without forming H^-1: with J the order
+    reversal, J H J = L L^T gives H = R R^T for upper R = J L J, so H^-1 = R^-T R^-1 and U = R^-1. One
+    Cholesky and one triangular inverse instead of a general inverse and a Cholesky: 1536 inputs 0.43 -> 0.17 s.
+    Raises np.linalg.LinAlgError when H is not positive definite."""
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    return _upper_triangular_inverse(np.ascontiguousarray(lower[::-1, ::-1]))
 
 
 def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, symmetric: bool,
@@ -241,49 +344,53 @@ def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, blo
     is set from its weights as updated when GPTQ reaches it."""
     k_dim, n_dim = weight.shape
     maxq = 2**bits - 1
-    w = weight.T.astype(np.float64)                  # (N, K): GPTQ walks the input dimension
+    w = weight.T.astype(np.float32)                  # (N, K): GPTQ walks the input dimension
     h = hessian.astype(np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h[np.diag_indices(k_dim)] += percdamp * float(np.mean(np.diag(h)))
     blocks = -(-k_dim // block_size)
-    scales = np.zeros((n_dim, blocks), dtype=np.float64)
-    zeros = np.zeros((n_dim, blocks), dtype=np.float64)
+    scales = np.zeros((n_dim, blocks), dtype=np.float32)
+    zeros = np.zeros((n_dim, blocks), dtype=np.float32)
     order = np.arange(k_dim)
     if act_order:
-        diag = np.diag(h)
-        for g in range(blocks):
-            part = slice(g * block_size, (g + 1) * block_size)
-            scales[:, g], zeros[:, g] = _grid(w[:, part], bits, symmetric, diag[part] if clip_search else None)
+        scales, zeros = _grids(w, bits, symmetric, block_size, np.diag(h) if clip_search else None)
         order = np.argsort(-np.diag(h), kind="stable")
         w, h = w[:, order], h[np.ix_(order, order)]
     try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T    # upper U with H^-1 = U^T U
+        hinv = upper_cholesky_of_inverse(h)              # upper U with H^-1 = U^T U
     except np.linalg.LinAlgError as exc:
         raise ExportError(f"GPTQ: the calibration Hessian of a ({k_dim}, {n_dim}) weight is not positive "
                           f"definite ({exc}); use more calibration text or --quant-method hqq") from None
-    # the factorisation in float64, the column sweep in float32 (like the reference implementation)
-    w, hinv, scales32, zeros32 = (a.astype(np.float32) for a in (w, hinv, scales, zeros))
+    # the factorisation in float64, the sweep in float32 (like the reference implementation). The sweep holds the
+    # weight input-major, (K, N): each step reads and updates whole contiguous rows (one input's weights across
+    # all outputs), the same arithmetic as column access on (N, K), without the strided reads and writes
+    w_in = np.ascontiguousarray(w.T, dtype=np.float32)                       # (K, N), in visiting order
+    hinv = hinv.astype(np.float32)
+    scales_in = np.ascontiguousarray(scales.T, dtype=np.float32)             # (blocks, N)
+    zeros_in = np.ascontiguousarray(zeros.T, dtype=np.float32)
     group = order // block_size                     # the block of each visited input
-    codes = np.zeros((n_dim, k_dim), dtype=np.uint8)
+    codes_in = np.zeros((k_dim, n_dim), dtype=np.uint8)
     lazy = max(LAZY_BATCH, block_size)               # a multiple of block_size: in order, a block lies in one batch
     for b0 in range(0, k_dim, lazy):
         b1 = min(b0 + lazy, k_dim)
-        w1 = w[:, b0:b1].copy()
+        w1 = w_in[b0:b1].copy()
         err = np.zeros_like(w1)
         u1 = hinv[b0:b1, b0:b1]
         for j in range(b1 - b0):
             g = group[b0 + j]
             if not act_order and (b0 + j) % block_size == 0:
-                scales[:, g], zeros[:, g] = _grid(w1[:, j:j + block_size].astype(np.float64), bits, symmetric)
-                scales32[:, g], zeros32[:, g] = scales[:, g], zeros[:, g]
-            q = np.clip(np.round(w1[:, j] / scales32[:, g]) + zeros32[:, g], 0, maxq)
-            codes[:, order[b0 + j]] = q
-            e = (w1[:, j] - (q - zeros32[:, g]) * scales32[:, g]) / u1[j, j]
-            w1[:, j:] -= np.outer(e, u1[j, j:])
-            err[:, j] = e
-        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+                grid = _grids(w1[j:j + block_size].T, bits, symmetric, block_size)
+                scales[:, g], zeros[:, g] = grid[0][:, 0], grid[1][:, 0]
+                scales_in[g], zeros_in[g] = scales[:, g], zeros[:, g]
+            q = np.clip(np.round(w1[j] / scales_in[g]) + zeros_in[g], 0, maxq)
+            codes_in[order[b0 + j]] = q
+            e = (w1[j] - (q - zeros_in[g]) * scales_in[g]) / u1[j, j]
+            w1[j:] -= u1[j, j:, None] * e[None, :]
+            err[j] = e
+        w_in[b1:] -= hinv[b0:b1, b1:].T @ err
+    codes = np.ascontiguousarray(codes_in.T)
     return codes, scales, zeros.astype(np.uint8)
 
 
