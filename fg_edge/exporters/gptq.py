@@ -344,29 +344,29 @@ def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, blo
     is set from its weights as updated when GPTQ reaches it."""
     k_dim, n_dim = weight.shape
     maxq = 2**bits - 1
-    w = weight.T.astype(np.float32)                  # (N, K): GPTQ walks the input dimension
+    # the sweep holds the weight input-major, (K, N): each step reads and updates whole contiguous rows (one
+    # input's weights across all outputs), the same arithmetic as column access on (N, K) without strided access
+    w_in = np.array(weight, dtype=np.float32)        # GPTQ walks the input dimension
     h = hessian.astype(np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    w_in[dead] = 0.0
     h[np.diag_indices(k_dim)] += percdamp * float(np.mean(np.diag(h)))
     blocks = -(-k_dim // block_size)
-    scales = np.zeros((n_dim, blocks), dtype=np.float32)
-    zeros = np.zeros((n_dim, blocks), dtype=np.float32)
     order = np.arange(k_dim)
     if act_order:
-        scales, zeros = _grids(w, bits, symmetric, block_size, np.diag(h) if clip_search else None)
+        scales, zeros = _grids(w_in.T, bits, symmetric, block_size, np.diag(h) if clip_search else None)
         order = np.argsort(-np.diag(h), kind="stable")
-        w, h = w[:, order], h[np.ix_(order, order)]
+        w_in, h = w_in[order], h[np.ix_(order, order)]    # rows in visiting order
+    else:                                            # set during the sweep
+        scales = np.zeros((n_dim, blocks), dtype=np.float32)
+        zeros = np.zeros((n_dim, blocks), dtype=np.float32)
     try:
         hinv = upper_cholesky_of_inverse(h)              # upper U with H^-1 = U^T U
     except np.linalg.LinAlgError as exc:
         raise ExportError(f"GPTQ: the calibration Hessian of a ({k_dim}, {n_dim}) weight is not positive "
                           f"definite ({exc}); use more calibration text or --quant-method hqq") from None
-    # the factorisation in float64, the sweep in float32 (like the reference implementation). The sweep holds the
-    # weight input-major, (K, N): each step reads and updates whole contiguous rows (one input's weights across
-    # all outputs), the same arithmetic as column access on (N, K), without the strided reads and writes
-    w_in = np.ascontiguousarray(w.T, dtype=np.float32)                       # (K, N), in visiting order
+    # the factorisation in float64, the sweep in float32 (like the reference implementation)
     hinv = hinv.astype(np.float32)
     scales_in = np.ascontiguousarray(scales.T, dtype=np.float32)             # (blocks, N)
     zeros_in = np.ascontiguousarray(zeros.T, dtype=np.float32)
