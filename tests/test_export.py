@@ -320,18 +320,46 @@ def test_patches_restore_the_originals_also_on_error():
     import transformers.masking_utils as masking_utils
     from torch import _C
 
-    from fg_edge.exporters.patches import capture_initializers, export_patches
+    from fg_edge.exporters.patches import capture_initializers, export_patches, no_graph_shape_inference
 
     registry = masking_utils.ALL_MASK_ATTENTION_FUNCTIONS
     before = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
-              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers,
+              _C._jit_pass_onnx_graph_shape_type_inference)
     with pytest.raises(RuntimeError, match="boom"):
-        with export_patches(), capture_initializers():
+        with export_patches(), capture_initializers(), no_graph_shape_inference():
             assert cache_utils.DynamicLayer.update is not before[3]
+            assert _C._jit_pass_onnx_graph_shape_type_inference is not before[5]
             raise RuntimeError("boom")
     after = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
-             cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers)
+             cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers,
+             _C._jit_pass_onnx_graph_shape_type_inference)
     assert all(a is b for a, b in zip(before, after))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "bert"])
+def test_skipping_the_exporters_graph_shape_inference_leaves_the_final_graph_unchanged(tmp_path, monkeypatch,
+                                                                                     model_type):
+    """no_graph_shape_inference only saves time: with torch's whole-graph passes run, the written graph (nodes,
+    inputs, outputs, initializers) is the same."""
+    import contextlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    import fg_edge.exporters.patches as patches
+    from fg_edge.exporters.onnx_export import export_onnx
+    from fg_edge.testing import tiny_model
+
+    def written(name):
+        export_onnx(tiny_model(model_type), tmp_path / name)
+        g = onnx.load(str(tmp_path / name)).graph
+        return (list(g.node), list(g.input), list(g.output),
+                {i.name: numpy_helper.to_array(i).tobytes() for i in g.initializer})
+
+    skipped = written("skipped.onnx")
+    monkeypatch.setattr(patches, "no_graph_shape_inference", contextlib.nullcontext)
+    assert written("inferred.onnx") == skipped
 
 
 def test_quantize_and_ort_format_leave_cwd_and_logger_levels_as_they_were(tmp_path, monkeypatch, encoder_tokenizer):

@@ -10,6 +10,9 @@ loudly (AttributeError on entry) rather than silently exporting something else.
   and patches for `find_packed_sequence_indices` and `DynamicLayer.update`. We apply exactly those.
 * `capture_initializers` — records the initializer dict the TorchScript exporter hands to its serialiser
   (private `torch._C._jit_pass_onnx_deduplicate_initializers`), so the weights can be streamed to disk.
+* `no_graph_shape_inference` — the TorchScript exporter runs ONNX shape inference over the whole graph twice
+  (~1.2 s each on SmolLM2-135M) only to annotate value types; fg-edge's finalize step re-infers what it needs
+  and writes no value_info, so the final graphs are identical without it (checked on every tiny architecture).
 * `lean_quantizer_shape_inference` — onnxruntime's dynamic quantizer refreshes value_info with a full copy of the
   model; this replaces `onnx_quantizer.save_and_reload_model_with_shape_infer` by a copy-free equivalent.
 * `shape_inference_dump_into` — onnxruntime's symbolic shape inference saves a failed run's model to a path
@@ -93,6 +96,17 @@ def capture_initializers() -> Iterator[dict]:
 
     with _swapped(_C, "_jit_pass_onnx_deduplicate_initializers", capture):
         yield captured
+
+
+@contextlib.contextmanager
+def no_graph_shape_inference() -> Iterator[None]:
+    """Skip the exporter's two whole-graph passes `torch._C._jit_pass_onnx_graph_shape_type_inference` (torch
+    2.13.0+cpu, TorchScript exporter): they only annotate value types (the exporter ignores their failures). The
+    per-node inference that symbolic functions read while the graph is converted is not touched."""
+    from torch import _C
+
+    with _swapped(_C, "_jit_pass_onnx_graph_shape_type_inference", lambda graph, params_dict, opset: None):
+        yield
 
 
 #: initializers at least this large are left out of the copy that shape inference sees (weights, not shapes)
