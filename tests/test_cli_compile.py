@@ -128,7 +128,9 @@ def test_injected_mismatch_fails_and_writes_nothing(tmp_path, bert_dir, monkeypa
 
     def perturbed(model, path, **kw):
         calls.append(path)
-        if len(calls) == 1:  # the compiled model (model.onnx) is traced first
+        # baseline.onnx is traced first, inside the compile stage (folded, nothing removed yet: a change there
+        # would reach the compiled model too), model.onnx second
+        if len(calls) == 2:
             with torch.no_grad():
                 model.classifier.weight[0, 0] += 0.01
         return real(model, path, **kw)

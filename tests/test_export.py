@@ -286,6 +286,37 @@ def test_parity_reference_is_computed_once(tmp_path, model_type):
         assert got[0]["token_agreement"] == 1.0 and got[0]["greedy_tokens"] == 3 * 9
 
 
+@pytest.mark.parametrize("model_type", ["bert", "llama", "gpt2"])
+def test_baseline_exported_between_fold_and_prune(tmp_path, model_type):
+    """The compile pipeline exports baseline.onnx from the model being compiled (compile_model's `on_folded`):
+    the export re-lays its linears out and puts them back, and the compile then goes on with the same weights."""
+    from fg_edge.exporters import onnx_export as ox
+    from fg_edge.exporters.onnx_parity import ParityReference
+    from fg_edge.exporters.pipeline import export_folded_baseline
+
+    gated = gated_model(model_type)
+    kind = "classification" if model_type in ENCODERS else "causal-lm"
+    reference = ParityReference(gated, kind=kind, steps=6).compute()
+    seen = []
+
+    def on_folded(folded):
+        linears = {n: m.weight.detach().clone() for n, m in folded.named_modules() if type(m) is nn.Linear}
+        seen.append(export_folded_baseline(folded, tmp_path / "baseline.onnx", 17, kind))
+        after = {n: m for n, m in folded.named_modules() if type(m) is nn.Linear}
+        assert not any(isinstance(m, ox._TransposedLinear) for m in folded.modules())
+        assert after.keys() == linears.keys()
+        assert all(torch.equal(after[n].weight, w) for n, w in linears.items())
+
+    dense_params = sum(p.numel() for p in dense_baseline(gated).parameters())
+    compiled, _, report = compile_model(gated, decoder_steps=6, on_folded=on_folded)
+    assert seen == [dense_params]                              # called once, with nothing removed yet
+    # compile_model raises on a parity failure: the compile went on with the restored linears
+    assert report["parity"]["logits_max_abs_diff"] <= report["parity"]["logits_tolerance"]
+    assert sum(p.numel() for p in compiled.parameters()) < dense_params
+    res = check_onnx_parity(None, tmp_path / "baseline.onnx", kind=kind, steps=6, reference=reference)
+    assert res["passed"]
+
+
 def test_pack_onnx_streams_external_data_into_one_file(tmp_path):
     """The pipeline keeps graphs as external data while it works and packs them at the end: the packed file must
     hold every tensor (initializers and ORT-quantizer Constant attributes alike) and compute the same outputs."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -141,7 +141,8 @@ def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] =
 
 
 def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, decoder_steps: int = PARITY_DECODER_STEPS,
-                  check: bool = True, inplace: bool = False) -> tuple[nn.Module, CompilePlan, dict]:
+                  check: bool = True, inplace: bool = False,
+                  on_folded: Optional[Callable[[nn.Module], None]] = None) -> tuple[nn.Module, CompilePlan, dict]:
     """Fold and prune a deep copy of `gated_model`; returns (plain model, plan, report).
 
     With `check` (the default) the compiled model is compared to the gated one (fg_edge.compiler.parity) and a
@@ -154,6 +155,10 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     reproduce the gated model (the model runs its heads in a way the usual layout does not show), the compile is
     repeated with every head kept, then with folding only, and the report says why; a table entry that fails is
     an error.
+
+    on_folded: called once with the model after its adapters and gates are folded and before anything is removed
+    (the dense baseline, W' = diag(r)(W+sBA)diag(c)); it may re-lay the model out, but must leave it computing
+    the same function with the same nn.Linear modules.
     """
     spec, why = find_spec(gated_model)
     if spec is None:
@@ -170,7 +175,7 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
         else:
             model = spare if last and spare is not None else copy.deepcopy(untouched)
         try:
-            return _compile(model.eval(), spec, why, reference, tol)
+            return _compile(model.eval(), spec, why, reference, tol, on_folded if n == 0 else None)
         except Exception as exc:  # noqa: BLE001 - a derived spec's removal may break the forward in any way
             if last or (isinstance(exc, FgEdgeError) and not isinstance(exc, ParityError)):
                 raise
@@ -228,7 +233,8 @@ def _after_failure(attempt: tuple, failed: ArchSpec, exc: Exception) -> tuple:
 
 
 def _compile(model: nn.Module, spec: Optional[ArchSpec], why: Optional[str], reference: Optional[dict],
-             tol: float) -> tuple[nn.Module, CompilePlan, dict]:
+             tol: float, on_folded: Optional[Callable[[nn.Module], None]] = None
+             ) -> tuple[nn.Module, CompilePlan, dict]:
     """The passes on `model` (gated, consumed): plan, fold, prune, report, and parity against `reference`."""
     from fg_edge.compiler.parity import check_parity_against
     from fg_edge.compiler.report import build_report, gate_zero_counts, measure_blocks, module_treatments
@@ -239,6 +245,8 @@ def _compile(model: nn.Module, spec: Optional[ArchSpec], why: Optional[str], ref
     merge_adapters_(model)
     fold_gates_(model)
     before = measure_blocks(model, spec, plan, after=False)
+    if on_folded is not None:
+        on_folded(model)
     prune_ffn_(model, plan, spec)
     prune_heads_(model, plan, spec)
     after = measure_blocks(model, spec, plan, after=True)

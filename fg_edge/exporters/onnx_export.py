@@ -274,6 +274,23 @@ def transpose_linears_(model: nn.Module) -> int:
     return len(targets)
 
 
+@torch.no_grad()
+def restore_linears_(model: nn.Module) -> int:
+    """Undo `transpose_linears_`: every _TransposedLinear becomes an nn.Linear again, layer by layer, with the
+    same weight values (a transpose is exact) — for a model that goes on being used after its export (the dense
+    baseline, exported between the compiler's fold and prune). Returns #restored."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, _TransposedLinear)]
+    for name, m in targets:
+        k, n = m.weight_t.shape
+        linear = nn.Linear(k, n, bias=m.bias is not None, device="meta", dtype=m.weight_t.dtype)
+        linear.weight = nn.Parameter(m.weight_t.detach().t().contiguous(), requires_grad=False)
+        if m.bias is not None:
+            linear.bias = m.bias
+        replace_module(model, name, linear)
+        m.weight_t = None
+    return len(targets)
+
+
 def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPSET,
                   kind: Optional[str] = None, consume: bool = False) -> "RawExport":
     """First half of `export_onnx`: trace `model` to the plain ONNX file `raw` (no metadata, no post-processing).

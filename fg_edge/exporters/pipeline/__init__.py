@@ -21,10 +21,10 @@ loop), `graphs` (export / baseline / quantize work), `mobile` (.ort files per --
 `progress`, `memory`, `summary`.
 """
 
-from fg_edge.exporters.pipeline.graphs import export_baseline
+from fg_edge.exporters.pipeline.graphs import export_folded_baseline
 from fg_edge.exporters.pipeline.options import CompileOptions, default_output
 from fg_edge.exporters.pipeline.run import compile_model_dir
 from fg_edge.exporters.pipeline.summary import format_summary, quantized_name, summary_rows
 
-__all__ = ["CompileOptions", "compile_model_dir", "default_output", "export_baseline", "format_summary",
+__all__ = ["CompileOptions", "compile_model_dir", "default_output", "export_folded_baseline", "format_summary",
            "quantized_name", "summary_rows"]

@@ -1,5 +1,5 @@
 """The work a compile does on ONNX graphs: trace + write one (freeing the torch model in between), the dense
-baseline's export (run in a child process), and quantizing the written graphs with their parity and accuracy."""
+baseline's export (from the model being compiled, between fold and prune), and quantizing the written graphs with their parity and accuracy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Optional
 
 from fg_edge.exporters import onnx_export as _ox
 from fg_edge.exporters.onnx_parity import check_onnx_parity
-from fg_edge.exporters.pipeline.loading import load_gated
 from fg_edge.exporters.pipeline.memory import release
 from fg_edge.exporters.pipeline.options import CompileOptions
 from fg_edge.exporters.pipeline.summary import quantized_name
@@ -37,14 +36,20 @@ def export_graph(model_holder: dict, key: str, path: Path, options: CompileOptio
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def export_baseline(model_dir: str, path: str, opset: int, kind: str, external_data: bool) -> int:
-    """The baseline stage's work (run in a child process by the pipeline): load the gated model, fold its
-    gates, export it to `path`; returns its parameter count."""
-    from fg_edge.exporters.baseline import dense_baseline
-
-    models = {"dense": dense_baseline(load_gated(Path(model_dir)), inplace=True)}
-    params = sum(p.numel() for p in dict(models["dense"].named_parameters()).values())
-    export_graph(models, "dense", Path(path), CompileOptions(opset=opset), kind, external_data)
+def export_folded_baseline(model, path: Path, opset: int, kind: str) -> int:
+    """The dense baseline from the model being compiled, at the moment its gates are folded in and nothing is
+    removed yet (compile_model's `on_folded`): traced with its linears re-laid out for export (no transposed copy
+    of the weights), which are then put back, so the compile goes on with the same weights. Written with
+    external data (the report stage packs every graph to the final layout). Returns its parameter count."""
+    params = sum(p.numel() for p in dict(model.named_parameters()).values())
+    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
+    try:
+        raw = _ox.trace_to_onnx(model, scratch / "raw.onnx", opset=opset, kind=kind, consume=True)
+        _ox.restore_linears_(model)
+        release()
+        _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return int(params)
 
 

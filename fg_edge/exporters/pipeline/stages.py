@@ -56,6 +56,7 @@ class CompileState:
     quant_graphs: list[str] = field(default_factory=list)
     packed: bool = False
     method_choice: str = ""               # why --quantize int4 took the method it did (no --quant-method)
+    baseline: Optional[dict] = None       # the report's "baseline" entry, once baseline.onnx is written
 
 
 def _refuse_int8_decoder(options: CompileOptions, model_dir: Path) -> None:
@@ -95,15 +96,38 @@ def _reference(st: CompileState) -> None:
     st.reference.release_model()
 
 
+def _output(st: CompileState) -> Path:
+    """The atomic output folder, opened by the first stage that writes into it."""
+    from fg_edge.formats.atomic import atomic_output_dir
+
+    if st.tmp is None:
+        st.tmp = st.stack.enter_context(atomic_output_dir(st.out, overwrite=st.overwrite))
+    return st.tmp
+
+
+def _export_baseline(st: CompileState, folded) -> None:
+    """compile_model's `on_folded`: the dense baseline is the model being compiled with its gates folded and
+    nothing removed yet, so it is exported right there (no second load of the model_dir, no copy)."""
+    from fg_edge.exporters.pipeline.graphs import export_folded_baseline
+
+    t0 = time.perf_counter()
+    params = export_folded_baseline(folded, _output(st) / "baseline.onnx", st.options.opset, st.kind)
+    st.baseline = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed", "params": params,
+                   "exported": "from the model being compiled, after the fold and before the removal (in the "
+                               "compile stage)", "export_seconds": round(time.perf_counter() - t0, 3)}
+
+
 def _compile(st: CompileState) -> None:
     from fg_edge.compiler import compile_model
     from fg_edge.exporters.onnx_parity import torch_threads
 
+    on_folded = (lambda folded: _export_baseline(st, folded)) if st.options.baseline else None
     # one torch thread: the parity generation is a batch-3 decode (latency-bound), and with 2+ threads on a
     # shared or busy machine OpenMP's barriers made it ~30x slower (measured: 3.8 s vs 0.13 s per token)
     with torch_threads(1):
         compiled, st.plan, st.creport = compile_model(st.gated, tol=st.options.tol,
-                                                      decoder_steps=st.options.decoder_steps, inplace=True)
+                                                      decoder_steps=st.options.decoder_steps, inplace=True,
+                                                      on_folded=on_folded)
     st.gated = None  # consumed: `compiled` is the same module, folded and pruned
     st.models["compiled"] = compiled  # export_graph frees it as soon as it is traced
     del compiled
@@ -112,9 +136,8 @@ def _compile(st: CompileState) -> None:
 
 def _save(st: CompileState) -> None:
     from fg_edge.compiler import save_compiled
-    from fg_edge.formats.atomic import atomic_output_dir
 
-    st.tmp = st.stack.enter_context(atomic_output_dir(st.out, overwrite=st.overwrite))
+    _output(st)
     # compiler files first (config.json with fg_edge_layers, weights, plan, tokenizer), moved to the top level
     staging = st.tmp / ".torch"
     setattr(st.models["compiled"].config, INPUTS_KEY, input_record(st.model_dir))
@@ -152,18 +175,15 @@ def _parity(st: CompileState) -> None:
 
 
 def _baseline(st: CompileState) -> None:
-    from fg_edge.exporters.isolated import run_isolated
-
     o = st.options
-    # in a child process (this one keeps its heap; the child peaks on its own): reloaded from the model_dir,
-    # its gates folded in place (no deep copy), exported like model.onnx
-    params = run_isolated("fg_edge.exporters.pipeline.graphs:export_baseline", "the dense baseline export",
-                          model_dir=str(st.model_dir), path=str(st.tmp / "baseline.onnx"), opset=o.opset,
-                          kind=st.kind, external_data=st.info.external_data)
+    if st.baseline is None:
+        raise CompileError("the compiler never called back with the folded model, so baseline.onnx was not "
+                           "exported")
+    # written during the compile stage (`_export_baseline`); checked here against the gated model like model.onnx
     st.report["onnx_parity"]["baseline.onnx"] = check_onnx_parity(None, st.tmp / "baseline.onnx", kind=st.kind,
                                                                   tol=o.tol, steps=o.decoder_steps,
                                                                   reference=st.reference)
-    st.report["baseline"] = {"what": "gates folded (W' = diag(r)(W+sBA)diag(c)), nothing removed", "params": params}
+    st.report["baseline"] = st.baseline
     st.graphs.append("baseline.onnx")
     release()
 
