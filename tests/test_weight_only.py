@@ -333,6 +333,53 @@ def test_gptq_calibration_runs_stack_sequences_without_changing_the_hessians(tmp
                                    atol=1e-5 * float(np.abs(one[name][0]).max()))
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_gptq_baseline_borrows_the_compiled_graphs_hessians(tmp_path, model_type):
+    """The dense baseline's Hessians taken from the compiled graph's (borrow_hessians) are the ones its own
+    calibration run gives on every input the compiled graph kept, and 0 on the removed inputs, where the baseline's
+    activation or weight row is 0 (so GPTQ may drop them); a MatMul whose weight is no sub-matrix of the compiled
+    one's is not borrowed."""
+    from fg_edge.exporters.baseline import dense_baseline
+    from fg_edge.exporters.gptq import (borrow_hessians, collect_hessians, detach_initializers, gptq_targets,
+                                        packed_decoder_feeds, save_hessians)
+    from fg_edge.exporters.weight_only import gemm_to_matmul
+
+    gated, info = _exported(tmp_path, model_type)
+    export_onnx(dense_baseline(gated), tmp_path / "baseline.onnx")
+    texts = [" ".join(f"w{(i * 5 + j) % 29}" for j in range(12)) for i in range(20)]
+
+    def hessians(graph):
+        proto = onnx.load(str(tmp_path / graph))
+        gemm_to_matmul(proto)                               # as quantize_weight_only does first (gpt2's Gemm)
+        proto, weights = detach_initializers(proto)
+        feeds = packed_decoder_feeds(texts, _WordTokenizer(), info.input_names, _kv_shapes(tmp_path / graph),
+                                     chunk=32, max_tokens=200)
+        targets = gptq_targets(proto, weights=weights)
+        return proto, weights, targets, collect_hessians(proto, feeds, [n.input[0] for n in targets], weights)
+
+    *_, compiled = hessians("model.onnx")
+    saved = save_hessians(compiled, tmp_path / "h.npz")
+    proto, weights, targets, own = hessians("baseline.onnx")
+    borrowed = borrow_hessians(proto, weights, targets, tmp_path / "model.onnx", saved)
+    assert set(borrowed) == set(own)                        # every activation shown to be the compiled one's
+    narrowed = 0
+    for node in targets:
+        (h, rows), (ref, ref_rows) = borrowed[node.input[0]], own[node.input[0]]
+        assert rows == ref_rows == 200 and h.shape == ref.shape
+        live = np.diag(h) != 0
+        np.testing.assert_allclose(h[np.ix_(live, live)], ref[np.ix_(live, live)], rtol=1e-3,
+                                   atol=1e-5 * float(np.abs(ref).max()))
+        dead = ~live & (np.diag(ref) != 0)                  # removed inputs still active in the baseline ...
+        assert not weights[node.input[1]][dead].any()       # ... meet zero weight rows
+        assert not h[~live].any() and not h[:, ~live].any()
+        narrowed += int((~live).sum())
+    assert narrowed > 0                                     # the test model's removals were seen as such
+    other = next(iter(borrowed))
+    victim = next(n for n in targets if n.input[0] == other)
+    weights[victim.input[1]] = weights[victim.input[1]] + np.float32(1e-3)
+    assert other not in borrow_hessians(proto, weights, targets, tmp_path / "model.onnx", saved)
+
+
 def test_gptq_on_an_encoder(tmp_path):
     """The option for encoders: a tiny BERT's projections quantized by GPTQ on token feeds stay within the int4
     bound of the gated model."""

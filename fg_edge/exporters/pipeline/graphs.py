@@ -113,9 +113,10 @@ def _position_limit(tmp: Path):
     return position_limit(json.loads(path.read_text())) if path.is_file() else None
 
 
-def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds) -> dict:
-    """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq calibration, built for this graph); the
-    settings used."""
+def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, save_hessians=None,
+                  borrow_hessians=None) -> dict:
+    """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq / gptq calibration, built for this graph;
+    gptq: `save_hessians` / `borrow_hessians` as quantize_weight_only takes them); the settings used."""
     from fg_edge.exporters.quantize import QuantizeConfig, quantize_int8_dynamic_isolated, quantize_qdq_static
     from fg_edge.exporters.weight_only import quantize_weight_only_isolated
 
@@ -128,7 +129,8 @@ def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds) -
         calib = tmp.parent / f"{tmp.name}.{g}.calibration.npz"     # beside the output folder, never in it
         try:
             return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config(),
-                                                 calibration=save_feeds(feeds, calib))
+                                                 calibration=save_feeds(feeds, calib), save_hessians=save_hessians,
+                                                 borrow_hessians=borrow_hessians)
         finally:
             calib.unlink(missing_ok=True)
     config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.lm_head_quantized)
@@ -149,25 +151,39 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     if options.needs_calibration:
         result["calibration_source"] = calib[1]
         result["calibration_texts"] = len(calib[0])
-    packed = options.needs_calibration == "--quant-method gptq" and kind == "causal-lm"
+    gptq = options.needs_calibration == "--quant-method gptq"
+    packed = gptq and kind == "causal-lm"
     chunk = min(GPTQ_CHUNK_TOKENS, _position_limit(tmp) or GPTQ_CHUNK_TOKENS)
-    for g in graphs:
-        dst = quantized_name(g, options.quantize)
-        feeds = None
-        if options.needs_calibration:   # past inputs shaped for this graph's own kv heads
-            kv = _graph_kv_shapes(tmp / g) if kind == "causal-lm" else []
-            feeds = (packed_decoder_feeds(calib[0], tokenizer, info.input_names, kv, chunk=chunk) if packed
-                     else calibration_feeds(calib[0], tokenizer, info.input_names, kv, CALIBRATION_MAX_LENGTH))
-            if options.needs_calibration == "--quant-method gptq":
-                feeds = _first_tokens(feeds, GPTQ_CALIBRATION_TOKENS)
-        result["settings"] = _quantize_one(tmp, g, dst, options, feeds)
-        release()
-        entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
-                 "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
-                                                     steps=options.decoder_steps, raise_on_fail=False,
-                                                     reference=reference)}
-        release()
-        result["files"][dst] = entry
+    # GPTQ: the compiled graph's Hessians (its inputs are what the baseline's MatMuls read, less the removed
+    # inputs) serve the dense baseline too, so the baseline's calibration forward runs only for what they miss
+    hessians = tmp.parent / f"{tmp.name}.hessians.npz" if gptq and graphs[:2] == ["model.onnx", "baseline.onnx"] \
+        else None
+    try:
+        for g in graphs:
+            dst = quantized_name(g, options.quantize)
+            feeds = None
+            if options.needs_calibration:   # past inputs shaped for this graph's own kv heads
+                kv = _graph_kv_shapes(tmp / g) if kind == "causal-lm" else []
+                feeds = (packed_decoder_feeds(calib[0], tokenizer, info.input_names, kv, chunk=chunk) if packed
+                         else calibration_feeds(calib[0], tokenizer, info.input_names, kv, CALIBRATION_MAX_LENGTH))
+                if gptq:
+                    feeds = _first_tokens(feeds, GPTQ_CALIBRATION_TOKENS)
+            share = {} if hessians is None else (
+                {"save_hessians": str(hessians)} if g == "model.onnx" else
+                {"borrow_hessians": [str(tmp / "model.onnx"), str(hessians)]} if g == "baseline.onnx" else {})
+            result["settings"] = _quantize_one(tmp, g, dst, options, feeds, **share)
+            release()
+            entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
+                     "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
+                                                         steps=options.decoder_steps, raise_on_fail=False,
+                                                         reference=reference)}
+            if "gptq" in result["settings"]:
+                entry["gptq_hessians"] = result["settings"]["gptq"]["hessians"]
+            release()
+            result["files"][dst] = entry
+    finally:
+        if hessians is not None:
+            hessians.unlink(missing_ok=True)
     if eval_data is not None and kind != "causal-lm":
         metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}
         for g in graphs:
