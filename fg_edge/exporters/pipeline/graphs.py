@@ -1,5 +1,6 @@
 """The work a compile does on ONNX graphs: trace + write one (freeing the torch model in between), the dense
-baseline's export (from the model being compiled, between fold and prune), and quantizing the written graphs with their parity and accuracy."""
+baseline's export (from the model being compiled, between fold and prune), and quantizing the written graphs
+with their parity and accuracy."""
 
 from __future__ import annotations
 
