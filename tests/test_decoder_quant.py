@@ -202,8 +202,10 @@ def test_int4_default_method_follows_the_calibration_text_at_hand(tmp_path):
     assert chosen.quant_method == "hqq" and "no tokenizer" in why
     chosen, calib, _ = choose_int4_method(options, md, tokenizer=object())
     assert chosen.quant_method == "gptq" and calib[0] and options.quant_method is None
-    given = CompileOptions(quantize="int4", calibration=str(tmp_path / "train.txt")).validate()
+    asked = CompileOptions(quantize="int4", calibration=str(tmp_path / "train.txt"))
+    given = asked.validate()
     assert given.quant_method == "gptq" and given.needs_calibration == "--quant-method gptq"
+    assert asked.quant_method is None                       # validate() returns the resolved options
     assert CompileOptions(quantize="int8-wo", calibration=str(tmp_path / "train.txt")).validate().quant_method is None
 
 

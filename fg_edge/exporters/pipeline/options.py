@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +57,8 @@ class CompileOptions:
             if value is not None and not str(value).startswith("hf:") and not Path(value).is_file():
                 raise ConfigError(f"{opt} {value}: no such file")
         if self.quantize == "int4" and self.quant_method is None and self.calibration is not None:
-            self.quant_method = "gptq"         # int4's default with calibration text at hand (choose_int4_method)
+            # int4's default with calibration text at hand (choose_int4_method); a new object, self stays as given
+            return replace(self, quant_method="gptq").validate()
         if self.weight_only:
             self.weight_only_config()          # raises ConfigError naming the bad option
         elif self.quantize_embedding:
@@ -103,7 +104,7 @@ class CompileOptions:
         """The option that reads calibration text ('--quantize qdq', '--quant-method gptq'), or None."""
         if self.quantize == "qdq":
             return "--quantize qdq"
-        if self.weight_only and self.weight_only_config().method == "gptq":
+        if self.weight_only and self.quant_method == "gptq":      # (no method resolves to gptq by default)
             return "--quant-method gptq"
         return None
 
