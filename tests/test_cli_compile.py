@@ -120,6 +120,20 @@ def test_compile_qdq_with_training_sentences(tmp_path, bert_dir):
     assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 4
 
 
+def test_encoder_gptq_baseline_borrows_hessians(tmp_path, bert_dir):
+    """An encoder's GPTQ compile: the dense baseline takes every Hessian from model.onnx's calibration run (the
+    compiled BERT lost heads and FFN channels), and both int4 files stay close to the gated model."""
+    out = tmp_path / "out"
+    cal = write_tsv(tmp_path / "cal.tsv", sentiment_rows(64, seed=5))
+    res = invoke(bert_dir, "-o", out, "--quantize", "int4", "--quant-method", "gptq", "--calibration", cal)
+    assert res.exit_code == 0, res.output
+    files = json.loads((out / "compile_report.json").read_text())["quantization"]["files"]
+    own, borrowed = files["model.int4.onnx"]["gptq_hessians"], files["baseline.int4.onnx"]["gptq_hessians"]
+    assert own["borrowed"] == 0 and borrowed["borrowed"] == borrowed["activations"] == own["activations"] > 0
+    for name in ("model.int4.onnx", "baseline.int4.onnx"):
+        assert files[name]["vs_gated_model"]["max_abs_diff"] < 0.02, files[name]["vs_gated_model"]   # measured 1e-3
+
+
 def test_injected_mismatch_fails_and_writes_nothing(tmp_path, bert_dir, monkeypatch):
     import fg_edge.exporters.onnx_export as ox
 
