@@ -1,6 +1,6 @@
 """Int4 methods on SmolLM2-135M with its weights off the packaged Q4_1 grid: HQQ vs GPTQ settings.
 
-    python benchmarks/gptq_offgrid.py COMPILED_DIR [--work /tmp/fg_gptq_offgrid] [--out FILE]
+    python benchmarks/gptq_offgrid.py COMPILED_DIR [--work /tmp/fg_gptq_offgrid] [--out FILE] [--only 5,6,7]
 
 COMPILED_DIR: SmolLM2-135M compiled with every gate open (e.g. benchmarks/decoder_compression.py's
 dense/compiled). The packaged SmolLM2 is a dequantized Q4_1 GGUF, so its weights sit exactly on a 4-bit block-32
@@ -10,7 +10,7 @@ rows are scaled by U(0.85, 1.15) (seed 0; what folded input gates do), the LM he
 quantizes this fp32 graph (4-bit blocks of 32, 8-bit RTN head, accuracy level 4) and `fg-edge eval` measures
 perplexity on the 872 SST-2 dev sentences against the perturbed fp32 graph. quantize_s is wall time on the
 2-core machine while a training run shared it (compare the rows with each other only). GPTQ calibrates on the SST-2
-training file, packed into 256-token chunks, as `fg-edge compile --quant-method gptq` does.
+training file, packed into the chunk length each row names (fg-edge compile uses gptq.GPTQ_CHUNK_TOKENS).
 
 Writes benchmarks/results/decoder/smollm2_gptq_offgrid.json.
 """
@@ -35,9 +35,9 @@ VARIANTS = [("hqq", "hqq", None),
             ("gptq act-order, min/max grid, 4096 tokens in 256-token chunks", "gptq", (True, False, 4096, 256)),
             ("gptq act-order, clipped grid, 4096 tokens in 256-token chunks", "gptq", (True, True, 4096, 256)),
             ("gptq act-order, clipped grid, 8192 tokens in 256-token chunks", "gptq", (True, True, 8192, 256)),
-            ("gptq act-order, clipped grid, 4096 tokens in 64-token chunks (the default)", "gptq",
-             (True, True, 4096, 64)),
-            ("gptq act-order, clipped grid, 4096 tokens in 32-token chunks", "gptq", (True, True, 4096, 32))]
+            ("gptq act-order, clipped grid, 4096 tokens in 64-token chunks", "gptq", (True, True, 4096, 64)),
+            ("gptq act-order, clipped grid, 4096 tokens in 32-token chunks", "gptq", (True, True, 4096, 32)),
+            ("gptq act-order, clipped grid, 4096 tokens in 16-token chunks", "gptq", (True, True, 4096, 16))]
 
 
 def _perturbed(src: Path, dst: Path) -> None:
@@ -64,11 +64,17 @@ def _perturbed(src: Path, dst: Path) -> None:
     print(f"scaled the input rows of {done} MatMul weights", flush=True)
 
 
-def _ppl(cdir: Path, model: str) -> float:
-    out = subprocess.run([sys.executable, "-m", "fg_edge.cli", "eval", str(cdir), "--data", str(SST2 / "dev.tsv"),
+def _ppl(cdir: Path, model: str, data: Path = SST2 / "dev.tsv") -> float:
+    out = subprocess.run([sys.executable, "-m", "fg_edge.cli", "eval", str(cdir), "--data", str(data),
                           "--models", model, "--threads", "1", "--json", "-"], capture_output=True, text=True,
                          check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout)["results"][model]["value"]
+
+
+def _docs_row(vdir: Path, docs: Path, result: dict) -> dict:
+    ppl = _ppl(vdir, "int4", docs)
+    return {"python_docs_perplexity": ppl,
+            "python_docs_vs_fp32": round(ppl / result["fp32_python_docs_perplexity"] - 1, 4)}
 
 
 def main() -> None:
@@ -77,7 +83,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/fg_gptq_offgrid"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "decoder" /
                     "smollm2_gptq_offgrid.json")
+    ap.add_argument("--only", default="", help="comma-separated indices into VARIANTS to measure (default: all)")
+    ap.add_argument("--python-docs", action="store_true",
+                    help="also perplexity on prose of Python's own documentation (longer texts, another domain; "
+                         "benchmarks/decoder_compression.py's held-out text)")
     opts = ap.parse_args()
+    only = {int(i) for i in opts.only.split(",") if i.strip()}
+    docs = None
+    if opts.python_docs:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from decoder_compression import _python_docs_text
+
+        docs = _python_docs_text(opts.work / "python_docs.txt")
     from transformers import AutoTokenizer
 
     import fg_edge.exporters.gptq as gptq
@@ -95,11 +112,20 @@ def main() -> None:
     texts = read_calibration_texts(SST2 / "train.tsv", gptq.GPTQ_CALIBRATION_TEXTS)
     result = {"compiled_dir": str(opts.compiled_dir), "perturbed_matmuls": perturbed,
               "fp32_perplexity": _ppl(fp, "compiled"), "rows": []}
+    if docs is not None:
+        result["fp32_python_docs_perplexity"] = _ppl(fp, "compiled", docs)
     original = gptq.gptq_quantize_graph
     for k, (name, method, settings) in enumerate(VARIANTS):
+        if only and k not in only:
+            continue
         done = opts.work / f"v{k}.json"     # a re-run measures only the variants not measured yet
+        vdir = opts.work / f"v{k}"
         if done.is_file() and json.loads(done.read_text())["variant"] == name:
-            result["rows"].append(json.loads(done.read_text()))
+            row = json.loads(done.read_text())
+            if docs is not None and "python_docs_perplexity" not in row:
+                row.update(_docs_row(vdir, docs, result))
+                done.write_text(json.dumps(row) + "\n")
+            result["rows"].append(row)
             continue
         calib = None
         if settings is not None:
@@ -109,7 +135,6 @@ def main() -> None:
             calib = gptq.save_feeds(feeds, opts.work / "calibration.npz")
             gptq.gptq_quantize_graph = (lambda *a, _a=act, _c=clip, **kw:
                                         original(*a, **{**kw, "act_order": _a, "clip_search": _c}))
-        vdir = opts.work / f"v{k}"
         vdir.mkdir(exist_ok=True)
         for f in fp.iterdir():
             if f.name != "model.onnx" and not (vdir / f.name).exists():
@@ -121,6 +146,8 @@ def main() -> None:
         ppl = _ppl(vdir, "int4")
         row = {"variant": name, "perplexity": ppl, "vs_fp32": round(ppl / result["fp32_perplexity"] - 1, 4),
                "quantize_s": seconds}
+        if docs is not None:
+            row.update(_docs_row(vdir, docs, result))
         print(json.dumps(row), flush=True)
         done.write_text(json.dumps(row) + "\n")
         result["rows"].append(row)

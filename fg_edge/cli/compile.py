@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
               help="qdq / gptq calibration text (with --quantize int4 it selects gptq unless --quant-method says "
                    "otherwise): plain text (paragraphs separated by blank lines), or TSV/CSV/JSONL "
                    "with a 'text' column [default: the first texts of the training data recorded in training.json: "
-                   "16 for qdq; for gptq 4,096 tokens (decoders: packed into 64-token sequences)].")
+                   "16 for qdq; for gptq 4,096 tokens (decoders: packed into 32-token sequences)].")
 @click.option("--eval-data", type=click.Path(path_type=Path),
               help="Classifiers: TSV/CSV/JSONL (text, label): fp32 vs quantized accuracy. Decoders: text (or a "
                    "text column) for the fp32 vs quantized perplexity [default: a built-in sample].")

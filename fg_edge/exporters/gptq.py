@@ -20,7 +20,8 @@ quantized, along H^-1, so that ||X W - X Q|| stays small rather than ||W - Q||. 
   (input rows scaled by U(0.85, 1.15), as folded gates do), int4 blocks of 32, SST-2 dev perplexity against the
   fp32 graph (benchmarks/gptq_offgrid.py; 4,096 calibration tokens in 256-token chunks unless said): HQQ
   +20.1 %; in-order GPTQ +29.5 %; act-order +8.9 %; act-order and the clipped grid +5.4 % (8,192 tokens:
-  +5.3 %), in 64-token chunks (the default, GPTQ_CHUNK_TOKENS) +2.9 %, in 32-token chunks +2.6 %.
+  +5.3 %), in 64-token chunks +2.9 %, in 32-token chunks (the default, GPTQ_CHUNK_TOKENS) +2.6 % (+2.4 % measured
+  again since; benchmarks/results/decoder/smollm2_gptq_chunks.json).
 * the lazy-batch width is 128 inputs (or one block when blocks are larger), swept in sub-batches of 16;
   dampening adds 1 % of the mean diagonal of H; inputs never active in calibration (H[k, k] = 0) get weight 0.
 * the node written is the standard `com.microsoft::MatMulNBits` (uint8-packed codes, float scales, packed uint8
@@ -45,8 +46,12 @@ GPTQ_CALIBRATION_TOKENS = 4096
 #: decoders: tokens per packed calibration sequence. Every sequence a decoder runs starts with a position-0 token
 #: whose activations are extreme (the "attention sink" every later token attends to), so the Hessians need many
 #: starts, not only long contexts: on off-grid SmolLM2-135M, 4,096 tokens in chunks of 256 / 64 / 32 gave
-#: +5.4 / +2.9 / +2.6 % int4 perplexity (benchmarks/gptq_offgrid.py); 64 is the balance with run count.
-GPTQ_CHUNK_TOKENS = 64
+#: +5.4 / +2.9 / +2.6 % int4 perplexity on SST-2 dev (benchmarks/gptq_offgrid.py); re-measured with runs of
+#: stacked sequences, chunks of 64 / 32 / 16 gave +2.9 / +2.4 / +2.3 % on SST-2 dev and +11.7 / +10.6 / +10.2 %
+#: on Python documentation prose (--python-docs; longer texts, another domain). Runs stack sequences up to
+#: GPTQ_RUN_TOKENS, so shorter chunks cost no more runs; 32 takes most of the gain while each sequence still
+#: sees some context (16 would make every 16th calibration token a position-0 one).
+GPTQ_CHUNK_TOKENS = 32
 #: tokens per calibration run: several packed sequences side by side in the batch, so the MatMuls and the
 #: X^T X updates work on 512 rows rather than 64 (SmolLM2-135M, 30 % removed, 4,096 tokens: activations and
 #: Hessians 33 s in 64 runs, 9.5 s in 8; the run's outputs, every targeted activation, are ~150 MB)
