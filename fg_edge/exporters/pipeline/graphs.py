@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from fg_edge.exporters import onnx_export as _ox
 from fg_edge.exporters.onnx_parity import check_onnx_parity
@@ -16,41 +16,40 @@ from fg_edge.exporters.pipeline.options import CompileOptions
 from fg_edge.exporters.pipeline.summary import quantized_name
 
 
-def export_graph(model_holder: dict, key: str, path: Path, options: CompileOptions, kind: str,
-                 external_data: Optional[bool]):
-    """Trace the torch model `model_holder[key]` to ONNX, free it, then write the final graph (metadata, LM head)
-    — so the torch weights and the graph's protobuf copy are never in memory together."""
+def _trace_then_write(model, path: Path, opset: int, kind: str, between: Callable[[], None]):
+    """Trace `model` to a scratch ONNX file (linears re-laid out: no transposed copy of the weights), call
+    `between` (the caller frees or restores the torch model there), then write the final graph (metadata, LM
+    head) to `path` with external data; returns (the raw export, its ExportInfo)."""
     scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
     try:
         # looked up on the module at call time (tests substitute onnx_export.trace_to_onnx)
-        raw = _ox.trace_to_onnx(model_holder[key], scratch / "raw.onnx", opset=options.opset, kind=kind,
-                                consume=True)
-        del model_holder[key]
+        raw = _ox.trace_to_onnx(model, scratch / "raw.onnx", opset=opset, kind=kind, consume=True)
+        del model
+        between()
         release()
-        # written with external data whatever the final layout (ORT sessions and the quantizer load such a graph
-        # with less memory); `info.external_data` is the final layout, the report stage packs the graphs to it
-        decided = external_data if external_data is not None else raw.param_bytes > _ox.EXTERNAL_DATA_THRESHOLD
-        info = _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
-        info.external_data = bool(decided)
-        return info
+        return raw, _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def export_graph(model_holder: dict, key: str, path: Path, options: CompileOptions, kind: str,
+                 external_data: Optional[bool]):
+    """Trace the torch model `model_holder[key]` to ONNX, free it, then write the final graph — so the torch
+    weights and the graph's protobuf copy are never in memory together."""
+    raw, info = _trace_then_write(model_holder[key], path, options.opset, kind, lambda: model_holder.pop(key))
+    # written with external data whatever the final layout (ORT sessions and the quantizer load such a graph
+    # with less memory); `info.external_data` is the final layout, the report stage packs the graphs to it
+    info.external_data = bool(external_data if external_data is not None
+                              else raw.param_bytes > _ox.EXTERNAL_DATA_THRESHOLD)
+    return info
 
 
 def export_folded_baseline(model, path: Path, opset: int, kind: str) -> int:
     """The dense baseline from the model being compiled, at the moment its gates are folded in and nothing is
-    removed yet (compile_model's `on_folded`): traced with its linears re-laid out for export (no transposed copy
-    of the weights), which are then put back, so the compile goes on with the same weights. Written with
-    external data (the report stage packs every graph to the final layout). Returns its parameter count."""
+    removed yet (compile_model's `on_folded`): traced like model.onnx, its linears then put back
+    (restore_linears_), so the compile goes on with the same weights. Returns its parameter count."""
     params = sum(p.numel() for p in dict(model.named_parameters()).values())
-    scratch = Path(tempfile.mkdtemp(prefix=".fg-export-", dir=path.parent))
-    try:
-        raw = _ox.trace_to_onnx(model, scratch / "raw.onnx", opset=opset, kind=kind, consume=True)
-        _ox.restore_linears_(model)
-        release()
-        _ox.finalize_onnx(raw, path, kind=kind, external_data=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    _trace_then_write(model, path, opset, kind, lambda: _ox.restore_linears_(model))
     return int(params)
 
 
