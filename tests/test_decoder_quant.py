@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_tokenizer
@@ -60,6 +61,31 @@ def test_int4_compile_writes_both_quantized_graphs_and_their_quality(int4_dir):
     assert genai["search"]["past_present_share_buffer"] is False and genai["model"]["decoder"]["filename"] == \
         "model.onnx" and genai["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
     assert genai["model"]["eos_token_id"] == 5 and report["genai"]["decoder"] == "model.onnx"
+
+
+def test_free_running_match_is_what_the_quantized_graph_generates(int4_dir):
+    """The recorded free-running match, read from the teacher-forced pass, is the share of new tokens each int4
+    graph generates on its own (cached, greedy) before its first difference from the fp32 graph's; never above
+    the greedy agreement."""
+    from fg_edge.exporters.pipeline.quality import _fp32_tokens, _prompt_ids
+    from fg_edge.runtimes.generate import generate, left_pad
+    from fg_edge.runtimes.runner import Runner
+
+    out, _, _ = int4_dir
+    quality = json.loads((out / "compile_report.json").read_text())["quantization"]["quality"]
+    fp32 = Runner(out, model="compiled")
+    prompts, n = _prompt_ids(fp32, quality["new_tokens"])
+    _, _, new = _fp32_tokens(fp32, prompts, n)
+    pad = fp32.cdir.pad_token_id()
+    ids, mask = left_pad(prompts, pad)
+    for variant, name in (("int4", "model.int4.onnx"), ("baseline-int4", "baseline.int4.onnx")):
+        own = generate(Runner(out, model=variant).model, ids, mask, max_new_tokens=n, pad_id=pad,
+                       stop_at_eos=False).new_tokens
+        same = own == new
+        prefix = [int(np.argmin(row)) if not row.all() else row.size for row in same]
+        entry = quality["files"][name]
+        assert entry["free_running_match"] == pytest.approx(np.mean(prefix) / n)
+        assert entry["free_running_match"] <= entry["greedy_agreement"]
 
 
 def test_recorded_perplexity_is_what_eval_measures(int4_dir):
