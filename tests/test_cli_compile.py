@@ -120,9 +120,25 @@ def test_compile_qdq_with_training_sentences(tmp_path, bert_dir):
     assert ops["QuantizeLinear"] >= 4 and ops["DequantizeLinear"] >= 4
 
 
+def _nbits_by_name(path) -> dict:
+    """{MatMulNBits name: (N, B, scales (N, blocks))} of an int4 file."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            n = next(a.i for a in node.attribute if a.name == "N")
+            out[node.name] = (n, inits[node.input[1]], inits[node.input[2]].reshape(n, -1))
+    return out
+
+
 def test_encoder_gptq_baseline_borrows_hessians(tmp_path, bert_dir):
-    """An encoder's GPTQ compile: the dense baseline takes every Hessian from model.onnx's calibration run (the
-    compiled BERT lost heads and FFN channels), and both int4 files stay close to the gated model."""
+    """An encoder's GPTQ compile: the dense baseline takes every Hessian factor from model.onnx's calibration run
+    (the compiled BERT lost heads and FFN channels) and, for the outputs the compiler kept in query / key / value /
+    FFN-in, the very codes model.int4.onnx has; both int4 files stay close to the gated model."""
     out = tmp_path / "out"
     cal = write_tsv(tmp_path / "cal.tsv", sentiment_rows(64, seed=5))
     res = invoke(bert_dir, "-o", out, "--quantize", "int4", "--quant-method", "gptq", "--calibration", cal)
@@ -130,6 +146,12 @@ def test_encoder_gptq_baseline_borrows_hessians(tmp_path, bert_dir):
     files = json.loads((out / "compile_report.json").read_text())["quantization"]["files"]
     own, borrowed = files["model.int4.onnx"]["gptq_hessians"], files["baseline.int4.onnx"]["gptq_hessians"]
     assert own["borrowed"] == 0 and borrowed["borrowed"] == borrowed["activations"] == own["activations"] > 0
+    model, base = _nbits_by_name(out / "model.int4.onnx"), _nbits_by_name(out / "baseline.int4.onnx")
+    narrowed = [k for k in model if k in base and model[k][0] < base[k][0]]
+    assert narrowed and borrowed["columns_reused"] >= sum(model[k][0] for k in narrowed)
+    for k in narrowed:                      # each kept column's packed codes and scales, found in the baseline
+        rows = {(b.tobytes(), s.tobytes()) for b, s in zip(base[k][1], base[k][2])}
+        assert all((b.tobytes(), s.tobytes()) in rows for b, s in zip(model[k][1], model[k][2])), k
     for name in ("model.int4.onnx", "baseline.int4.onnx"):
         assert files[name]["vs_gated_model"]["max_abs_diff"] < 0.02, files[name]["vs_gated_model"]   # measured 1e-3
 

@@ -196,7 +196,9 @@ def test_gptq_int4_compile_calibrates_on_text(tmp_path):
         assert q["quality"]["files"][name]["max_abs_logit_diff"] < 0.2
     hessians = [q["files"][name]["gptq_hessians"] for name in ("model.int4.onnx", "baseline.int4.onnx")]
     assert hessians[0]["borrowed"] == 0 and hessians[0]["activations"] > 0        # collected, then shared
-    assert hessians[1] == {**hessians[0], "borrowed": hessians[0]["activations"], "borrowed_from": "model.onnx"}
+    assert hessians[0]["columns_reused"] == 0 and hessians[1]["columns_reused"] > 0   # q / k / v, gate / up
+    assert hessians[1] == {**hessians[0], "borrowed": hessians[0]["activations"], "borrowed_from": "model.onnx",
+                           "columns_reused": hessians[1]["columns_reused"]}
     assert not list(tmp_path.glob("*.npz")) and not list((tmp_path / "out").glob("*.npz"))
     res = compile_cli(md, "-o", tmp_path / "none", "--quantize", "int4", "--quant-method", "gptq")
     assert res.exit_code == 1 and "--quant-method gptq needs calibration text" in res.output, res.output

@@ -334,14 +334,14 @@ def test_gptq_calibration_runs_stack_sequences_without_changing_the_hessians(tmp
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
-def test_gptq_baseline_borrows_the_compiled_graphs_hessians(tmp_path, model_type):
-    """The dense baseline's Hessians taken from the compiled graph's (borrow_hessians) are the ones its own
-    calibration run gives on every input the compiled graph kept, and 0 on the removed inputs, where the baseline's
-    activation or weight row is 0 (so GPTQ may drop them); a MatMul whose weight is no sub-matrix of the compiled
-    one's is not borrowed."""
+def test_gptq_baseline_borrows_the_compiled_graphs_hessian_factors(tmp_path, model_type):
+    """The dense baseline's Hessian factors taken from the compiled graph's (borrow_factors) are the factors of
+    its own calibration Hessians on the inputs the compiled graph kept; the removed inputs it leaves out are
+    never active in the baseline or meet zero weight rows (so GPTQ may drop them); a MatMul whose weight is no
+    sub-matrix of the compiled one's is not borrowed."""
     from fg_edge.exporters.baseline import dense_baseline
-    from fg_edge.exporters.gptq import (borrow_hessians, collect_hessians, detach_initializers, gptq_targets,
-                                        packed_decoder_feeds, save_hessians)
+    from fg_edge.exporters.gptq import (FactorWriter, borrow_factors, collect_hessians, detach_initializers,
+                                        factor_hessian, gptq_targets, packed_decoder_feeds)
     from fg_edge.exporters.weight_only import gemm_to_matmul
 
     gated, info = _exported(tmp_path, model_type)
@@ -358,26 +358,44 @@ def test_gptq_baseline_borrows_the_compiled_graphs_hessians(tmp_path, model_type
         return proto, weights, targets, collect_hessians(proto, feeds, [n.input[0] for n in targets], weights)
 
     *_, compiled = hessians("model.onnx")
-    saved = save_hessians(compiled, tmp_path / "h.npz")
+    writer = FactorWriter(tmp_path / "f.npz")
+    for name, (h, _) in compiled.items():
+        writer.add(name, factor_hessian(h))
+    saved = writer.finish(7, 200)
     proto, weights, targets, own = hessians("baseline.onnx")
-    borrowed = borrow_hessians(proto, weights, targets, tmp_path / "model.onnx", saved)
-    assert set(borrowed) == set(own)                        # every activation shown to be the compiled one's
     narrowed = 0
-    for node in targets:
-        (h, rows), (ref, ref_rows) = borrowed[node.input[0]], own[node.input[0]]
-        assert rows == ref_rows == 200 and h.shape == ref.shape
-        live = np.diag(h) != 0
-        np.testing.assert_allclose(h[np.ix_(live, live)], ref[np.ix_(live, live)], rtol=1e-3,
-                                   atol=1e-5 * float(np.abs(ref).max()))
-        dead = ~live & (np.diag(ref) != 0)                  # removed inputs still active in the baseline ...
-        assert not weights[node.input[1]][dead].any()       # ... meet zero weight rows
-        assert not h[~live].any() and not h[:, ~live].any()
-        narrowed += int((~live).sum())
+    with borrow_factors(proto, weights, targets, tmp_path / "model.onnx", saved) as borrowed:
+        assert len(borrowed) == len(own) and all(a in borrowed for a in own)   # every activation shown
+        assert borrowed.calibration == {"calibration_feeds": 7, "calibration_tokens": 200}
+        for activation, (ref, _) in own.items():
+            f, _ = borrowed.take(activation, [])
+            assert f.k_dim == ref.shape[0]
+            live = np.zeros(f.k_dim, dtype=bool)
+            live[f.active] = True
+            kept = np.where(np.outer(live, live), ref, 0.0)
+            want = factor_hessian(kept)                     # the baseline's own H on the kept inputs
+            assert np.array_equal(want.active, f.active)
+            np.testing.assert_allclose(f.importance, want.importance, rtol=1e-3)
+
+            def inverse(x):                                 # H^-1 on `active`, undoing the visiting order
+                u = x.hinv.astype(np.float64)
+                inv = np.empty_like(u)
+                inv[np.ix_(x.order, x.order)] = u.T @ u
+                return inv
+
+            np.testing.assert_allclose(inverse(f), inverse(want), rtol=2e-2,
+                                       atol=2e-3 * float(np.abs(inverse(want)).max()))
+            dead = ~live & (np.diag(ref) != 0)              # removed inputs still active in the baseline ...
+            for node in targets:
+                if node.input[0] == activation:
+                    assert not weights[node.input[1]][dead].any()   # ... meet zero weight rows
+            narrowed += int((~live).sum())
     assert narrowed > 0                                     # the test model's removals were seen as such
-    other = next(iter(borrowed))
+    other = next(iter(own))
     victim = next(n for n in targets if n.input[0] == other)
     weights[victim.input[1]] = weights[victim.input[1]] + np.float32(1e-3)
-    assert other not in borrow_hessians(proto, weights, targets, tmp_path / "model.onnx", saved)
+    with borrow_factors(proto, weights, targets, tmp_path / "model.onnx", saved) as borrowed:
+        assert other not in borrowed
 
 
 def test_gptq_on_an_encoder(tmp_path):
@@ -509,3 +527,42 @@ def test_lm_head_default_follows_the_mode():
     assert CompileOptions(quantize="int4").lm_head_quantized and CompileOptions(quantize="int8-wo").lm_head_quantized
     assert not CompileOptions(quantize="int8").lm_head_quantized
     assert not CompileOptions(quantize="int4", quantize_lm_head=False).weight_only_config().include_lm_head
+
+
+def test_calibration_feeds_round_trip(tmp_path):
+    """save_feeds / load_feeds (the GPTQ worker's calibration file) give back every feed's arrays, dtypes and
+    shapes, including a decoder's empty past inputs (listed, not stored) and a 0-d input."""
+    from fg_edge.exporters.gptq import load_feeds, save_feeds
+    from fg_edge.exporters.quantize import token_feed
+
+    feeds = [token_feed(np.arange(5 + i)[None], ["input_ids", "attention_mask", "position_ids"], [(3, 8), (1, 8)])
+             for i in range(4)]
+    feeds[2]["scalar"] = np.array(1.5, dtype=np.float32)
+    back = load_feeds(save_feeds(feeds, tmp_path / "cal.npz"))
+    assert [sorted(f) for f in back] == [sorted(f) for f in feeds]
+    for mine, theirs in zip(feeds, back):
+        for name, value in mine.items():
+            assert theirs[name].dtype == value.dtype and theirs[name].shape == value.shape, name
+            assert np.array_equal(theirs[name], value), name
+    with np.load(tmp_path / "cal.npz") as z:
+        assert not any(z[k].size == 0 for k in z.files if k)      # empty arrays are listed, not stored
+
+
+def test_index_map_finds_rows_bitwise_unique_and_in_order():
+    """_index_map (which weights the baseline may borrow for): each row of the small matrix must occur exactly
+    once in the big one, bitwise (-0.0 is not 0.0), at increasing positions."""
+    from fg_edge.exporters.gptq import _index_map
+
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(40, 6)).astype(np.float32)
+    keep = np.array([1, 4, 5, 30])
+    assert np.array_equal(_index_map(big, big[keep]), keep)
+    assert _index_map(big, big[[5, 4]]) is None                     # out of order
+    assert _index_map(big, big[[4]] + np.float32(1e-3)) is None     # not there
+    twin = big.copy()
+    twin[7] = twin[4]
+    assert _index_map(twin, twin[[4]]) is None                      # ambiguous
+    zero = np.zeros((3, 6), dtype=np.float32)
+    zero[1, 0] = 1.0
+    assert _index_map(zero, -zero[[0]]) is None                     # -0.0 rows are other bytes
+    assert _index_map(big, big[:, :5]) is None and len(_index_map(big, big[:0])) == 0

@@ -23,7 +23,15 @@ quantized, along H^-1, so that ||X W - X Q|| stays small rather than ||W - Q||. 
   +5.3 %), in 64-token chunks +2.9 %, in 32-token chunks (the default, GPTQ_CHUNK_TOKENS) +2.6 % (+2.4 % measured
   again since; benchmarks/results/decoder/smollm2_gptq_chunks.json).
 * the lazy-batch width is 128 inputs (or one block when blocks are larger), swept in sub-batches of 16;
-  dampening adds 1 % of the mean diagonal of H; inputs never active in calibration (H[k, k] = 0) get weight 0.
+  dampening adds 1 % of the mean diagonal of H over the swept inputs; inputs never active in calibration
+  (H[k, k] = 0) get weight 0 and, with act-order, are left out of the sweep (nothing couples them to the rest).
+* the dense baseline (baseline.onnx) reads, in every MatMul, what the compiled graph's reads plus inputs the
+  compiler removed, which are 0 or meet zero weight rows; so the compiled graph's run saves each Hessian's factor
+  (HessianFactor: swept inputs, order, upper Cholesky factor of H^-1) and the codes it chose (FactorWriter), and
+  the baseline's borrows them (borrow_factors): no calibration forward and no factorisation of its own, the
+  removed inputs left out of its sweeps, and where the inputs are the same (q / k / v, gate / up) the columns the
+  compiler kept take model.int4.onnx's codes as they are, only the removed ones swept. SmolLM2-135M with 30 %
+  of heads and FFN channels closed: the baseline's GPTQ (borrowing + sweeps) 16.8 -> 7.8 s, same machine, back to back.
 * the node written is the standard `com.microsoft::MatMulNBits` (uint8-packed codes, float scales, packed uint8
   zero points), so it runs on the same fast kernels as RTN files (no zero-point correction as for HQQ).
 """
@@ -37,6 +45,11 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from fg_edge.errors import ConfigError, ExportError
+
+try:                                                # the ufunc itself: np.clip's wrapper costs more than the work
+    from numpy._core.umath import clip as _clip     # in the sweep's per-input steps
+except ImportError:                                 # numpy < 2
+    from numpy.core.umath import clip as _clip
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +79,19 @@ SUB_BATCH = 16
 
 # -- calibration feeds, passed to the quantizer's worker process as an .npz (np.load without pickle) ---------------
 def save_feeds(feeds: Sequence[dict], path: str | Path) -> str:
-    arrays = {f"{i}|{name}": np.ascontiguousarray(v) for i, feed in enumerate(feeds) for name, v in feed.items()}
+    """Write calibration feeds to `path`. Empty arrays (a decoder's past inputs: one per layer, key and value,
+    in every feed) are listed by dtype and shape rather than stored: 128 SmolLM2 feeds are 384 members, not
+    8,064 (1.9 s to read back)."""
+    arrays, empty = {}, []
+    for i, feed in enumerate(feeds):
+        for name, v in feed.items():
+            v = np.asarray(v, order="C")          # (ascontiguousarray makes a 0-d array 1-d)
+            if v.size:
+                arrays[f"{i}|{name}"] = v
+            else:
+                empty.append(f"{i}|{name}|{v.dtype.str}|" + ",".join(str(d) for d in v.shape))
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays, **{"": np.array(empty, dtype=str)})
     return str(path)
 
 
@@ -94,8 +117,12 @@ def load_feeds(path: str | Path) -> list[dict]:
     feeds: dict[int, dict] = {}
     with np.load(str(path), allow_pickle=False) as z:
         for key in z.files:
-            i, _, name = key.partition("|")
-            feeds.setdefault(int(i), {})[name] = z[key]
+            if key:
+                i, _, name = key.partition("|")
+                feeds.setdefault(int(i), {})[name] = z[key]
+        for entry in z[""] if "" in z.files else ():
+            i, name, dtype, shape = str(entry).split("|")
+            feeds.setdefault(int(i), {})[name] = np.zeros([int(d) for d in shape.split(",") if d], dtype=dtype)
     return [feeds[i] for i in sorted(feeds)]
 
 
@@ -241,55 +268,174 @@ def collect_hessians(proto, feeds: Sequence[dict], activations: Sequence[str],
     return {k: (v[0], v[1]) for k, v in hessians.items()}
 
 
-def save_hessians(hessians: Mapping[str, tuple[np.ndarray, int]], path: str | Path) -> str:
-    """Write collect_hessians' result to an .npz (np.load without pickle), for `borrow_hessians`."""
-    names = list(hessians)
-    arrays = {f"h{i}": hessians[n][0] for i, n in enumerate(names)}
-    with open(path, "wb") as fh:
-        np.savez(fh, activations=np.array(names, dtype=str),
-                 rows=np.array([hessians[n][1] for n in names], dtype=np.int64), **arrays)
-    return str(path)
+class HessianFactor:
+    """What GPTQ's sweep needs from the Hessian H (K, K) of one activation, computed once (factor_hessian) and
+    shareable between graphs (FactorWriter / borrow_factors):
+
+    * active (A,): the inputs that GPTQ sweeps, increasing. With act-order, the inputs with H[k, k] > 0: an input
+      never active in calibration is decoupled from the others (its row and column of H are 0), so leaving it out
+      changes nothing for the rest; its weight is set to 0, which every block's grid represents exactly. In order,
+      all K (the textbook rule: such an input gets H[k, k] = 1 and weight 0).
+    * order (A,): the visiting order, as indices into `active` (decreasing H[k, k] with act-order);
+    * hinv (A, A) float32: upper U with (H_active + damping)^-1 = U^T U, rows and columns in visiting order;
+    * importance (A,) float32: the damped H[k, k] of `active`, which the clipped grid search weighs errors by.
+    """
+
+    __slots__ = ("k_dim", "active", "order", "hinv", "importance")
+
+    def __init__(self, k_dim: int, active, order, hinv, importance):
+        self.k_dim, self.active, self.order, self.hinv, self.importance = k_dim, active, order, hinv, importance
+
+    def onto(self, inputs: np.ndarray, k_dim: int) -> "HessianFactor":
+        """This factor for a weight with `k_dim` inputs whose inputs `inputs` (increasing) are this one's, in
+        order, and whose other inputs are never active: the same sweep."""
+        return HessianFactor(k_dim, inputs[self.active], self.order, self.hinv, self.importance)
+
+
+class FactorWriter:
+    """Writes the HessianFactors of one GPTQ run, one activation at a time, into an .npz (np.load without
+    pickle) for `borrow_factors`: a zip of .npy members streamed to disk, so they are never all in memory."""
+
+    def __init__(self, path: str | Path):
+        import zipfile
+
+        self.path = str(path)
+        self._zip = zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._names: list[str] = []
+        self._dims: list[int] = []
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        with self._zip.open(name + ".npy", "w", force_zip64=True) as fh:
+            np.lib.format.write_array(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+    def add(self, activation: str, factor: HessianFactor, nodes: Sequence[tuple[str, int]] = (),
+            result: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> None:
+        """Keep `factor`; with `nodes` ([(MatMul name, its output columns)], in the order their weights were
+        swept side by side) and that sweep's `result` (codes, scales, zero points), also what GPTQ chose, for a
+        graph whose weights hold these columns (BorrowedFactors.take)."""
+        i = len(self._names)
+        arrays = [("a", factor.active), ("o", factor.order), ("u", factor.hinv), ("d", factor.importance)]
+        if result is not None:
+            arrays += [("n", np.array([n for n, _ in nodes], dtype=str)),
+                       ("w", np.array([w for _, w in nodes], dtype=np.int64)),
+                       ("c", result[0]), ("s", result[1]), ("z", result[2])]
+        for key, value in arrays:
+            self._write(f"{key}{i}", value)
+        self._names.append(activation)
+        self._dims.append(factor.k_dim)
+
+    def finish(self, calibration_feeds: int, calibration_tokens: int) -> str:
+        """Complete the file with its index and the calibration it was made from; returns its path."""
+        self._write("activations", np.array(self._names, dtype=str))
+        self._write("k_dims", np.array(self._dims, dtype=np.int64))
+        self._write("calibration", np.array([calibration_feeds, calibration_tokens], dtype=np.int64))
+        self.close()
+        return self.path
+
+    def close(self) -> None:
+        """Close the file (without its index unless `finish` ran: borrow_factors cannot read it then)."""
+        self._zip.close()
 
 
 def _index_map(big: np.ndarray, small: np.ndarray) -> Optional[np.ndarray]:
     """Increasing indices m with big[m] == small (rows, bitwise), or None when some row of `small` is not in
-    `big` or matches more than one row there (ambiguous)."""
-    where: dict[bytes, list[int]] = {}
-    for i, row in enumerate(np.ascontiguousarray(big)):
-        where.setdefault(row.tobytes(), []).append(i)
-    out = []
-    for row in np.ascontiguousarray(small):
-        hits = where.get(row.tobytes(), [])
-        if len(hits) != 1 or (out and hits[0] <= out[-1]):
-            return None
-        out.append(hits[0])
-    return np.array(out, dtype=np.int64)
+    `big` or matches more than one row there (ambiguous). Rows compared as raw bytes, sorted: a 1536-row
+    weight 8 -> 2 ms against a dict of row bytes."""
+    big, small = np.ascontiguousarray(big), np.ascontiguousarray(small)
+    if big.ndim != 2 or small.ndim != 2 or big.shape[1] != small.shape[1] or big.dtype != small.dtype:
+        return None
+    if not small.shape[0]:
+        return np.zeros(0, dtype=np.int64)
+    row = np.dtype((np.void, big.dtype.itemsize * big.shape[1]))
+    big_rows, small_rows = big.view(row).ravel(), small.view(row).ravel()
+    order = np.argsort(big_rows, kind="stable")
+    ranked = big_rows[order]
+    lo, hi = np.searchsorted(ranked, small_rows, side="left"), np.searchsorted(ranked, small_rows, side="right")
+    if np.any(hi - lo != 1):
+        return None
+    found = order[lo].astype(np.int64)
+    return found if np.all(np.diff(found) > 0) else None
 
 
-def _input_map(weight: np.ndarray, source: np.ndarray) -> Optional[np.ndarray]:
+def _sub_matrix_map(weight: np.ndarray, source: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """For a (K, N) MatMul weight and the same MatMul's weight `source` (K', N') in a graph the compiler pruned
-    from the same folded model: the inputs k of `weight` that `source`'s inputs are, in order (source ==
-    weight[map][:, cols] bitwise for some increasing cols), or None when that cannot be shown. Only one of the
-    two dimensions may differ (o_proj / down_proj lose inputs, q / k / v / gate / up outputs)."""
+    from the same folded model: increasing (rows, cols) with source == weight[rows][:, cols] bitwise, or None
+    when that cannot be shown. Only one of the two dimensions may differ (o_proj / down_proj lose inputs, q / k /
+    v / gate / up outputs)."""
+    rows, cols = np.arange(weight.shape[0]), np.arange(weight.shape[1])
     if weight.shape == source.shape:
-        return np.arange(weight.shape[0]) if np.array_equal(weight, source) else None
+        return (rows, cols) if np.array_equal(weight, source) else None
     if weight.shape[1] == source.shape[1]:
-        return _index_map(weight, source)
-    if weight.shape[0] == source.shape[0]:
+        rows = _index_map(weight, source)
+    elif weight.shape[0] == source.shape[0]:
         cols = _index_map(weight.T, source.T)
-        return None if cols is None else np.arange(weight.shape[0])
-    return None
+    else:
+        return None
+    return None if rows is None or cols is None else (rows, cols)
 
 
-def borrow_hessians(proto, weights: Mapping[str, np.ndarray], targets: Sequence, source: str | Path,
-                    saved: str | Path) -> dict[str, tuple[np.ndarray, int]]:
-    """Hessians of `targets`' activations in detached graph `proto` taken from the GPTQ run of graph `source`
-    (`saved`: its save_hessians file), without running this graph: for the dense baseline, whose every MatMul
+class BorrowedFactors:
+    """The HessianFactors borrow_factors showed to apply, read from the saved file when asked for (`take`);
+    a context manager that closes the file."""
+
+    def __init__(self, saved: str | Path, plan: dict[str, tuple[int, np.ndarray, int, dict]]):
+        self._file = np.load(str(saved), allow_pickle=False)
+        self._plan = plan
+        feeds, tokens = (int(v) for v in self._file["calibration"])
+        self.calibration = {"calibration_feeds": feeds, "calibration_tokens": tokens}
+        self.reused_columns = 0
+
+    def __contains__(self, activation: str) -> bool:
+        return activation in self._plan
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def take(self, activation: str, nodes: Sequence[tuple[str, int]]):
+        """(factor, known) for `activation`, read by `nodes` ([(MatMul name, output columns)], their weights side
+        by side in this order). `known`: None, or, when these weights have the source's inputs and the source's
+        sweep result was saved, (columns, codes, scales, zero points): for each of these weights' columns, the
+        source column it is (-1: none), and that source sweep's result. GPTQ gives a column the same codes on the
+        same factor whatever the other columns are, so those are the codes its own sweep would give."""
+        i, inputs, k_dim, cols = self._plan.pop(activation)
+        z = self._file
+        factor = HessianFactor(int(z["k_dims"][i]), z[f"a{i}"], z[f"o{i}"], z[f"u{i}"], z[f"d{i}"])
+        known = None
+        if f"c{i}" in z.files and k_dim == factor.k_dim and np.array_equal(inputs, np.arange(k_dim)):
+            widths = z[f"w{i}"]
+            offset = dict(zip((str(n) for n in z[f"n{i}"]), np.concatenate([[0], np.cumsum(widths)[:-1]])))
+            columns = np.full(sum(w for _, w in nodes), -1, dtype=np.int64)
+            start = 0
+            for name, width in nodes:
+                if name in offset and cols.get(name) is not None:
+                    columns[start + cols[name]] = offset[name] + np.arange(len(cols[name]))
+                start += width
+            if (columns >= 0).any():
+                known = (columns, z[f"c{i}"], z[f"s{i}"], z[f"z{i}"])
+                self.reused_columns += int((columns >= 0).sum())
+        return factor.onto(inputs, k_dim), known
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "BorrowedFactors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def borrow_factors(proto, weights: Mapping[str, np.ndarray], targets: Sequence, source: str | Path,
+                   saved: str | Path) -> BorrowedFactors:
+    """HessianFactors for `targets`' activations in detached graph `proto`, from the GPTQ run of graph `source`
+    (`saved`: its FactorWriter file), without running this graph: for the dense baseline, whose every MatMul
     reads what the same MatMul of the compiled graph reads plus the inputs the compiler removed (a removed input
     is exactly 0, or its weight row is: parity-checked). A target is borrowed when the same-named MatMul of
-    `source` holds a sub-matrix of its weight (`_input_map`); its Hessian is the source's with zeros at the
-    removed inputs, which GPTQ then treats as never active (weight 0: the same function). Returns {activation:
-    (H, rows)} for the activations all of whose MatMuls were shown so; the rest are left to collect_hessians."""
+    `source` holds a sub-matrix of its weight (`_sub_matrix_map`): its Hessian is the source's with zeros at the
+    removed inputs, so its factor is the source's, on the inputs they map to, and GPTQ sweeps the same inputs
+    in the same order (the removed ones get weight 0: the same function). Where the inputs are all the same
+    (q / k / v, gate / up), the columns the source kept also take the codes its sweep chose (see take). Covers
+    the activations all of whose MatMuls were shown so; the rest are left to collect_hessians."""
     import onnx
     from onnx import numpy_helper
 
@@ -308,32 +454,30 @@ def borrow_hessians(proto, weights: Mapping[str, np.ndarray], targets: Sequence,
     by_input: dict[str, list] = {}
     for node in targets:
         by_input.setdefault(node.input[0], []).append(node)
-    out: dict[str, tuple[np.ndarray, int]] = {}
+    plan: dict[str, tuple[int, np.ndarray, int, dict]] = {}
     with np.load(str(saved), allow_pickle=False) as z:
         index = {str(n): i for i, n in enumerate(z["activations"])}
-        rows = z["rows"]
-        for activation, nodes in by_input.items():
-            found = set()
-            for node in nodes:
-                src_activation, src_weight, trans_b = src_nodes.get(node.name, ("", "", False))
-                if src_activation not in index or src_weight not in inits:
-                    break
-                w_src = numpy_helper.to_array(inits[src_weight], base_dir=str(source.parent))
-                mapped = _input_map(weights[node.input[1]], w_src.T if trans_b else w_src)
-                if mapped is None:
-                    break
-                found.add((src_activation, mapped.tobytes()))
-            else:
-                if len(found) == 1:
-                    src_activation, mapped = next(iter(found))
-                    mapped = np.frombuffer(mapped, dtype=np.int64)
-                    h_src = z[f"h{index[src_activation]}"]
-                    k_dim = weights[nodes[0].input[1]].shape[0]
-                    if h_src.shape == (len(mapped), len(mapped)):
-                        h = np.zeros((k_dim, k_dim), dtype=h_src.dtype)
-                        h[np.ix_(mapped, mapped)] = h_src
-                        out[activation] = (h, int(rows[index[src_activation]]))
-    return out
+        k_dims = z["k_dims"]
+    for activation, nodes in by_input.items():
+        found, cols = set(), {}
+        for node in nodes:
+            src_activation, src_weight, trans_b = src_nodes.get(node.name, ("", "", False))
+            if src_activation not in index or src_weight not in inits:
+                break
+            w_src = numpy_helper.to_array(inits[src_weight], base_dir=str(source.parent))
+            mapped = _sub_matrix_map(weights[node.input[1]], w_src.T if trans_b else w_src)
+            if mapped is None:
+                break
+            found.add((src_activation, mapped[0].tobytes()))
+            cols[node.name] = mapped[1]
+        else:
+            if len(found) == 1:
+                src_activation, rows = next(iter(found))
+                rows = np.frombuffer(rows, dtype=np.int64)
+                i = index[src_activation]
+                if int(k_dims[i]) == len(rows):
+                    plan[activation] = (i, rows, weights[nodes[0].input[1]].shape[0], cols)
+    return BorrowedFactors(saved, plan)
 
 
 # -- GPTQ on one weight ------------------------------------------------------------------------------------------
@@ -436,54 +580,90 @@ def upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
     return _upper_triangular_inverse(np.ascontiguousarray(lower[::-1, ::-1]))
 
 
+def factor_hessian(hessian: np.ndarray, percdamp: float = PERCDAMP, act_order: bool = True) -> HessianFactor:
+    """HessianFactor of `hessian` (K, K): dampening adds `percdamp` of the mean H[k, k] over the swept inputs.
+    Raises ExportError when H is not positive definite there."""
+    h = np.array(hessian, dtype=np.float64)
+    k_dim = h.shape[0]
+    diag = np.diag(h)
+    if act_order:
+        active = np.flatnonzero(diag > 0)
+        if active.size < k_dim:
+            h = h[np.ix_(active, active)]
+    else:
+        active = np.arange(k_dim)
+        dead = diag == 0
+        h[dead, dead] = 1.0
+    if active.size:
+        h[np.diag_indices(active.size)] += percdamp * float(np.mean(np.diag(h)))
+    importance = np.diag(h).astype(np.float32)
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(active.size)
+    try:
+        hinv = upper_cholesky_of_inverse(h[np.ix_(order, order)]) if active.size else np.zeros((0, 0))
+    except np.linalg.LinAlgError as exc:
+        raise ExportError(f"GPTQ: the calibration Hessian of a weight with {k_dim} inputs is not positive "
+                          f"definite ({exc}); use more calibration text or --quant-method hqq") from None
+    # the factorisation in float64, the sweep in float32 (like the reference implementation)
+    return HessianFactor(k_dim, active, order, hinv.astype(np.float32), importance)
+
+
 def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, symmetric: bool,
                          percdamp: float = PERCDAMP, act_order: bool = True,
                          clip_search: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GPTQ of a (K, N) MatMul weight with input Hessian (K, K). Returns codes (N, K) uint8, scales and zero
-    points (N, ceil(K / block_size)); dequantized W[k, n] = (codes[n, k] - zero[n, b]) * scale[n, b].
+    """GPTQ of a (K, N) MatMul weight with input Hessian (K, K): gptq_sweep with factor_hessian's factor."""
+    return gptq_sweep(weight, factor_hessian(hessian, percdamp, act_order), bits, block_size, symmetric,
+                      act_order=act_order, clip_search=clip_search)
+
+
+def gptq_sweep(weight: np.ndarray, factor: HessianFactor, bits: int, block_size: int, symmetric: bool,
+               act_order: bool = True, clip_search: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ of a (K, N) MatMul weight given its inputs' HessianFactor. Returns codes (N, K) uint8, scales and
+    zero points (N, ceil(K / block_size)); dequantized W[k, n] = (codes[n, k] - zero[n, b]) * scale[n, b].
 
     act_order: quantize the inputs by decreasing H[k, k] (the most active first, while the most rows are left to
     absorb their error), each block's grid set beforehand from its weights ("static groups": the blocks of
     MatMulNBits are contiguous, not in the visiting order). Without it, inputs go in order and each block's grid
-    is set from its weights as updated when GPTQ reaches it."""
+    is set from its weights as updated when GPTQ reaches it. `factor` must be made with the same act_order."""
     k_dim, n_dim = weight.shape
+    if factor.k_dim != k_dim:
+        raise ExportError(f"GPTQ: a Hessian factor of {factor.k_dim} inputs was given for a ({k_dim}, {n_dim}) "
+                          f"weight")
     maxq = 2**bits - 1
     # the sweep holds the weight input-major, (K, N): each step reads and updates whole contiguous rows (one
     # input's weights across all outputs), the same arithmetic as column access on (N, K) without strided access
     w_in = np.array(weight, dtype=np.float32)        # GPTQ walks the input dimension
-    h = hessian.astype(np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w_in[dead] = 0.0
-    h[np.diag_indices(k_dim)] += percdamp * float(np.mean(np.diag(h)))
+    swept = np.zeros(k_dim, dtype=bool)
+    swept[factor.active] = True
+    w_in[~swept] = 0.0                               # never active: weight 0, exact on every grid
     blocks = -(-k_dim // block_size)
-    order = np.arange(k_dim)
     if act_order:
-        scales, zeros = _grids(w_in.T, bits, symmetric, block_size, np.diag(h) if clip_search else None)
-        order = np.argsort(-np.diag(h), kind="stable")
-        w_in, h = w_in[order], h[np.ix_(order, order)]    # rows in visiting order
+        importance = None
+        if clip_search:
+            importance = np.zeros(k_dim, dtype=np.float32)
+            importance[factor.active] = factor.importance
+        scales, zeros = _grids(w_in.T, bits, symmetric, block_size, importance)
     else:                                            # set during the sweep
         scales = np.zeros((n_dim, blocks), dtype=np.float32)
         zeros = np.zeros((n_dim, blocks), dtype=np.float32)
-    try:
-        hinv = upper_cholesky_of_inverse(h)              # upper U with H^-1 = U^T U
-    except np.linalg.LinAlgError as exc:
-        raise ExportError(f"GPTQ: the calibration Hessian of a ({k_dim}, {n_dim}) weight is not positive "
-                          f"definite ({exc}); use more calibration text or --quant-method hqq") from None
-    # the factorisation in float64, the sweep in float32 (like the reference implementation)
-    hinv = hinv.astype(np.float32)
+    rows = factor.active[factor.order]               # the input visited at each step
+    w_vis = w_in[rows]                               # rows in visiting order
+    hinv = factor.hinv
     scales_in = np.ascontiguousarray(scales.T, dtype=np.float32)             # (blocks, N)
     zeros_in = np.ascontiguousarray(zeros.T, dtype=np.float32)
-    group = order // block_size                     # the block of each visited input
+    group = rows // block_size                      # the block of each visited input
     codes_in = np.zeros((k_dim, n_dim), dtype=np.uint8)
+    if not swept.all():                              # 0 quantizes to its block's zero point
+        codes_in[~swept] = zeros_in[np.flatnonzero(~swept) // block_size]
     lazy = max(LAZY_BATCH, block_size)               # a multiple of block_size: in order, a block lies in one batch
     # in order, a block's grid is set from its rows as updated so far: a sub-batch must not straddle a block start
     sub = SUB_BATCH if act_order or block_size % SUB_BATCH == 0 else block_size
-    for b0 in range(0, k_dim, lazy):
-        b1 = min(b0 + lazy, k_dim)
-        w1 = w_in[b0:b1].copy()
+    count = rows.size
+    for b0 in range(0, count, lazy):
+        b1 = min(b0 + lazy, count)
+        w1 = w_vis[b0:b1].copy()
         err = np.zeros_like(w1)
         u1 = hinv[b0:b1, b0:b1]
+        q = np.empty(n_dim, dtype=np.float32)
         for s0 in range(0, b1 - b0, sub):
             s1 = min(s0 + sub, b1 - b0)
             for j in range(s0, s1):
@@ -492,13 +672,16 @@ def gptq_quantize_weight(weight: np.ndarray, hessian: np.ndarray, bits: int, blo
                     grid = _grids(w1[j:j + block_size].T, bits, symmetric, block_size)
                     scales[:, g], zeros[:, g] = grid[0][:, 0], grid[1][:, 0]
                     scales_in[g], zeros_in[g] = scales[:, g], zeros[:, g]
-                q = np.clip(np.round(w1[j] / scales_in[g]) + zeros_in[g], 0, maxq)
-                codes_in[order[b0 + j]] = q
+                np.divide(w1[j], scales_in[g], out=q)
+                np.round(q, out=q)
+                q += zeros_in[g]
+                _clip(q, 0, maxq, out=q)
+                codes_in[rows[b0 + j]] = q
                 e = (w1[j] - (q - zeros_in[g]) * scales_in[g]) / u1[j, j]
                 w1[j:s1] -= u1[j, j:s1, None] * e[None, :]
                 err[j] = e
             w1[s1:] -= u1[s0:s1, s1:].T @ err[s0:s1]     # the sub-batch's errors, spread in one product
-        w_in[b1:] -= hinv[b0:b1, b1:].T @ err
+        w_vis[b1:] -= hinv[b0:b1, b1:].T @ err
     codes = np.ascontiguousarray(codes_in.T)
     return codes, scales, zeros.astype(np.uint8)
 
@@ -536,71 +719,110 @@ def _matmul_nbits(node, k_dim: int, n_dim: int, codes, scales, zeros, bits: int,
     return q, tensors
 
 
-def gptq_quantize_graph(proto, weights: dict, feeds: Sequence[dict], *, bits: int, block_size: int,
-                        symmetric: bool, accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True,
+def _sweep_unknown(weight: np.ndarray, factor: HessianFactor, known, bits: int, block_size: int, symmetric: bool,
+                   act_order: bool, clip_search: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gptq_sweep of `weight`, taking the columns BorrowedFactors.take's `known` holds from there."""
+    if known is None:
+        return gptq_sweep(weight, factor, bits, block_size, symmetric, act_order=act_order, clip_search=clip_search)
+    columns, src_codes, src_scales, src_zeros = known
+    hit = columns >= 0
+    codes = np.empty((weight.shape[1], weight.shape[0]), dtype=np.uint8)
+    scales = np.empty((weight.shape[1], src_scales.shape[1]), dtype=np.float32)
+    zeros = np.empty(scales.shape, dtype=np.uint8)
+    codes[hit], scales[hit], zeros[hit] = src_codes[columns[hit]], src_scales[columns[hit]], src_zeros[columns[hit]]
+    if not hit.all():
+        rest = gptq_sweep(weight[:, ~hit], factor, bits, block_size, symmetric, act_order=act_order,
+                          clip_search=clip_search)
+        codes[~hit], scales[~hit], zeros[~hit] = rest
+    return codes, scales, zeros
+
+
+def gptq_quantize_graph(proto, weights: dict, feeds, *, bits: int, block_size: int, symmetric: bool,
+                        accuracy_level: int, exclude: Sequence[str] = (), act_order: bool = True,
                         clip_search: bool = True, save_to: Optional[str] = None,
                         borrow: Optional[tuple[str, str]] = None) -> dict:
     """Replace every targeted MatMul of detached graph `proto` (gptq_targets) by a GPTQ MatMulNBits node, in
     place; `weights` (its initializers, detach_initializers) loses the targets' float weights and gains the new
-    nodes' codes, scales and zero points. Returns counts for the report.
+    nodes' codes, scales and zero points. `feeds`: the calibration feeds, or a function that returns them (called
+    only when some Hessian must be collected). Returns counts for the report.
 
-    save_to: also write the Hessians to this .npz (save_hessians); borrow: (source graph, its saved Hessians):
-    take what borrow_hessians can show from there and collect only the rest."""
+    save_to: also write the Hessians' factors to this .npz (FactorWriter); borrow: (source graph, its saved
+    factors): take what borrow_factors can show from there and collect only the rest."""
+    import contextlib
     import time
 
     from onnx import helper
 
-    if not feeds:
-        raise ConfigError("--quant-method gptq needs calibration text: pass --calibration FILE (plain text, or a "
-                          "TSV/CSV/JSONL file with a 'text' column), or train from a data file training.json records")
     t0 = time.perf_counter()
     targets = gptq_targets(proto, exclude, weights)
-    hessians = borrow_hessians(proto, weights, targets, *borrow) if borrow else {}
-    borrowed = len(hessians)
-    rest = [n.input[0] for n in targets if n.input[0] not in hessians]
-    if rest:
-        hessians.update(collect_hessians(proto, feeds, rest, weights))
-    if save_to:
-        save_hessians(hessians, save_to)
-    t1 = time.perf_counter()
-    graph = proto.graph
-    by_input: dict[str, list] = {}
-    for node in targets:
-        by_input.setdefault(node.input[0], []).append(node)
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in set(node.input):
-            readers[name] = readers.get(name, 0) + 1
-    for activation, nodes in by_input.items():
-        # the MatMuls that read one activation share its Hessian, and GPTQ treats output columns independently:
-        # one run over their weights side by side (q / k / v, gate / up) gives each what its own run would
-        mats = [weights[n.input[1]] for n in nodes]
-        h, _ = hessians.pop(activation)
-        codes, scales, zeros = gptq_quantize_weight(np.concatenate(mats, axis=1), h, bits, block_size, symmetric,
-                                                    act_order=act_order, clip_search=clip_search)
-        start = 0
-        for node, weight in zip(nodes, mats):
-            n_dim = weight.shape[1]
-            part = slice(start, start + n_dim)
-            start += n_dim
-            q, tensors = _matmul_nbits(node, weight.shape[0], n_dim, codes[part], scales[part], zeros[part], bits,
-                                       block_size, symmetric, accuracy_level)
-            graph.node.insert(list(graph.node).index(node), q)
-            graph.node.remove(node)
-            readers[node.input[1]] -= 1
-            if not readers[node.input[1]]:
-                weights.pop(node.input[1])     # a weight nothing else reads: its memory goes now
-            weights.update(tensors)
+    activations = list(dict.fromkeys(n.input[0] for n in targets))
+    with contextlib.ExitStack() as stack:
+        borrowed = (stack.enter_context(borrow_factors(proto, weights, targets, *borrow)) if borrow else {})
+        n_borrowed = len(borrowed)
+        rest = [a for a in activations if a not in borrowed]
+        hessians: dict = {}
+        calibration = getattr(borrowed, "calibration", None)
+        if rest or calibration is None:
+            feeds = feeds() if callable(feeds) else feeds
+            if not feeds:
+                raise ConfigError("--quant-method gptq needs calibration text: pass --calibration FILE (plain text, "
+                                  "or a TSV/CSV/JSONL file with a 'text' column), or train from a data file "
+                                  "training.json records")
+            calibration = {"calibration_feeds": len(feeds),
+                           "calibration_tokens": int(sum(np.asarray(f["input_ids"]).size for f in feeds))}
+        if rest:
+            hessians = collect_hessians(proto, feeds, rest, weights)
+        del feeds
+        writer = stack.enter_context(contextlib.closing(FactorWriter(save_to))) if save_to else None
+        t1 = time.perf_counter()
+        graph = proto.graph
+        by_input: dict[str, list] = {}
+        for node in targets:
+            by_input.setdefault(node.input[0], []).append(node)
+        readers: dict[str, int] = {}
+        for node in graph.node:
+            for name in set(node.input):
+                readers[name] = readers.get(name, 0) + 1
+        for activation, nodes in by_input.items():
+            # the MatMuls that read one activation share its Hessian, and GPTQ treats output columns
+            # independently: one sweep over their weights side by side (q / k / v, gate / up) gives each what its
+            # own sweep would
+            mats = [weights[n.input[1]] for n in nodes]
+            layout = [(n.name, w.shape[1]) for n, w in zip(nodes, mats)]
+            known = None
+            if activation in borrowed:
+                factor, known = borrowed.take(activation, layout)
+            else:
+                factor = factor_hessian(hessians.pop(activation)[0], act_order=act_order)
+            codes, scales, zeros = _sweep_unknown(np.concatenate(mats, axis=1), factor, known, bits, block_size,
+                                                  symmetric, act_order, clip_search)
+            if writer is not None:
+                writer.add(activation, factor, layout, (codes, scales, zeros))
+            del factor, known
+            start = 0
+            for node, weight in zip(nodes, mats):
+                n_dim = weight.shape[1]
+                part = slice(start, start + n_dim)
+                start += n_dim
+                q, tensors = _matmul_nbits(node, weight.shape[0], n_dim, codes[part], scales[part], zeros[part],
+                                           bits, block_size, symmetric, accuracy_level)
+                graph.node.insert(list(graph.node).index(node), q)
+                graph.node.remove(node)
+                readers[node.input[1]] -= 1
+                if not readers[node.input[1]]:
+                    weights.pop(node.input[1])     # a weight nothing else reads: its memory goes now
+                weights.update(tensors)
+        if writer is not None:
+            writer.finish(**calibration)
     t2 = time.perf_counter()
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    tokens = int(sum(np.asarray(f["input_ids"]).size for f in feeds))
-    activations = len({n.input[0] for n in targets})
     log.info("GPTQ: %d MatMul(s) quantized to %d bits on %d calibration feed(s), %d tokens (activations %.1f s, "
-             "%d of %d Hessians borrowed; quantization %.1f s)", len(targets), bits, len(feeds), tokens, t1 - t0,
-             borrowed, activations, t2 - t1)
-    return {"nodes": len(targets), "calibration_feeds": len(feeds), "calibration_tokens": tokens,
+             "%d of %d Hessians borrowed; quantization %.1f s)", len(targets), bits, calibration["calibration_feeds"],
+             calibration["calibration_tokens"], t1 - t0, n_borrowed, len(activations), t2 - t1)
+    return {"nodes": len(targets), **calibration,
             "percdamp": PERCDAMP, "lazy_batch": LAZY_BATCH, "act_order": act_order, "clip_search": clip_search,
-            "hessians": {"activations": activations, "borrowed": borrowed,
-                         "borrowed_from": Path(borrow[0]).name if borrow else None},
+            "hessians": {"activations": len(activations), "borrowed": n_borrowed,
+                         "borrowed_from": Path(borrow[0]).name if borrow else None,
+                         "columns_reused": getattr(borrowed, "reused_columns", 0)},
             "seconds": {"activations": round(t1 - t0, 1), "quantization": round(t2 - t1, 1)}}

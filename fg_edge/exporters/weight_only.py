@@ -264,12 +264,13 @@ def _count_ops(proto) -> dict[str, int]:
 
 
 def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[WeightOnlyConfig] = None,
-                         calibration: Optional[str] = None, save_hessians: Optional[str] = None,
-                         borrow_hessians: Optional[Sequence[str]] = None, **settings) -> dict:
+                         calibration: Optional[str] = None, save_factors: Optional[str] = None,
+                         borrow_factors: Optional[Sequence[str]] = None, **settings) -> dict:
     """Weight-only quantization of `src` into `dst` (MatMulNBits; see the module docstring); `config` or its
     fields as keyword settings; `calibration`: the feeds of method gptq (an .npz of fg_edge.exporters.gptq.
-    save_feeds); gptq only: `save_hessians` (.npz path) keeps its Hessians for a later graph, `borrow_hessians`
-    ([graph, .npz]) takes that graph's where they provably apply (fg_edge.exporters.gptq.borrow_hessians).
+    save_feeds, read only when some Hessian must be collected); gptq only: `save_factors` (.npz path) keeps the
+    factors of its Hessians for a later graph, `borrow_factors` ([graph, .npz]) takes that graph's where they
+    provably apply (fg_edge.exporters.gptq.borrow_factors).
     Returns the settings used, as recorded in compile_report.json."""
     import onnx
 
@@ -297,11 +298,11 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
                                                     load_feeds)
 
                 proto, weights = detach_initializers(proto)     # the old proto is dropped: weights held once
-                gptq = gptq_quantize_graph(proto, weights, load_feeds(calibration), bits=config.bits,
+                gptq = gptq_quantize_graph(proto, weights, lambda: load_feeds(calibration), bits=config.bits,
                                            block_size=config.block_size, symmetric=config.symmetric,
                                            accuracy_level=config.accuracy_level, exclude=exclude,
-                                           save_to=save_hessians,
-                                           borrow=tuple(borrow_hessians) if borrow_hessians else None)
+                                           save_to=save_factors,
+                                           borrow=tuple(borrow_factors) if borrow_factors else None)
                 attach_initializers(proto, weights)
                 # ORT's quantizer only wraps the graph here (and quantizes the head below): nothing else is left
                 quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
@@ -350,14 +351,14 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
 
 
 def quantize_weight_only_isolated(src: str | Path, dst: str | Path, config: WeightOnlyConfig,
-                                  calibration: Optional[str] = None, save_hessians: Optional[str] = None,
-                                  borrow_hessians: Optional[Sequence[str]] = None) -> dict:
+                                  calibration: Optional[str] = None, save_factors: Optional[str] = None,
+                                  borrow_factors: Optional[Sequence[str]] = None) -> dict:
     """`quantize_weight_only` in a fresh Python process (fg_edge.exporters.isolated), so the protobuf copy of the
     weights does not add to the torch process's peak. Returns its settings."""
     from fg_edge.exporters.isolated import run_isolated
 
     return run_isolated("fg_edge.exporters.weight_only:quantize_weight_only",
                         f"weight-only quantization of {Path(src).name}", src=str(src), dst=str(dst),
-                        calibration=calibration, save_hessians=save_hessians,
-                        borrow_hessians=list(borrow_hessians) if borrow_hessians else None,
+                        calibration=calibration, save_factors=save_factors,
+                        borrow_factors=list(borrow_factors) if borrow_factors else None,
                         **config.validate().to_dict())

@@ -113,10 +113,10 @@ def _position_limit(tmp: Path):
     return position_limit(json.loads(path.read_text())) if path.is_file() else None
 
 
-def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, save_hessians=None,
-                  borrow_hessians=None) -> dict:
+def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, save_factors=None,
+                  borrow_factors=None) -> dict:
     """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq / gptq calibration, built for this graph;
-    gptq: `save_hessians` / `borrow_hessians` as quantize_weight_only takes them); the settings used."""
+    gptq: `save_factors` / `borrow_factors` as quantize_weight_only takes them); the settings used."""
     from fg_edge.exporters.quantize import QuantizeConfig, quantize_int8_dynamic_isolated, quantize_qdq_static
     from fg_edge.exporters.weight_only import quantize_weight_only_isolated
 
@@ -129,8 +129,8 @@ def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, s
         calib = tmp.parent / f"{tmp.name}.{g}.calibration.npz"     # beside the output folder, never in it
         try:
             return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config(),
-                                                 calibration=save_feeds(feeds, calib), save_hessians=save_hessians,
-                                                 borrow_hessians=borrow_hessians)
+                                                 calibration=save_feeds(feeds, calib), save_factors=save_factors,
+                                                 borrow_factors=borrow_factors)
         finally:
             calib.unlink(missing_ok=True)
     config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.lm_head_quantized)
@@ -155,8 +155,9 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
     packed = gptq and kind == "causal-lm"
     chunk = min(GPTQ_CHUNK_TOKENS, _position_limit(tmp) or GPTQ_CHUNK_TOKENS)
     # GPTQ: the compiled graph's Hessians (its inputs are what the baseline's MatMuls read, less the removed
-    # inputs) serve the dense baseline too, so the baseline's calibration forward runs only for what they miss
-    hessians = tmp.parent / f"{tmp.name}.hessians.npz" if gptq and graphs[:2] == ["model.onnx", "baseline.onnx"] \
+    # inputs) serve the dense baseline too, factored once: the baseline's calibration forward and factorisations
+    # run only for what they miss
+    factors = tmp.parent / f"{tmp.name}.gptq-factors.npz" if gptq and graphs[:2] == ["model.onnx", "baseline.onnx"] \
         else None
     try:
         for g in graphs:
@@ -168,9 +169,9 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
                          else calibration_feeds(calib[0], tokenizer, info.input_names, kv, CALIBRATION_MAX_LENGTH))
                 if gptq:
                     feeds = _first_tokens(feeds, GPTQ_CALIBRATION_TOKENS)
-            share = {} if hessians is None else (
-                {"save_hessians": str(hessians)} if g == "model.onnx" else
-                {"borrow_hessians": [str(tmp / "model.onnx"), str(hessians)]} if g == "baseline.onnx" else {})
+            share = {} if factors is None else (
+                {"save_factors": str(factors)} if g == "model.onnx" else
+                {"borrow_factors": [str(tmp / "model.onnx"), str(factors)]} if g == "baseline.onnx" else {})
             result["settings"] = _quantize_one(tmp, g, dst, options, feeds, **share)
             release()
             entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
@@ -182,8 +183,8 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
             release()
             result["files"][dst] = entry
     finally:
-        if hessians is not None:
-            hessians.unlink(missing_ok=True)
+        if factors is not None:
+            factors.unlink(missing_ok=True)
     if eval_data is not None and kind != "causal-lm":
         metric = {"data": eval_data.source, "rows": len(eval_data), "metric": "accuracy"}
         for g in graphs:
