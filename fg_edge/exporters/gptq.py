@@ -755,13 +755,15 @@ def gptq_quantize_graph(proto, weights: dict, feeds, *, bits: int, block_size: i
 
     t0 = time.perf_counter()
     targets = gptq_targets(proto, exclude, weights)
-    activations = list(dict.fromkeys(n.input[0] for n in targets))
+    by_input: dict[str, list] = {}
+    for node in targets:
+        by_input.setdefault(node.input[0], []).append(node)
     with contextlib.ExitStack() as stack:
-        borrowed = (stack.enter_context(borrow_factors(proto, weights, targets, *borrow)) if borrow else {})
-        n_borrowed = len(borrowed)
-        rest = [a for a in activations if a not in borrowed]
+        borrowed = stack.enter_context(borrow_factors(proto, weights, targets, *borrow)) if borrow else None
+        n_borrowed = len(borrowed) if borrowed is not None else 0
+        rest = [a for a in by_input if borrowed is None or a not in borrowed]
         hessians: dict = {}
-        calibration = getattr(borrowed, "calibration", None)
+        calibration = borrowed.calibration if borrowed is not None else None
         if rest or calibration is None:
             feeds = feeds() if callable(feeds) else feeds
             if not feeds:
@@ -776,9 +778,6 @@ def gptq_quantize_graph(proto, weights: dict, feeds, *, bits: int, block_size: i
         writer = stack.enter_context(contextlib.closing(FactorWriter(save_to))) if save_to else None
         t1 = time.perf_counter()
         graph = proto.graph
-        by_input: dict[str, list] = {}
-        for node in targets:
-            by_input.setdefault(node.input[0], []).append(node)
         readers: dict[str, int] = {}
         for node in graph.node:
             for name in set(node.input):
@@ -790,7 +789,7 @@ def gptq_quantize_graph(proto, weights: dict, feeds, *, bits: int, block_size: i
             mats = [weights[n.input[1]] for n in nodes]
             layout = [(n.name, w.shape[1]) for n, w in zip(nodes, mats)]
             known = None
-            if activation in borrowed:
+            if borrowed is not None and activation in borrowed:
                 factor, known = borrowed.take(activation, layout)
             else:
                 factor = factor_hessian(hessians.pop(activation)[0], act_order=act_order)
@@ -819,10 +818,10 @@ def gptq_quantize_graph(proto, weights: dict, feeds, *, bits: int, block_size: i
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     log.info("GPTQ: %d MatMul(s) quantized to %d bits on %d calibration feed(s), %d tokens (activations %.1f s, "
              "%d of %d Hessians borrowed; quantization %.1f s)", len(targets), bits, calibration["calibration_feeds"],
-             calibration["calibration_tokens"], t1 - t0, n_borrowed, len(activations), t2 - t1)
+             calibration["calibration_tokens"], t1 - t0, n_borrowed, len(by_input), t2 - t1)
     return {"nodes": len(targets), **calibration,
             "percdamp": PERCDAMP, "lazy_batch": LAZY_BATCH, "act_order": act_order, "clip_search": clip_search,
-            "hessians": {"activations": len(activations), "borrowed": n_borrowed,
+            "hessians": {"activations": len(by_input), "borrowed": n_borrowed,
                          "borrowed_from": Path(borrow[0]).name if borrow else None,
-                         "columns_reused": getattr(borrowed, "reused_columns", 0)},
+                         "columns_reused": borrowed.reused_columns if borrowed is not None else 0},
             "seconds": {"activations": round(t1 - t0, 1), "quantization": round(t2 - t1, 1)}}
