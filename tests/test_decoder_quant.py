@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import tiny_tokenizer
@@ -54,6 +55,14 @@ def test_int4_compile_writes_both_quantized_graphs_and_their_quality(int4_dir):
         assert entry["greedy_tokens"] == 8 * len(q["quality"]["prompts"]) and entry["perplexity"] > 1
         assert entry["max_abs_logit_diff"] < 0.2 and entry["flagged"] is (bool(entry["flag_reasons"]))
     assert q["quality"]["eval_text"] == str(eval_txt) and q["quality"]["new_tokens"] == 8
+    # mixed precision (default edges): layer 0's v and down projections in 8 bits, in both graphs alike
+    mixed = q["settings"]["mixed_bits"]
+    assert mixed["policy"] == "edges" and mixed["layers"] == [0] and len(mixed["nodes"]) == 2
+    for name in ("model.int4.onnx", "baseline.int4.onnx"):
+        bits = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
+                for n in onnx.load(str(out / name), load_external_data=False).graph.node
+                if n.op_type == "MatMulNBits"}
+        assert [bits[n + "_Q8"] for n in mixed["nodes"]] == [8, 8] and list(bits.values()).count(4) >= 5
     row = next(r for r in report["summary"] if r["file"] == "model.int4.onnx")
     assert "greedy_agreement" in row and "perplexity_change" in row
     assert "quality vs fp32" in output and "greedy" in output and "\x1b[" not in output   # no colour off a tty

@@ -506,6 +506,7 @@ def test_embedding_left_fp32_when_hidden_does_not_fit_blocks():
     (dict(accuracy_level=5), "--accuracy-level 5"), (dict(method="awq"), "--quant-method 'awq'"),
     (dict(method="hqq", symmetric=True), "drop --symmetric"),
     (dict(bits=3), "use 4"), (dict(lm_head_bits=2), "--lm-head-bits 2"),
+    (dict(mixed_bits="all"), "--mixed-bits 'all'"),
 ])
 def test_bad_weight_only_settings_name_the_option(settings, match):
     with pytest.raises(ConfigError, match=match):
@@ -622,3 +623,81 @@ def test_gptq_columns_are_independent_given_the_factor():
     full, part = gptq_sweep(w, factor, 4, 32, False), gptq_sweep(w[:, cols], factor, 4, 32, False)
     assert np.array_equal(full[1][cols], part[1]) and np.array_equal(full[2][cols], part[2])
     assert (full[0][cols] == part[0]).mean() > 0.995
+
+
+# -- mixed precision (fg_edge.exporters.mixed_bits) ---------------------------------------------------------
+def test_mixed_bits_layers_follow_the_llama_cpp_rule():
+    from fg_edge.exporters.mixed_bits import promoted_layers
+
+    assert promoted_layers(30, "edges") == [0, 1, 2, 3, 27, 28, 29]
+    assert promoted_layers(32, "edges") == [0, 1, 2, 3, 28, 29, 30, 31]
+    # ORT GenAI's mixed_layers / llama.cpp's use_more_bits, written out for 32 layers
+    assert promoted_layers(32, "llama.cpp") == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert promoted_layers(2, "edges") == [0] and promoted_layers(30, "none") == [] == promoted_layers(0, "edges")
+
+
+def test_mixed_bits_picks_value_and_ffn_output_matmuls_by_module_path():
+    """Named by `/<layers>.<i>/<module>/` with a constant weight; the layer count from the names."""
+    from fg_edge.exporters.mixed_bits import layer_modules, promoted_nodes
+
+    layout = layer_modules(ARCHITECTURES["llama"].to_dict())
+    assert layout == {"layers": "layers", "modules": ["self_attn.v_proj", "mlp.down_proj"]}
+    assert layer_modules(ARCHITECTURES["gpt2"].to_dict())["modules"] == ["attn.c_attn", "mlp.c_proj"]
+    assert layer_modules(None) is None
+    nodes, inits = [], []
+    for i in range(16):
+        for module in ("self_attn/q_proj", "self_attn/v_proj", "mlp/down_proj", "mlp/up_proj"):
+            w = f"w{i}{module}"
+            inits.append(numpy_helper.from_array(np.zeros((2, 2), np.float32), w))
+            nodes.append(helper.make_node("MatMul", ["x", w], [f"y{i}{module}"],
+                                          name=f"/model/model/layers.{i}/{module}/MatMul"))
+    nodes.append(helper.make_node("MatMul", ["x", "x"], ["z"], name="/model/model/layers.0/mlp/down_proj/MatMul_1"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2])], initializer=inits)
+    got = promoted_nodes(helper.make_model(graph), "edges", layout)
+    assert got["n_layers"] == 16 and got["layers"] == [0, 1, 14, 15]
+    assert got["names"] == [f"/model/model/layers.{i}/{m}/MatMul" for i in (0, 1, 14, 15)
+                            for m in ("self_attn/v_proj", "mlp/down_proj")]
+    assert promoted_nodes(helper.make_model(graph), "none", layout)["names"] == []
+    assert promoted_nodes(helper.make_model(graph), "edges", None)["names"] == []
+
+
+@pytest.mark.parametrize("model_type,method", [("llama", "hqq"), ("llama", "gptq"), ("gpt2", "rtn")])
+def test_mixed_bits_keeps_promoted_matmuls_in_8_bits(tmp_path, model_type, method):
+    """The promoted MatMuls are 8-bit RTN symmetric (the LM head's pass), every other projection in the int4
+    method; `none` or no layout keeps the whole body in 4 bits."""
+    from fg_edge.exporters.gptq import packed_decoder_feeds, save_feeds
+    from fg_edge.exporters.mixed_bits import layer_modules
+
+    gated, info = _exported(tmp_path, model_type)
+    layout = layer_modules(ARCHITECTURES[model_type].to_dict())
+    extra = {}
+    if method == "gptq":
+        texts = [" ".join(f"w{(i * 7 + j) % 31}" for j in range(12)) for i in range(40)]
+        feeds = packed_decoder_feeds(texts, _WordTokenizer(), info.input_names, _kv_shapes(tmp_path / "model.onnx"),
+                                     chunk=32, max_tokens=400)
+        extra["calibration"] = save_feeds(feeds, tmp_path / "cal.npz")
+
+    def bits(path):
+        return {n.name: {a.name: helper.get_attribute_value(a) for a in n.attribute}["bits"]
+                for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"}
+
+    settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "q.onnx", method=method, layout=layout,
+                                    **extra)
+    mixed = settings["mixed_bits"]
+    assert mixed["policy"] == "edges" and mixed["layers"] == [0] and mixed["of_layers"] == 2    # 1 >= 7 * 2 / 8
+    assert len(mixed["nodes"]) == 2 and "skipped" not in mixed                  # v (or qkv) and FFN out
+    got = bits(tmp_path / "q.onnx")
+    promoted = {n + "_Q8" for n in mixed["nodes"]}
+    assert promoted <= set(got) and all(got[n] == 8 for n in promoted)
+    assert {b for n, b in got.items() if n not in promoted and n != LM_HEAD_NODE + "_Q8"} == {4}
+    if method == "gptq":
+        assert settings["gptq"]["nodes"] == len(got) - 1 - len(promoted)     # GPTQ leaves them to the 8-bit pass
+    res = check_onnx_parity(gated, tmp_path / "q.onnx", kind=info.kind, steps=4, raise_on_fail=False)
+    assert res["max_abs_diff"] < BOUND[4], res
+    for kwargs in (dict(mixed_bits="none", layout=layout), dict()):
+        settings = quantize_weight_only(tmp_path / "model.onnx", tmp_path / "n.onnx", method=method, **kwargs,
+                                        **extra)
+        assert settings["mixed_bits"]["nodes"] == [] and ("skipped" in settings["mixed_bits"]) is \
+            ("layout" not in kwargs)
+        assert {b for n, b in bits(tmp_path / "n.onnx").items() if n != LM_HEAD_NODE + "_Q8"} == {4}

@@ -41,6 +41,7 @@ import numpy as np
 
 from fg_edge.errors import ConfigError, ExportError
 from fg_edge.exporters.graph_rewrites import LM_HEAD_NODE
+from fg_edge.exporters.mixed_bits import DEFAULT_POLICY, POLICIES, PROMOTED_BITS
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class WeightOnlyConfig:
     include_embedding: bool = False
     #: hqq: float zero points -> integer ones + an exact correction (fast kernels); False keeps the floats
     integer_zero_points: bool = True
+    #: 4 bits: which MatMuls keep 8-bit weights (fg_edge.exporters.mixed_bits: edges, llama.cpp, none); it
+    #: needs the layer layout (quantize_weight_only's `layout`), without which nothing is promoted
+    mixed_bits: str = DEFAULT_POLICY
 
     def validate(self) -> "WeightOnlyConfig":
         if self.bits not in (4, 8):
@@ -86,6 +90,8 @@ class WeightOnlyConfig:
                               f"3 (bf16) or 4 (int8 compute, fastest on CPU)")
         if self.lm_head_bits not in (4, 8):
             raise ConfigError(f"--lm-head-bits {self.lm_head_bits}: use 4 or 8")
+        if self.mixed_bits not in POLICIES:
+            raise ConfigError(f"--mixed-bits {self.mixed_bits!r}: use one of {', '.join(POLICIES)}")
         if self.method not in METHODS:
             raise ConfigError(f"--quant-method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.method == "hqq" and self.symmetric:
@@ -265,14 +271,18 @@ def _count_ops(proto) -> dict[str, int]:
 
 def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[WeightOnlyConfig] = None,
                          calibration: Optional[str] = None, save_factors: Optional[str] = None,
-                         borrow_factors: Optional[Sequence[str]] = None, **settings) -> dict:
+                         borrow_factors: Optional[Sequence[str]] = None, layout: Optional[dict] = None,
+                         **settings) -> dict:
     """Weight-only quantization of `src` into `dst` (MatMulNBits; see the module docstring); `config` or its
     fields as keyword settings; `calibration`: the feeds of method gptq (an .npz of fg_edge.exporters.gptq.
     save_feeds, read only when some Hessian must be collected); gptq only: `save_factors` (.npz path) keeps the
     factors of its Hessians for a later graph, `borrow_factors` ([graph, .npz]) takes that graph's where they
-    provably apply (fg_edge.exporters.gptq.borrow_factors).
+    provably apply (fg_edge.exporters.gptq.borrow_factors); `layout`: the layers and the v / FFN output modules
+    (fg_edge.exporters.mixed_bits.layer_modules) that config.mixed_bits picks 8-bit MatMuls from.
     Returns the settings used, as recorded in compile_report.json."""
     import onnx
+
+    from fg_edge.exporters.mixed_bits import describe, promoted_nodes
 
     if config is not None and settings:
         raise ConfigError(f"pass a WeightOnlyConfig or its settings, not both (got {sorted(settings)})")
@@ -284,6 +294,7 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
     tied = materialize_tied_lm_head(proto) if config.include_lm_head else False
     extra = quantize_embedding(proto, config) if config.include_embedding else {"embedding": "fp32"}
     head_bits = config.lm_head_bits if config.bits == 4 else 8
+    promoted = promoted_nodes(proto, config.mixed_bits if config.bits == 4 else "none", layout)
     if config.method == "gptq" and not calibration:
         raise ConfigError("--quant-method gptq needs calibration text (--calibration FILE, or the training data "
                           "training.json records)")
@@ -292,7 +303,8 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
         with _nbits_module() as nbits, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)    # HQQ: torch.from_numpy on a read-only array
             same_head = config.include_lm_head and head_bits == config.bits
-            exclude = [] if same_head else [LM_HEAD_NODE]
+            # the promoted MatMuls are left to the 8-bit pass below (with the head, unless the head is 4-bit)
+            exclude = ([] if same_head else [LM_HEAD_NODE]) + promoted["names"]
             if config.method == "gptq":
                 from fg_edge.exporters.gptq import (attach_initializers, detach_initializers, gptq_quantize_graph,
                                                     load_feeds)
@@ -311,10 +323,13 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
                 quantizer = nbits.MatMulNBitsQuantizer(proto, algo_config=_algo_config(nbits, config),
                                                        nodes_to_exclude=exclude)
                 quantizer.process()
-            if config.include_lm_head and not same_head:
+            eight_bit_head = config.include_lm_head and not same_head
+            if eight_bit_head or promoted["names"]:
                 # second pass: every other MatMul with a constant weight is MatMulNBits by now, so only the head
-                head = replace(config, bits=head_bits, method="rtn", symmetric=True)
-                quantizer = nbits.MatMulNBitsQuantizer(quantizer.model.model, algo_config=_algo_config(nbits, head))
+                # (8 bits when not the body's) and the promoted MatMuls are left: 8-bit RTN, symmetric
+                eight = replace(config, bits=PROMOTED_BITS, method="rtn", symmetric=True)
+                quantizer = nbits.MatMulNBitsQuantizer(quantizer.model.model, algo_config=_algo_config(nbits, eight),
+                                                       nodes_to_exclude=[] if eight_bit_head else [LM_HEAD_NODE])
                 quantizer.process()
             zero_points = {"nodes": 0}
             if config.method == "hqq" and config.integer_zero_points:    # last: its MatMuls stay float
@@ -338,21 +353,31 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
                          + ("symmetric" if config.symmetric else "asymmetric (zero point per block)"),
               "activations": "float" + (", int8 per block inside the kernel (accuracy_level 4)"
                                         if config.accuracy_level == 4 else ""),
-              "lm_head": head, **extra, "gemm_rewritten_to_matmul": gemms, "quantized_ops": ops}
+              "lm_head": head, **extra, "gemm_rewritten_to_matmul": gemms, "quantized_ops": ops,
+              "mixed_bits": {"policy": config.mixed_bits if config.bits == 4 else "none",
+                                  "rule": describe(config.mixed_bits if config.bits == 4 else "none"),
+                                  "bits": PROMOTED_BITS, "quantizer": "RTN symmetric (like an 8-bit LM head)",
+                                  "layers": promoted["layers"], "of_layers": promoted["n_layers"],
+                                  "nodes": promoted["names"],
+                                  **({} if layout or config.bits != 4 or config.mixed_bits == "none" else
+                                     {"skipped": "no layer layout given (no architecture spec): nothing promoted"})}}
     if gptq is not None:
         result["gptq"] = gptq
     if config.method == "hqq":
         result["zero_points"] = (f"integer, plus an exact correction MatMul for the float remainder "
                                  f"({zero_points['nodes']} nodes, fg_edge.exporters.zero_points)"
                                  if zero_points["nodes"] else "float (onnxruntime's slow path)")
-    log.info("quantized %s -> %s (weight-only %d-bit %s, block %d, %d MatMulNBits)", src.name, dst.name,
-             config.bits, config.method, config.block_size, ops.get("MatMulNBits", 0))
+    log.info("quantized %s -> %s (weight-only %d-bit %s, block %d, %d MatMulNBits%s)", src.name, dst.name,
+             config.bits, config.method, config.block_size, ops.get("MatMulNBits", 0),
+             f"; {len(promoted['names'])} in {PROMOTED_BITS} bits ({config.mixed_bits})"
+             if promoted["names"] else "")
     return result
 
 
 def quantize_weight_only_isolated(src: str | Path, dst: str | Path, config: WeightOnlyConfig,
                                   calibration: Optional[str] = None, save_factors: Optional[str] = None,
-                                  borrow_factors: Optional[Sequence[str]] = None) -> dict:
+                                  borrow_factors: Optional[Sequence[str]] = None,
+                                  layout: Optional[dict] = None) -> dict:
     """`quantize_weight_only` in a fresh Python process (fg_edge.exporters.isolated), so the protobuf copy of the
     weights does not add to the torch process's peak. Returns its settings."""
     from fg_edge.exporters.isolated import run_isolated
@@ -360,5 +385,5 @@ def quantize_weight_only_isolated(src: str | Path, dst: str | Path, config: Weig
     return run_isolated("fg_edge.exporters.weight_only:quantize_weight_only",
                         f"weight-only quantization of {Path(src).name}", src=str(src), dst=str(dst),
                         calibration=calibration, save_factors=save_factors,
-                        borrow_factors=list(borrow_factors) if borrow_factors else None,
+                        borrow_factors=list(borrow_factors) if borrow_factors else None, layout=layout,
                         **config.validate().to_dict())

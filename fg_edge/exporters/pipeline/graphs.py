@@ -114,23 +114,24 @@ def _position_limit(tmp: Path):
 
 
 def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, save_factors=None,
-                  borrow_factors=None) -> dict:
+                  borrow_factors=None, layout=None) -> dict:
     """Quantize graph `g` into `dst` by options.quantize (`feeds`: qdq / gptq calibration, built for this graph;
-    gptq: `save_factors` / `borrow_factors` as quantize_weight_only takes them); the settings used."""
+    gptq: `save_factors` / `borrow_factors` as quantize_weight_only takes them; `layout`: the layer layout its
+    mixed precision reads, fg_edge.exporters.mixed_bits.layer_modules); the settings used."""
     from fg_edge.exporters.quantize import QuantizeConfig, quantize_int8_dynamic_isolated, quantize_qdq_static
     from fg_edge.exporters.weight_only import quantize_weight_only_isolated
 
     if options.weight_only:
         # in a child process, like int8: this (torch) process keeps its heap, the child peaks on its own
         if feeds is None:
-            return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config())
+            return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config(), layout=layout)
         from fg_edge.exporters.gptq import save_feeds
 
         calib = tmp.parent / f"{tmp.name}.{g}.calibration.npz"     # beside the output folder, never in it
         try:
             return quantize_weight_only_isolated(tmp / g, tmp / dst, options.weight_only_config(),
                                                  calibration=save_feeds(feeds, calib), save_factors=save_factors,
-                                                 borrow_factors=borrow_factors)
+                                                 borrow_factors=borrow_factors, layout=layout)
         finally:
             calib.unlink(missing_ok=True)
     config = QuantizeConfig(per_channel=options.per_channel, include_lm_head=options.lm_head_quantized)
@@ -140,10 +141,11 @@ def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, s
 
 
 def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
-                    calib, eval_data) -> dict:
+                    calib, eval_data, layout: Optional[dict] = None) -> dict:
     """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
     with eval data, the task accuracy of every graph before and after (classifiers; decoders are measured by
-    fg_edge.exporters.pipeline.quality)."""
+    fg_edge.exporters.pipeline.quality). `layout`: the layers and modules weight-only int4's mixed precision
+    reads (fg_edge.exporters.mixed_bits.layer_modules), None without an architecture spec."""
     from fg_edge.exporters.gptq import GPTQ_CALIBRATION_TOKENS, GPTQ_CHUNK_TOKENS, packed_decoder_feeds
     from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH, calibration_feeds, quantized_op_counts
 
@@ -172,7 +174,7 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
             share = {} if factors is None else (
                 {"save_factors": str(factors)} if g == "model.onnx" else
                 {"borrow_factors": [str(tmp / "model.onnx"), str(factors)]} if g == "baseline.onnx" else {})
-            result["settings"] = _quantize_one(tmp, g, dst, options, feeds, **share)
+            result["settings"] = _quantize_one(tmp, g, dst, options, feeds, layout=layout, **share)
             release()
             entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
                      "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,

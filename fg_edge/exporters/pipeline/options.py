@@ -35,6 +35,8 @@ class CompileOptions:
     #: training.json records; pipeline.loading.choose_int4_method), else hqq; int8-wo takes rtn
     quant_method: Optional[str] = None
     lm_head_bits: int = 8                  # int4: the LM head's bits (8 by default)
+    #: int4: which MatMuls keep 8-bit weights (fg_edge.exporters.mixed_bits.POLICIES)
+    mixed_bits: str = "edges"
     quantize_embedding: bool = False
     #: quantized decoders: new greedy tokens per prompt compared with the fp32 graph at compile time
     quality_tokens: int = 64
@@ -124,7 +126,7 @@ class CompileOptions:
         return WeightOnlyConfig(bits=WEIGHT_ONLY_BITS[self.quantize], block_size=self.block_size,
                                 symmetric=self.symmetric, accuracy_level=self.accuracy_level,
                                 method=self.quant_method, include_lm_head=self.lm_head_quantized,
-                                lm_head_bits=self.lm_head_bits,
+                                lm_head_bits=self.lm_head_bits, mixed_bits=self.mixed_bits,
                                 include_embedding=self.quantize_embedding).validate()
 
 

@@ -189,11 +189,13 @@ def _baseline(st: CompileState) -> None:
 
 
 def _quantize(st: CompileState) -> None:
+    from fg_edge.exporters.mixed_bits import layer_modules
     from fg_edge.exporters.pipeline.quality import measure_quality
 
     mode = st.options.quantize
+    layout = layer_modules((st.report.get("architecture") or {}).get("fields"))
     st.report["quantization"] = quantize_graphs(st.tmp, st.graphs, st.reference, st.kind, st.info, st.tokenizer,
-                                                st.options, st.calib, st.eval_data)
+                                                st.options, st.calib, st.eval_data, layout=layout)
     if st.method_choice:
         st.report["quantization"]["method_choice"] = st.method_choice
     st.quant_graphs = [quantized_name(g, mode) for g in st.graphs]
