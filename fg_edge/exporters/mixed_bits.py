@@ -12,12 +12,12 @@ The promoted MatMuls are quantized like the LM head: 8-bit RTN, symmetric (whate
 skips them (and the dense baseline, whose layers and MatMul names are the compiled graph's, promotes the same
 ones: like-for-like). Measured on SmolLM2-135M with 30 % of block parameters removed by trained gates, GPTQ int4,
 perplexity against the fp32 graph: on the full SST-2 dev (20,314 tokens) +5.4 % with every MatMul in 4 bits,
-+3.9 % with `edges` (the dense baseline's int4 +3.6 %), decode 80.6 / 79.3 tokens/s vs the dense int4's 65.6 /
-66.5 (two bench runs: 1.23 / 1.19x; 1.20 / 1.19x before); the compile's greedy agreement over 4 x 64 tokens
-74 % -> 96 %. On its first 300 sentences: none +5.1 %, `edges` +3.8 % (layers 0-2 and 27-29, down_proj only:
-decode speed unchanged within the run-to-run spread), `llama.cpp` +3.0 % with decode ~7-10 % slower (8-bit
-weights are twice the bytes). Where the error came from (each projection kind alone in 4 bits, the rest fp32):
-down_proj +2.6 %, gate/up +1.7 %, q/k/v +0.4 %, o +0.1 %; the down_proj of layers 0-2 and 27-29 alone +1.1 %.
++3.9 % with `edges` (the dense baseline's int4 +3.6 %), decode 81.5 / 78.4 tokens/s vs the dense int4's 66.1 /
+65.1 (two bench runs: 1.23 / 1.20x; 1.20 / 1.19x before); the compile's greedy agreement over 4 x 64 tokens
+74 % -> 96 %. On its first 300 sentences (benchmarks/int4_sensitivity.py, results/decoder/int4_sensitivity.json):
+every MatMul in 4 bits +5.1 %, `edges` +3.7 % at the same decode speed (73.5 tokens/s both), `llama.cpp` +3.4 %
+at 71.5 tokens/s (8-bit weights are twice the bytes). Where the error comes from (each projection kind alone in 4
+bits, the rest fp32): down_proj +2.6 %, gate/up +1.7 %, q/k/v +0.4 %, o +0.1 %.
 
 Which MatMul is which comes from the architecture spec (fg_edge.arch: `layers`, `v` / `qkv`, `ffn_out`), matched
 against the exported node names, which carry the module path (`/model/model/layers.3/mlp/down_proj/MatMul`).
@@ -26,7 +26,7 @@ against the exported node names, which carry the module path (`/model/model/laye
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 POLICIES = ("edges", "llama.cpp", "none")
 DEFAULT_POLICY = "edges"
@@ -63,12 +63,11 @@ def _slashed(path: str) -> str:
     return re.escape(path.replace(".", "/"))
 
 
-def promoted_nodes(proto, policy: str, layout: Optional[Mapping], weights: Sequence[str] = ()) -> dict:
+def promoted_nodes(proto, policy: str, layout: Optional[Mapping]) -> dict:
     """The MatMul nodes of `proto` that `policy` keeps in 8 bits, by name, given `layout` (layer_modules).
 
     A node is promoted when its name holds `/<layers>.<i>/<module>/` for a promoted layer i and one of the layout's
-    modules, and its weight (input 1) is an initializer (`weights`: extra names that count as initializers, for
-    a graph whose initializers were detached). n, the layer count, is the largest index any node name shows,
+    modules, and its weight (input 1) is an initializer. n, the layer count, is the largest index any node name shows,
     plus one. Returns {"names", "layers", "n_layers"}."""
     if policy == "none" or not layout:
         return {"names": [], "layers": [], "n_layers": 0}
@@ -79,7 +78,7 @@ def promoted_nodes(proto, policy: str, layout: Optional[Mapping], weights: Seque
     chosen = set(promoted_layers(n_layers, policy))
     modules = "|".join(_slashed(m) for m in layout["modules"])
     pattern = re.compile(rf"/{layers}\.(\d+)/(?:{modules})/")
-    constant = {t.name for t in proto.graph.initializer} | set(weights)
+    constant = {t.name for t in proto.graph.initializer}
     names = []
     for node in proto.graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in constant:
