@@ -701,3 +701,22 @@ def test_mixed_bits_keeps_promoted_matmuls_in_8_bits(tmp_path, model_type, metho
         assert settings["mixed_bits"]["nodes"] == [] and ("skipped" in settings["mixed_bits"]) is \
             ("layout" not in kwargs)
         assert {b for n, b in bits(tmp_path / "n.onnx").items() if n != LM_HEAD_NODE + "_Q8"} == {4}
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_mixed_bits_finds_the_value_and_ffn_output_matmuls_of_every_table_architecture(tmp_path, model_type):
+    """The exported node names carry the spec's module paths in every family of the table (fused qkv for
+    Phi-3 / ModernBERT / GPT-2, whose Conv1D Gemm is rewritten to MatMul first)."""
+    from fg_edge.exporters.baseline import dense_baseline
+    from fg_edge.exporters.mixed_bits import layer_modules, promoted_nodes
+    from fg_edge.exporters.weight_only import gemm_to_matmul
+
+    spec = ARCHITECTURES[model_type]
+    gated, _ = gated_tiny_model(model_type, {}, {})
+    export_onnx(dense_baseline(gated), tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    gemm_to_matmul(proto)
+    got = promoted_nodes(proto, "edges", layer_modules(spec.to_dict()))
+    assert got["n_layers"] == 2 and got["layers"] == [0] and len(got["names"]) == 2, got
+    value, ffn_out = ((spec.v or spec.qkv), spec.ffn_out)
+    assert value.replace(".", "/") in got["names"][0] and ffn_out.replace(".", "/") in got["names"][1]
