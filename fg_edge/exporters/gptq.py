@@ -528,6 +528,7 @@ def _grid_search(blk: np.ndarray, bits: int, symmetric: bool, imp) -> tuple[np.n
     else:
         lo0, hi0 = np.minimum(blk.min(axis=2), 0.0), np.maximum(blk.max(axis=2), 0.0)
     best = None
+    t = np.empty(blk.shape, dtype=np.float32)
     err = np.empty(blk.shape, dtype=np.float32)
     for factor in (CLIP_FACTORS if imp is not None else (1.0,)):
         f = np.float32(factor)
@@ -542,12 +543,15 @@ def _grid_search(blk: np.ndarray, bits: int, symmetric: bool, imp) -> tuple[np.n
             return scale, zero
         # the sweep's code q = clip(round(w / s) + z, 0, maxq) dequantizes to (q - z) s; in units of s, with
         # t = w / s: q - z = clip(round(t), -z, maxq - z), and the squared error is s^2 (q - z - t)^2
-        t = blk / scale[..., None]
+        # (clip as maximum then minimum: clip with broadcast bounds took 5x the time of both; same values)
+        np.divide(blk, scale[..., None], out=t)
         np.round(t, out=err)
-        np.clip(err, -zero[..., None], maxq - zero[..., None], out=err)
+        np.maximum(err, -zero[..., None], out=err)
+        np.minimum(err, maxq - zero[..., None], out=err)
         err -= t
         err *= err
-        total = np.einsum("ncb,cb->nc", err, imp) * scale**2
+        total = np.einsum("ncb,cb->nc", err, imp)
+        total *= scale * scale
         if best is None:
             best = [total, scale, zero]
         else:
