@@ -58,6 +58,7 @@ def test_int4_compile_writes_both_quantized_graphs_and_their_quality(int4_dir):
     # mixed precision (default edges): layer 0's v and down projections in 8 bits, in both graphs alike
     mixed = q["settings"]["mixed_bits"]
     assert mixed["policy"] == "edges" and mixed["layers"] == [0] and len(mixed["nodes"]) == 2
+    assert "mixed bits (edges): 2 MatMuls in 8 bits" in output and "layers 0 of 2" in output
     for name in ("model.int4.onnx", "baseline.int4.onnx"):
         bits = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["bits"]
                 for n in onnx.load(str(out / name), load_external_data=False).graph.node

@@ -80,6 +80,11 @@ def format_summary(report: dict, color: bool = False) -> str:
     arch = report.get("architecture")
     if arch:   # which spec the compiler used, so a user can check it (table entry / derived / none: fold only)
         lines.append(f"architecture: {arch.get('spec') or 'no spec fits, gates folded'}; removal: {arch.get('removal')}")
+    mixed = ((report.get("quantization") or {}).get("settings") or {}).get("mixed_bits") or {}
+    if mixed.get("nodes"):
+        lines.append(f"mixed bits ({mixed['policy']}): {len(mixed['nodes'])} MatMuls in {mixed['bits']} bits, "
+                     f"the value and FFN output projections of layers {', '.join(map(str, mixed['layers']))} "
+                     f"of {mixed['of_layers']} (--mixed-bits none: all in 4 bits)")
     lines += _quality_lines(report, color)
     lines += mobile_lines(report)
     metric = report.get("quantization", {}).get("task_metric")
