@@ -294,7 +294,8 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
     tied = materialize_tied_lm_head(proto) if config.include_lm_head else False
     extra = quantize_embedding(proto, config) if config.include_embedding else {"embedding": "fp32"}
     head_bits = config.lm_head_bits if config.bits == 4 else 8
-    promoted = promoted_nodes(proto, config.mixed_bits if config.bits == 4 else "none", layout)
+    policy = config.mixed_bits if config.bits == 4 else "none"     # 8-bit weights need no promotion
+    promoted = promoted_nodes(proto, policy, layout)
     if config.method == "gptq" and not calibration:
         raise ConfigError("--quant-method gptq needs calibration text (--calibration FILE, or the training data "
                           "training.json records)")
@@ -354,12 +355,11 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
               "activations": "float" + (", int8 per block inside the kernel (accuracy_level 4)"
                                         if config.accuracy_level == 4 else ""),
               "lm_head": head, **extra, "gemm_rewritten_to_matmul": gemms, "quantized_ops": ops,
-              "mixed_bits": {"policy": config.mixed_bits if config.bits == 4 else "none",
-                                  "rule": describe(config.mixed_bits if config.bits == 4 else "none"),
+              "mixed_bits": {"policy": policy, "rule": describe(policy),
                                   "bits": PROMOTED_BITS, "quantizer": "RTN symmetric (like an 8-bit LM head)",
                                   "layers": promoted["layers"], "of_layers": promoted["n_layers"],
                                   "nodes": promoted["names"],
-                                  **({} if layout or config.bits != 4 or config.mixed_bits == "none" else
+                                  **({} if layout or policy == "none" else
                                      {"skipped": "no layer layout given (no architecture spec): nothing promoted"})}}
     if gptq is not None:
         result["gptq"] = gptq
@@ -369,7 +369,7 @@ def quantize_weight_only(src: str | Path, dst: str | Path, config: Optional[Weig
                                  if zero_points["nodes"] else "float (onnxruntime's slow path)")
     log.info("quantized %s -> %s (weight-only %d-bit %s, block %d, %d MatMulNBits%s)", src.name, dst.name,
              config.bits, config.method, config.block_size, ops.get("MatMulNBits", 0),
-             f"; {len(promoted['names'])} in {PROMOTED_BITS} bits ({config.mixed_bits})"
+             f"; {len(promoted['names'])} in {PROMOTED_BITS} bits ({policy})"
              if promoted["names"] else "")
     return result
 
