@@ -286,6 +286,35 @@ def test_parity_reference_is_computed_once(tmp_path, model_type):
         assert got[0]["token_agreement"] == 1.0 and got[0]["greedy_tokens"] == 3 * 9
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "qwen3", "phi3", "gemma2"])
+def test_the_compilers_gated_trajectory_serves_the_onnx_gate(model_type):
+    """A decoder compile runs the gated model's greedy trajectory once: ParityReference.from_torch takes the
+    compiler's gated_reference (HF generate, the prefill at generation's position ids) and holds what the
+    ONNX gate's own loop computes, feeds and logits alike."""
+    import numpy as np
+
+    from fg_edge.compiler import gated_model_reference
+    from fg_edge.exporters.onnx_parity import ParityReference
+
+    gated = gated_model(model_type)
+    torch_ref = gated_model_reference(gated, 6)
+    assert torch_ref["tokens"].shape[1] == 7       # 6 cached steps after the prefill
+    shared = ParityReference.from_torch(torch_ref, steps=6).decoder()
+    own = ParityReference(gated, kind="causal-lm", steps=6).compute().decoder()
+    for key in ("input_ids", "attention_mask", "position_ids"):
+        np.testing.assert_array_equal(shared["prefill"][key], own["prefill"][key])
+    valid = own["prefill"]["attention_mask"][..., None].astype(bool)
+    np.testing.assert_allclose(np.where(valid, shared["prefill"]["logits"], 0),
+                               np.where(valid, own["prefill"]["logits"], 0), atol=1e-5)
+    assert len(shared["step_feeds"]) == len(own["step_feeds"]) == 6
+    for a, b in zip(shared["step_feeds"], own["step_feeds"]):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    np.testing.assert_allclose(np.stack(shared["step_logits"]), np.stack(own["step_logits"]), atol=1e-5)
+    # a reference it cannot serve gives None (the pipeline then computes the ONNX gate's own)
+    assert ParityReference.from_torch(torch_ref, steps=7) is None
+    assert ParityReference.from_torch(gated_model_reference(gated_model("bert"), 6), steps=6) is None
+
+
 @pytest.mark.parametrize("model_type", ["bert", "llama", "gpt2"])
 def test_baseline_exported_between_fold_and_prune(tmp_path, model_type):
     """The compile pipeline exports baseline.onnx from the model being compiled (compile_model's `on_folded`):
@@ -351,28 +380,48 @@ def test_patches_restore_the_originals_also_on_error():
     import transformers.masking_utils as masking_utils
     from torch import _C
 
-    from fg_edge.exporters.patches import capture_initializers, export_patches, no_graph_shape_inference
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
+
+    from fg_edge.exporters.patches import (capture_initializers, export_patches, no_graph_shape_inference,
+                                           no_onnxscript_function_scan)
 
     registry = masking_utils.ALL_MASK_ATTENTION_FUNCTIONS
     before = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
               cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers,
-              _C._jit_pass_onnx_graph_shape_type_inference)
+              _C._jit_pass_onnx_graph_shape_type_inference, onnx_proto_utils._add_onnxscript_fn)
     with pytest.raises(RuntimeError, match="boom"):
-        with export_patches(), capture_initializers(), no_graph_shape_inference():
+        with export_patches(), capture_initializers(), no_graph_shape_inference(), no_onnxscript_function_scan():
             assert cache_utils.DynamicLayer.update is not before[3]
             assert _C._jit_pass_onnx_graph_shape_type_inference is not before[5]
+            assert onnx_proto_utils._add_onnxscript_fn is not before[6]
             raise RuntimeError("boom")
     after = (registry["sdpa"], registry["eager"], masking_utils.find_packed_sequence_indices,
              cache_utils.DynamicLayer.update, _C._jit_pass_onnx_deduplicate_initializers,
-             _C._jit_pass_onnx_graph_shape_type_inference)
+             _C._jit_pass_onnx_graph_shape_type_inference, onnx_proto_utils._add_onnxscript_fn)
     assert all(a is b for a, b in zip(before, after))
 
 
+def test_the_onnxscript_scan_still_runs_when_a_custom_domain_is_registered(monkeypatch):
+    """no_onnxscript_function_scan hands the bytes back untouched only while the registry holds torch's own
+    domains; with another domain registered, torch's scan runs."""
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils, registration
+
+    from fg_edge.exporters.patches import no_onnxscript_function_scan
+
+    calls = []
+    monkeypatch.setattr(onnx_proto_utils, "_add_onnxscript_fn", lambda b, o: calls.append(b) or b + b"!")
+    with no_onnxscript_function_scan():
+        assert onnx_proto_utils._add_onnxscript_fn(b"x", {}) == b"x" and not calls
+        monkeypatch.setattr(registration.registry, "all_functions", lambda: {"aten::add", "mydomain::op"})
+        assert onnx_proto_utils._add_onnxscript_fn(b"x", {}) == b"x!" and calls == [b"x"]
+
+
+@pytest.mark.parametrize("patch", ["no_graph_shape_inference", "no_onnxscript_function_scan"])
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "bert"])
 def test_skipping_the_exporters_graph_shape_inference_leaves_the_final_graph_unchanged(tmp_path, monkeypatch,
-                                                                                     model_type):
-    """no_graph_shape_inference only saves time: with torch's whole-graph passes run, the written graph (nodes,
-    inputs, outputs, initializers) is the same."""
+                                                                                     model_type, patch):
+    """no_graph_shape_inference and no_onnxscript_function_scan only save time: with torch's passes run, the
+    written graph (nodes, inputs, outputs, initializers) is the same."""
     import contextlib
 
     import onnx
@@ -389,7 +438,7 @@ def test_skipping_the_exporters_graph_shape_inference_leaves_the_final_graph_unc
                 {i.name: numpy_helper.to_array(i).tobytes() for i in g.initializer})
 
     skipped = written("skipped.onnx")
-    monkeypatch.setattr(patches, "no_graph_shape_inference", contextlib.nullcontext)
+    monkeypatch.setattr(patches, patch, contextlib.nullcontext)
     assert written("inferred.onnx") == skipped
 
 

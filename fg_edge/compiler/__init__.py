@@ -54,12 +54,13 @@ the config anyway); use
 """
 
 from fg_edge.compiler.parity import check_parity
-from fg_edge.compiler.passes import compile_model, fold_gates_, merge_adapters_, prune_ffn_, prune_heads_
+from fg_edge.compiler.passes import (compile_model, fold_gates_, gated_model_reference, merge_adapters_, prune_ffn_,
+                                    prune_heads_)
 from fg_edge.compiler.plan import CompilePlan, LayerPlan, plan_removal
 from fg_edge.compiler.report import format_report
 from fg_edge.compiler.saving import load_compiled, save_compiled
 
 __all__ = [
     "CompilePlan", "LayerPlan", "check_parity", "compile_model", "fold_gates_", "format_report",
-    "load_compiled", "merge_adapters_", "plan_removal", "prune_ffn_", "prune_heads_", "save_compiled",
+    "gated_model_reference", "load_compiled", "merge_adapters_", "plan_removal", "prune_ffn_", "prune_heads_", "save_compiled",
 ]

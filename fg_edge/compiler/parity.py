@@ -2,7 +2,8 @@
 
 Checked on a batch of sequences of different lengths with padding (right padding for encoders, left padding for
 decoders as in generation): logits and last hidden states over the valid (non-pad) positions, and for models
-that generate, `decoder_steps` steps of cached greedy generation that must give identical tokens.
+that generate, `decoder_steps` steps of cached greedy generation (after the prefill: decoder_steps + 1 tokens
+generated, the steps the ONNX gate runs) that must give identical tokens.
 """
 
 from __future__ import annotations
@@ -72,9 +73,24 @@ def _masked_max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, what:
     return float(diff.max()) if diff.numel() else 0.0
 
 
-def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor):
-    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, position_ids: Optional[torch.Tensor] = None):
+    extra = {} if position_ids is None else {"position_ids": position_ids}
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, **extra)
     return out.logits, out.hidden_states[-1]
+
+
+def _takes_position_ids(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def left_padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch as generation uses them: 0 at each row's first real token (pads 0)."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -86,11 +102,12 @@ def _generates(model: nn.Module) -> bool:
 
 
 def _greedy(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, steps: int):
+    """`steps` cached greedy steps after the prefill: steps + 1 tokens, and the raw logits that chose each."""
     pad = model.config.pad_token_id
     if pad is None:
         eos = model.config.eos_token_id
         pad = (eos[0] if isinstance(eos, (list, tuple)) else eos) if eos is not None else 0
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps + 1, min_new_tokens=steps + 1,
                          do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad,
                          return_dict_in_generate=True, output_logits=True)
     return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
@@ -120,9 +137,13 @@ def gated_reference(gated_model: nn.Module, *, decoder_steps: int = PARITY_DECOD
     decoder = _generates(gated_model) and decoder_steps > 0
     ids, mask = padded_batch(gated_model.config.vocab_size, lengths=tuple(lengths), seed=seed, left=decoder)
     ids, mask = ids.to(_device(gated_model)), mask.to(_device(gated_model))
-    ref = {"ids": ids, "mask": mask, "lengths": list(lengths), "decoder": decoder, "decoder_steps": decoder_steps}
+    # decoders: the prefill gets generation's position ids (each left-padded row starts at 0), as the ONNX graph
+    # is fed them, so this reference also serves the ONNX parity gate (onnx_parity.ParityReference.from_torch)
+    pos = left_padded_positions(mask) if decoder and _takes_position_ids(gated_model) else None
+    ref = {"ids": ids, "mask": mask, "position_ids": pos, "lengths": list(lengths), "decoder": decoder,
+           "decoder_steps": decoder_steps, "seed": seed}
     with _eval_mode(gated_model):
-        ref["logits"], ref["hidden"] = _forward(gated_model, ids, mask)
+        ref["logits"], ref["hidden"] = _forward(gated_model, ids, mask, pos)
         if decoder:
             ref["tokens"], ref["step_logits"] = _greedy(gated_model, ids, mask, decoder_steps)
     return ref
@@ -133,8 +154,10 @@ def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: flo
     ids, mask, lengths = reference["ids"], reference["mask"], reference["lengths"]
     decoder, decoder_steps = reference["decoder"], reference["decoder_steps"]
     ref_logits, ref_hidden = reference["logits"], reference["hidden"]
+    pos = reference.get("position_ids")
     with _eval_mode(compiled_model):
-        logits, hidden = _forward(compiled_model, ids.to(_device(compiled_model)), mask.to(_device(compiled_model)))
+        dev = _device(compiled_model)
+        logits, hidden = _forward(compiled_model, ids.to(dev), mask.to(dev), None if pos is None else pos.to(dev))
         logit_diff = _masked_max_diff(ref_logits, logits.to(ref_logits.device), mask, "logits", tol)
         hidden_diff = _masked_max_diff(ref_hidden, hidden.to(ref_hidden.device), mask, "last hidden states", tol)
         detail = f"batch of {len(lengths)} padded sequences, lengths {tuple(lengths)}"
@@ -151,7 +174,8 @@ def check_parity_against(reference: dict, compiled_model: nn.Module, *, tol: flo
                "logits_tolerance": logit_tol, "hidden_tolerance": hidden_tol, "lengths": list(lengths), "padding": "left" if decoder else "right",
                "logits_max_abs_diff": logit_diff, "hidden_max_abs_diff": hidden_diff,
                "max_abs_diff": max(logit_diff, hidden_diff, gen_diff or 0.0),
-               "decoder_steps": decoder_steps if decoder else 0, "generation_max_abs_diff": gen_diff,
+               "decoder_steps": decoder_steps if decoder else 0,
+               "generated_tokens": decoder_steps + 1 if decoder else 0, "generation_max_abs_diff": gen_diff,
                "tokens_identical": True if decoder else None}
     log.info("parity ok: logits %.2e, hidden %.2e%s (tolerance %.0e)", logit_diff, hidden_diff,
              f", {decoder_steps} greedy steps identical" if decoder else "", tol)

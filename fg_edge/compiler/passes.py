@@ -142,7 +142,8 @@ def prune_heads_(model: nn.Module, plan: CompilePlan, spec: Optional[ArchSpec] =
 
 def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, decoder_steps: int = PARITY_DECODER_STEPS,
                   check: bool = True, inplace: bool = False,
-                  on_folded: Optional[Callable[[nn.Module], None]] = None) -> tuple[nn.Module, CompilePlan, dict]:
+                  on_folded: Optional[Callable[[nn.Module], None]] = None,
+                  reference: Optional[dict] = None) -> tuple[nn.Module, CompilePlan, dict]:
     """Fold and prune a deep copy of `gated_model`; returns (plain model, plan, report).
 
     With `check` (the default) the compiled model is compared to the gated one (fg_edge.compiler.parity) and a
@@ -159,12 +160,17 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     on_folded: called once with the model after its adapters and gates are folded and before anything is removed
     (the dense baseline, W' = diag(r)(W+sBA)diag(c)); it may re-lay the model out, but must leave it computing
     the same function with the same nn.Linear modules.
+
+    reference: the gated model's outputs for the parity check (`gated_model_reference` of this model, computed
+    by the caller, who reuses them); computed here when not given.
     """
     spec, why = find_spec(gated_model)
     if spec is None:
         log.warning("no architecture spec fits this model, so the gates are folded and nothing is removed: %s", why)
     validate_gate_values(gated_model)
-    reference = _reference(gated_model, decoder_steps) if check else None
+    if check and reference is None:
+        reference = gated_model_reference(gated_model, decoder_steps)
+    reference = reference if check else None
     attempts = _attempts(spec, why)
     spare = copy.deepcopy(gated_model) if inplace and len(attempts) > 1 else None
     untouched = spare if spare is not None else gated_model
@@ -188,8 +194,9 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
-def _reference(gated_model: nn.Module, decoder_steps: int) -> dict:
-    """The gated model's outputs for the parity gate; a model that does not run is a CompileError."""
+def gated_model_reference(gated_model: nn.Module, decoder_steps: int = PARITY_DECODER_STEPS) -> dict:
+    """The gated model's outputs for the parity gate (fg_edge.compiler.parity.gated_reference); a model that does
+    not run on them is a CompileError."""
     from fg_edge.compiler.parity import gated_reference
 
     try:

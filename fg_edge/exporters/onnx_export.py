@@ -316,10 +316,12 @@ def trace_to_onnx(model: nn.Module, raw: str | Path, *, opset: int = DEFAULT_OPS
         wrapper = EncoderWrapper(model, outputs[0], "token_type_ids" in names)
     # torch.onnx.export puts the wrapper's training flag back onto every child: eval() the wrapper itself
     wrapper.eval()
-    from fg_edge.exporters.patches import capture_initializers, export_patches, no_graph_shape_inference
+    from fg_edge.exporters.patches import (capture_initializers, export_patches, no_graph_shape_inference,
+                                           no_onnxscript_function_scan)
 
     try:
-        with export_patches(), no_graph_shape_inference(), torch.no_grad(), warnings.catch_warnings():
+        with export_patches(), no_graph_shape_inference(), no_onnxscript_function_scan(), torch.no_grad(), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 # export_params=False: the exporter's own weight serialisation builds the ModelProto, its byte

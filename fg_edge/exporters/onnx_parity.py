@@ -29,6 +29,9 @@ from fg_edge.formats.parity import ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, O
 
 log = logging.getLogger(__name__)
 
+#: ORT intra-op threads of a parity session
+PARITY_THREADS = 2
+
 
 
 @contextlib.contextmanager
@@ -83,9 +86,43 @@ class ParityReference:
 
     def __init__(self, model: nn.Module, *, kind: str, steps: int = PARITY_DECODER_STEPS, seed: int = 0):
         self.model, self.kind, self.steps, self.seed = model, kind, steps, seed
-        self.vocab = int(getattr(model.config, "vocab_size", 100) or 100)
+        self.vocab = int(getattr(getattr(model, "config", None), "vocab_size", 100) or 100)
         self._encoder: dict[bool, dict] = {}
         self._decoder: Optional[dict] = None
+        #: where the torch outputs come from (compile_report.json's parity_reference)
+        self.origin = "the gated model's forwards (ParityReference)"
+
+    @classmethod
+    def from_torch(cls, torch_reference: dict, *, steps: int = PARITY_DECODER_STEPS) -> Optional["ParityReference"]:
+        """A decoder's reference taken from the compiler's (fg_edge.compiler.parity.gated_reference), so the gated
+        model's greedy trajectory is computed once for the torch and the ONNX parity gates: same prompts (lengths
+        ONNX_DECODER_LENGTHS, left-padded, same seed), the prefill run with generation's position ids, and the
+        cached steps of `generate` (its raw logits; its tokens are the ones fed: where the raw argmax is EOS,
+        which generate's minimum length suppresses, the next best; every check compares raw argmaxes, so the
+        trajectory only has to be the same for both sides). Needs steps + 1 generated
+        tokens. None when that reference cannot serve (an encoder, other prompts, no position ids, too few
+        steps): the caller computes one from the model."""
+        ref = torch_reference
+        tokens = ref.get("tokens")
+        if (not ref.get("decoder") or ref.get("position_ids") is None or tokens is None
+                or tuple(ref["lengths"]) != tuple(ONNX_DECODER_LENGTHS) or tokens.shape[1] < steps + 1):
+            return None
+        self = cls(None, kind="causal-lm", steps=steps, seed=ref.get("seed", 0))
+        mask = ref["mask"].cpu()
+        batch = int(mask.shape[0])
+        prefill = {"input_ids": ref["ids"].cpu().numpy(), "attention_mask": mask.numpy(),
+                   "position_ids": ref["position_ids"].cpu().numpy(),
+                   "logits": ref["logits"].float().cpu().numpy().copy()}
+        logits = ref["step_logits"].float().cpu()
+        step_logits = [logits[:, k].numpy().copy() for k in range(steps + 1)]
+        step_feeds = []
+        for k in range(steps):
+            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
+            step_feeds.append({"input_ids": tokens[:, k:k + 1].cpu().numpy(), "attention_mask": mask.numpy(),
+                               "position_ids": (mask.sum(-1, keepdim=True) - 1).numpy()})
+        self._decoder = {"batch": batch, "prefill": prefill, "step_feeds": step_feeds, "step_logits": step_logits}
+        self.origin = "the compiler's gated_reference (generate), shared with the torch parity check"
+        return self
 
     def release_model(self) -> None:
         """Drop the reference to the torch model (its outputs stay); later checks must not need new forwards."""
@@ -237,14 +274,22 @@ def _decoder_parity(reference: ParityReference, session, steps: int, tol: float)
     return max_diff, detail
 
 
+def open_parity_session(onnx_path: str | Path):
+    """The CPU session a parity check runs `onnx_path` in: no memory arena (the compile's peak), two threads (the
+    torch side is computed before ORT runs, so no pools alternate; a batch-3 decode gains ~30 % from a second
+    thread, SmolLM2-135M fp32: 1.4 -> 1.0 s for 33 steps, and little from more)."""
+    return make_session(onnx_path, threads=PARITY_THREADS, low_memory=True)
+
+
 def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *, kind: str,
                       tol: float = ONNX_PARITY_TOL, steps: int = PARITY_DECODER_STEPS, what: Optional[str] = None,
                       raise_on_fail: bool = True, seed: int = 0,
-                      reference: Optional[ParityReference] = None) -> dict:
+                      reference: Optional[ParityReference] = None, session=None) -> dict:
     """Compare `onnx_path` (ORT CPU) with the gated torch model; returns the figures (and raises on failure).
 
     `reference`: a ParityReference of the gated model to reuse (its torch outputs are computed once for all the
     graphs checked against it); `gated_model` may then be None. Without one, a fresh reference is computed.
+    `session`: an ORT session already open on `onnx_path` (`open_parity_session`), left open for the caller.
     """
     what = what or Path(onnx_path).name
     if reference is None:
@@ -254,7 +299,7 @@ def check_onnx_parity(gated_model: Optional[nn.Module], onnx_path: str | Path, *
     elif reference.kind != kind or (kind == "causal-lm" and reference.steps < steps) or reference.seed != seed:
         raise ConfigError(f"the parity reference ({reference.kind}, {reference.steps} steps, seed {reference.seed}) "
                          f"does not match this check ({kind}, {steps} steps, seed {seed})")
-    session = make_session(onnx_path, threads=1, low_memory=True)
+    session = open_parity_session(onnx_path) if session is None else session
     try:
         if kind == "causal-lm":
             max_diff, detail = _decoder_parity(reference, session, steps, tol)

@@ -13,6 +13,9 @@ loudly (AttributeError on entry) rather than silently exporting something else.
 * `no_graph_shape_inference` — the TorchScript exporter runs ONNX shape inference over the whole graph twice
   (~1.2 s each on SmolLM2-135M) only to annotate value types; fg-edge's finalize step re-infers what it needs
   and writes no value_info, so the final graphs are identical without it (checked on every tiny architecture).
+* `no_onnxscript_function_scan` — after serialising, the TorchScript exporter parses the graph again and walks
+  every node looking for custom-domain ops backed by onnxscript functions (~0.5 s per SmolLM2-135M export); with
+  none registered (fg-edge registers none) the walk can only return the bytes unchanged, so it is skipped.
 * `lean_quantizer_shape_inference` — onnxruntime's dynamic quantizer refreshes value_info with a full copy of the
   model; this replaces `onnx_quantizer.save_and_reload_model_with_shape_infer` by a copy-free equivalent.
 * `shape_inference_dump_into` — onnxruntime's symbolic shape inference saves a failed run's model to a path
@@ -106,6 +109,30 @@ def no_graph_shape_inference() -> Iterator[None]:
     from torch import _C
 
     with _swapped(_C, "_jit_pass_onnx_graph_shape_type_inference", lambda graph, params_dict, opset: None):
+        yield
+
+
+#: the symbolic-function domains torch registers itself; only another domain can carry an onnxscript function
+_BUILTIN_SYMBOLIC_DOMAINS = frozenset({"aten", "onnx", "prim", "quantized"})
+
+
+@contextlib.contextmanager
+def no_onnxscript_function_scan() -> Iterator[None]:
+    """Skip `torch.onnx._internal.torchscript_exporter.onnx_proto_utils._add_onnxscript_fn` (torch 2.13.0+cpu)
+    when no symbolic function of a custom domain is registered: it inserts the FunctionProtos of such functions
+    only, so then it returns the model bytes it was given, after parsing them and visiting every node. With a
+    custom domain registered (another library in this process) the original runs."""
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils, registration
+
+    orig = onnx_proto_utils._add_onnxscript_fn
+
+    def add_onnxscript_fn(model_bytes, custom_opsets):
+        domains = {name.split("::", 1)[0] for name in registration.registry.all_functions()}
+        if custom_opsets or domains - _BUILTIN_SYMBOLIC_DOMAINS:
+            return orig(model_bytes, custom_opsets)
+        return model_bytes
+
+    with _swapped(onnx_proto_utils, "_add_onnxscript_fn", add_onnxscript_fn):
         yield
 
 

@@ -186,7 +186,9 @@ class Runner:
     def __init__(self, compiled_dir: str | Path, model: str = "compiled", provider: str = "cpu",
                  threads: Optional[int] = None, settings: Optional[SessionSettings] = None,
                  provider_options: Optional[dict] = None, max_length: Optional[int] = None,
-                 truncate: Optional[str] = None, engine: str = "ort"):
+                 truncate: Optional[str] = None, engine: str = "ort", session=None):
+        """`session`: an ORT session already open on the variant's file (the compiler's checks share theirs);
+        provider, threads and settings then describe it, they do not make it."""
         self.cdir = CompiledDir(compiled_dir)
         self.provider = resolve_provider(provider, provider_options)     # checked before any file is read
         settings = settings or SessionSettings()
@@ -198,7 +200,7 @@ class Runner:
             variant = spec.preferred_variant(self.cdir) or model
         self.file: ModelFile = self.cdir.require(variant, prefer_ort=spec.prefer_ort_format)
         self.variant = variant
-        self.model = OnnxModel(self.file.path, self.provider, settings, cdir=self.cdir)
+        self.model = OnnxModel(self.file.path, self.provider, settings, cdir=self.cdir, session=session)
         self.kind = self.model.kind
         self.tokenizer = self.cdir.tokenizer()
         self.inputs = self.cdir.inputs()          # how training fed the model (max_length, pair column)

@@ -141,12 +141,15 @@ def _quantize_one(tmp: Path, g: str, dst: str, options: CompileOptions, feeds, s
 
 
 def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, tokenizer, options: CompileOptions,
-                    calib, eval_data, layout: Optional[dict] = None) -> dict:
+                    calib, eval_data, layout: Optional[dict] = None,
+                    on_quantized: Optional[Callable[[str, object], None]] = None) -> dict:
     """Quantize each graph in `tmp` (options.quantize), measure it against the gated model (report only) and,
     with eval data, the task accuracy of every graph before and after (classifiers; decoders are measured by
     fg_edge.exporters.pipeline.quality). `layout`: the layers and modules weight-only int4's mixed precision
-    reads (fg_edge.exporters.mixed_bits.layer_modules), None without an architecture spec."""
+    reads (fg_edge.exporters.mixed_bits.layer_modules), None without an architecture spec. `on_quantized(graph,
+    session)`: called per fp32 graph once its quantized file is checked, with the session that check ran in."""
     from fg_edge.exporters.gptq import GPTQ_CALIBRATION_TOKENS, GPTQ_CHUNK_TOKENS, packed_decoder_feeds
+    from fg_edge.exporters.onnx_parity import open_parity_session
     from fg_edge.exporters.quantize import CALIBRATION_MAX_LENGTH, calibration_feeds, quantized_op_counts
 
     result: dict = {"files": {}}
@@ -176,10 +179,14 @@ def quantize_graphs(tmp: Path, graphs: list[str], reference, kind: str, info, to
                 {"borrow_factors": [str(tmp / "model.onnx"), str(factors)]} if g == "baseline.onnx" else {})
             result["settings"] = _quantize_one(tmp, g, dst, options, feeds, layout=layout, **share)
             release()
+            session = open_parity_session(tmp / dst)
             entry = {"source": g, "quantized_ops": quantized_op_counts(tmp / dst),
                      "vs_gated_model": check_onnx_parity(None, tmp / dst, kind=kind, tol=options.tol,
                                                          steps=options.decoder_steps, raise_on_fail=False,
-                                                         reference=reference)}
+                                                         reference=reference, session=session)}
+            if on_quantized is not None:
+                on_quantized(g, session)
+            del session
             if "gptq" in result["settings"]:
                 entry["gptq_hessians"] = result["settings"]["gptq"]["hessians"]
             release()

@@ -132,40 +132,79 @@ def _prompt_ids(runner, n: int) -> tuple[list[list[int]], int]:
     return prompts, n
 
 
-def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: int,
-                    texts: Optional[Sequence[str]] = None, source: Optional[str] = None) -> dict:
-    """Quality of each quantized graph against its fp32 source, `pairs` = [(fp32 variant, quantized variant)]
-    in the (partly written) compiled folder `folder`; see the module docstring. The record for the report."""
-    from fg_edge.formats.compiled_dir import CompiledDir
-    from fg_edge.formats.names import VARIANTS
-    from fg_edge.runtimes.runner import Runner
+class QualityMeter:
+    """`measure_quality` one graph at a time, so the compile can hand over the sessions its parity checks opened
+    (one session per file for both): `reference(fp32, session)` once per fp32 graph, then `compare(fp32, quant,
+    session)` per quantized graph, then `record()`. Without a session a Runner opens its own."""
 
-    if not (folder / "tokenizer.json").is_file():
-        return {"skipped": "no tokenizer.json in the compiled folder (the runtime's fast tokenizer): prompts and "
-                           "text cannot be encoded"}
-    t0 = time.perf_counter()
-    given = list(texts) if texts else list(SAMPLE_TEXT)
-    texts = _token_capped(CompiledDir(folder).tokenizer(), given)
-    record = {"method": "fg_edge.exporters.pipeline.quality (torch-free runtime, greedy, left-padded batch)",
-              "prompts": list(PROMPTS), "eval_text": source or "built-in sample (quality.SAMPLE_TEXT)",
-              "eval_documents": len(texts), "eval_documents_given": len(given), "max_eval_tokens": MAX_EVAL_TOKENS,
-              "thresholds": {"min_greedy_agreement": MIN_GREEDY_AGREEMENT,
-                             "max_perplexity_increase": MAX_PERPLEXITY_INCREASE}, "files": {}}
-    refs: dict[str, _Reference] = {}
-    for fp32, quant in pairs:
-        if fp32 not in refs:        # pairs that share an fp32 graph share its side of the comparison
-            runner = Runner(folder, model=fp32)
-            prompts, n = _prompt_ids(runner, n_tokens)
-            refs[fp32] = _Reference(runner, prompts, n, texts)
-            record.update(new_tokens=n, eval_tokens=refs[fp32].ppl["tokens"])
-            del runner
-        ref = refs[fp32]
-        entry = _compare(Runner(folder, model=quant), ref, texts)
+    def __init__(self, folder: Path, n_tokens: int, texts: Optional[Sequence[str]] = None,
+                 source: Optional[str] = None):
+        from fg_edge.formats.compiled_dir import CompiledDir
+
+        self.folder, self.n_tokens, self.seconds = Path(folder), n_tokens, 0.0
+        self.refs: dict[str, _Reference] = {}
+        self.skipped = None if (self.folder / "tokenizer.json").is_file() else (
+            "no tokenizer.json in the compiled folder (the runtime's fast tokenizer): prompts and text cannot be "
+            "encoded")
+        if self.skipped:
+            return
+        t0 = time.perf_counter()
+        given = list(texts) if texts else list(SAMPLE_TEXT)
+        self.texts = _token_capped(CompiledDir(self.folder).tokenizer(), given)
+        self._record = {"method": "fg_edge.exporters.pipeline.quality (torch-free runtime, greedy, left-padded "
+                                  "batch)",
+                        "prompts": list(PROMPTS), "eval_text": source or "built-in sample (quality.SAMPLE_TEXT)",
+                        "eval_documents": len(self.texts), "eval_documents_given": len(given),
+                        "max_eval_tokens": MAX_EVAL_TOKENS,
+                        "thresholds": {"min_greedy_agreement": MIN_GREEDY_AGREEMENT,
+                                       "max_perplexity_increase": MAX_PERPLEXITY_INCREASE}, "files": {}}
+        self.seconds += time.perf_counter() - t0
+
+    def _runner(self, variant: str, session):
+        from fg_edge.runtimes.runner import Runner
+
+        return Runner(self.folder, model=variant, session=session)
+
+    def reference(self, fp32: str, session=None) -> None:
+        """The fp32 side (perplexity, greedy tokens, their logits) of variant `fp32`, computed once."""
+        if self.skipped or fp32 in self.refs:
+            return
+        t0 = time.perf_counter()
+        runner = self._runner(fp32, session)
+        prompts, n = _prompt_ids(runner, self.n_tokens)
+        self.refs[fp32] = _Reference(runner, prompts, n, self.texts)
+        self._record.update(new_tokens=n, eval_tokens=self.refs[fp32].ppl["tokens"])
+        self.seconds += time.perf_counter() - t0
+
+    def compare(self, fp32: str, quant: str, session=None) -> None:
+        """Quantized variant `quant` against the fp32 variant `fp32` (its reference computed first if needed)."""
+        from fg_edge.formats.names import VARIANTS
+
+        if self.skipped:
+            return
+        self.reference(fp32)
+        t0 = time.perf_counter()
+        entry = _compare(self._runner(quant, session), self.refs[fp32], self.texts)
         name = VARIANTS[quant][0] + ".onnx"
-        record["files"][name] = {"vs": VARIANTS[fp32][0] + ".onnx", **entry}
+        self._record["files"][name] = {"vs": VARIANTS[fp32][0] + ".onnx", **entry}
         log.info("quality %s: perplexity %.3f vs %.3f fp32 (%+.1f%%), greedy agreement %.1f%% over %d tokens%s",
                  name, entry["perplexity"], entry["perplexity_fp32"], 100 * entry["perplexity_change"],
                  100 * entry["greedy_agreement"], entry["greedy_tokens"],
                  "; FLAGGED: " + ", ".join(entry["flag_reasons"]) if entry["flagged"] else "")
-    record["seconds"] = round(time.perf_counter() - t0, 3)
-    return record
+        self.seconds += time.perf_counter() - t0
+
+    def record(self) -> dict:
+        """The record for the report (`seconds`: the time spent measuring, sessions opened by others aside)."""
+        if self.skipped:
+            return {"skipped": self.skipped}
+        return {**self._record, "seconds": round(self.seconds, 3)}
+
+
+def measure_quality(folder: Path, pairs: Sequence[tuple[str, str]], n_tokens: int,
+                    texts: Optional[Sequence[str]] = None, source: Optional[str] = None) -> dict:
+    """Quality of each quantized graph against its fp32 source, `pairs` = [(fp32 variant, quantized variant)]
+    in the (partly written) compiled folder `folder`; see the module docstring. The record for the report."""
+    meter = QualityMeter(folder, n_tokens, texts, source)
+    for fp32, quant in pairs:
+        meter.compare(fp32, quant)
+    return meter.record()

@@ -47,6 +47,7 @@ class CompileState:
     eval_data: Any = None
     kind: str = ""
     reference: Any = None                # the gated model's side of every ONNX parity check (ParityReference)
+    torch_reference: Optional[dict] = None   # decoders: the gated side of the compiler's check (gated_reference)
     models: dict = field(default_factory=dict)
     plan: Any = None
     creport: dict = field(default_factory=dict)
@@ -57,6 +58,7 @@ class CompileState:
     packed: bool = False
     method_choice: str = ""               # why --quantize int4 took the method it did (no --quant-method)
     baseline: Optional[dict] = None       # the report's "baseline" entry, once baseline.onnx is written
+    quality: Any = None                   # quantized decoders: the QualityMeter, its fp32 side measured at "parity"
 
 
 def _refuse_int8_decoder(options: CompileOptions, model_dir: Path) -> None:
@@ -86,13 +88,21 @@ def _load(st: CompileState) -> None:
 
 
 def _reference(st: CompileState) -> None:
-    # the gated model's side of every ONNX parity check, computed once (ORT is fed torch's greedy tokens, so
-    # the torch trajectory does not depend on the graph under test) and reused for model / baseline /
-    # quantized; computed before the compile, which then works on the gated model itself (no second copy)
-    from fg_edge.exporters.onnx_parity import ParityReference
+    # the gated model's side of every parity check, computed once (ORT is fed torch's greedy tokens, so the torch
+    # trajectory does not depend on the graph under test) and reused for model / baseline / quantized; computed
+    # before the compile, which then works on the gated model itself (no second copy). Decoders: one greedy
+    # trajectory serves the compiler's torch check too
+    from fg_edge.compiler import gated_model_reference
+    from fg_edge.exporters.onnx_parity import ParityReference, torch_threads
 
     st.kind = model_kind(st.gated)
-    st.reference = ParityReference(st.gated, kind=st.kind, steps=st.options.decoder_steps).compute()
+    steps = st.options.decoder_steps
+    if st.kind == "causal-lm":
+        with torch_threads(1):
+            st.torch_reference = gated_model_reference(st.gated, steps)
+        st.reference = ParityReference.from_torch(st.torch_reference, steps=steps)
+    if st.reference is None:
+        st.reference = ParityReference(st.gated, kind=st.kind, steps=steps).compute()
     st.reference.release_model()
 
 
@@ -127,7 +137,8 @@ def _compile(st: CompileState) -> None:
     with torch_threads(1):
         compiled, st.plan, st.creport = compile_model(st.gated, tol=st.options.tol,
                                                       decoder_steps=st.options.decoder_steps, inplace=True,
-                                                      on_folded=on_folded)
+                                                      on_folded=on_folded, reference=st.torch_reference)
+    st.torch_reference = None
     st.gated = None  # consumed: `compiled` is the same module, folded and pruned
     st.models["compiled"] = compiled  # export_graph frees it as soon as it is traced
     del compiled
@@ -165,10 +176,23 @@ def _export(st: CompileState) -> None:
 
 
 def _parity(st: CompileState) -> None:
+    from fg_edge.exporters.onnx_parity import open_parity_session
+
     o = st.options
+    session = open_parity_session(st.tmp / "model.onnx")
     st.report["onnx_parity"] = {"model.onnx": check_onnx_parity(None, st.tmp / "model.onnx", kind=st.kind, tol=o.tol,
-                                                                steps=o.decoder_steps, reference=st.reference)}
-    st.report["parity_reference"] = {"computed": "once, reused for every graph",
+                                                                steps=o.decoder_steps, reference=st.reference,
+                                                                session=session)}
+    if st.kind == "causal-lm" and o.quantize != "none":
+        # the quantized decoders' quality is measured against model.onnx: its side now, in the parity's session
+        from fg_edge.exporters.pipeline.quality import QualityMeter
+
+        data = st.eval_data
+        st.quality = QualityMeter(st.tmp, o.quality_tokens, data.texts if data is not None else None,
+                                  data.source if data is not None else None)
+        st.quality.reference("compiled", session=session)
+    del session
+    st.report["parity_reference"] = {"computed": "once, reused for every graph", "from": st.reference.origin,
                                      "seconds": st.progress.times.get("reference")}
     st.graphs = ["model.onnx"]
     release()
@@ -190,23 +214,26 @@ def _baseline(st: CompileState) -> None:
 
 def _quantize(st: CompileState) -> None:
     from fg_edge.exporters.mixed_bits import layer_modules
-    from fg_edge.exporters.pipeline.quality import measure_quality
 
     mode = st.options.quantize
     layout = layer_modules((st.report.get("architecture") or {}).get("fields"))
+    meter = st.quality
+
+    def measure(graph: str, session) -> None:
+        # baseline.onnx computes the compiled model's function (parity-checked against the gated model like
+        # model.onnx), so both quantized files are measured against one fp32 reference: model.onnx's; each in
+        # the session its parity check just used
+        meter.compare("compiled", mode if graph == "model.onnx" else f"baseline-{mode}", session=session)
+
     st.report["quantization"] = quantize_graphs(st.tmp, st.graphs, st.reference, st.kind, st.info, st.tokenizer,
-                                                st.options, st.calib, st.eval_data, layout=layout)
+                                                st.options, st.calib, st.eval_data, layout=layout,
+                                                on_quantized=measure if meter is not None else None)
     if st.method_choice:
         st.report["quantization"]["method_choice"] = st.method_choice
     st.quant_graphs = [quantized_name(g, mode) for g in st.graphs]
-    if st.kind == "causal-lm":
-        # baseline.onnx computes the compiled model's function (parity-checked against the gated model like
-        # model.onnx), so both quantized files are measured against one fp32 reference: model.onnx's
-        pairs = [("compiled", mode)] + ([("compiled", f"baseline-{mode}")] if "baseline.onnx" in st.graphs else [])
-        texts = st.eval_data.texts if st.eval_data is not None else None
-        source = st.eval_data.source if st.eval_data is not None else None
-        st.report["quantization"]["quality"] = measure_quality(st.tmp, pairs, st.options.quality_tokens, texts,
-                                                               source)
+    if meter is not None:
+        st.report["quantization"]["quality"] = meter.record()
+        st.quality = None
         release()
 
 
