@@ -83,11 +83,13 @@ def main() -> None:
             run = json.loads(timing.read_text())
             report = json.loads((out / "compile_report.json").read_text())
             runs[label].append({"wall_s": run["wall_s"], "peak_rss_mib": run["peak_rss_mib"],
+                                "cpu_s": run.get("cpu_s"), "steal_s": run.get("steal_s"),
                                 "stages_s": report.get("timings_s", {})})
     result = {"command": "python benchmarks/compile_ab.py " + " ".join(sys.argv[1:]),
               "compile_args": compile_args, "order": "alternating, old first in every round",
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "sides": {label: {"runs": got, "median_wall_s": statistics.median(r["wall_s"] for r in got),
+                                "median_cpu_s": statistics.median(r["cpu_s"] for r in got),
                                 "max_peak_rss_mib": max(r["peak_rss_mib"] for r in got)}
                         for label, got in runs.items()}}
     text = json.dumps(result, indent=2) + "\n"
@@ -95,7 +97,9 @@ def main() -> None:
         Path(opts.out).write_text(text)
     for label, side in result["sides"].items():
         print(f"{label}: wall {', '.join(str(r['wall_s']) for r in side['runs'])} s "
-              f"(median {side['median_wall_s']}), peak RSS up to {side['max_peak_rss_mib']} MiB")
+              f"(median {side['median_wall_s']}), CPU {', '.join(str(r['cpu_s']) for r in side['runs'])} s "
+              f"(median {side['median_cpu_s']}), steal {', '.join(str(r['steal_s']) for r in side['runs'])} s, "
+              f"peak RSS up to {side['max_peak_rss_mib']} MiB")
 
 
 if __name__ == "__main__":
