@@ -143,6 +143,25 @@ def test_mobile_profile_runs_a_decoders_int4(int4_dir):
         "model.onnx", "model.int4.onnx"]
 
 
+def test_quality_in_the_parity_sessions_equals_a_fresh_measurement(int4_dir):
+    """The compile measures quality in the sessions its parity checks opened (model.onnx's fp32 side at the
+    parity stage, each int4 file right after its own check); measured afterwards with fresh runtime sessions on
+    the written folder, the figures are the same."""
+    from fg_edge.data.readers import load_texts
+    from fg_edge.exporters.pipeline import quality
+
+    out, _, eval_txt = int4_dir
+    got = json.loads((out / "compile_report.json").read_text())["quantization"]["quality"]
+    texts = [t for t in load_texts(eval_txt, what="--eval-data file").texts if t.strip()]
+    fresh = quality.measure_quality(out, [("compiled", "int4"), ("compiled", "baseline-int4")], 8, texts,
+                                    str(eval_txt))
+    assert got["files"].keys() == fresh["files"].keys() == {"model.int4.onnx", "baseline.int4.onnx"}
+    for name, entry in fresh["files"].items():
+        for key in ("perplexity", "perplexity_fp32", "greedy_agreement", "free_running_match",
+                    "max_abs_logit_diff"):
+            assert got["files"][name][key] == pytest.approx(entry[key], rel=1e-5, abs=1e-6), (name, key)
+
+
 def test_far_off_variant_is_flagged_in_red(int4_dir, monkeypatch):
     from fg_edge.exporters.pipeline import quality
     from fg_edge.exporters.pipeline.summary import format_summary, summary_rows
