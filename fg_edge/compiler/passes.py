@@ -168,9 +168,10 @@ def compile_model(gated_model: nn.Module, *, tol: float = TORCH_PARITY_TOL, deco
     if spec is None:
         log.warning("no architecture spec fits this model, so the gates are folded and nothing is removed: %s", why)
     validate_gate_values(gated_model)
-    if check and reference is None:
+    if not check:
+        reference = None
+    elif reference is None:
         reference = gated_model_reference(gated_model, decoder_steps)
-    reference = reference if check else None
     attempts = _attempts(spec, why)
     spare = copy.deepcopy(gated_model) if inplace and len(attempts) > 1 else None
     untouched = spare if spare is not None else gated_model

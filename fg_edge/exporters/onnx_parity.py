@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fg_edge.compiler.inputs import padded_batch
-from fg_edge.compiler.parity import scaled_tolerance
+from fg_edge.compiler.parity import left_padded_positions, scaled_tolerance
 from fg_edge.errors import ConfigError, ExportError, ParityError
 from fg_edge.formats.parity import ONNX_DECODER_LENGTHS, ONNX_ENCODER_LENGTHS, ONNX_PARITY_TOL, PARITY_DECODER_STEPS
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: ORT intra-op threads of a parity session
 PARITY_THREADS = 2
-
 
 
 @contextlib.contextmanager
@@ -177,7 +176,7 @@ class ParityReference:
         model, steps = self.model, self.steps
         ids, mask = padded_batch(self.vocab, lengths=ONNX_DECODER_LENGTHS, seed=self.seed, left=True)
         batch = ids.shape[0]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = left_padded_positions(mask)
         ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, return_dict=True)
         prefill = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy(),
                    "logits": ref.logits.float().numpy().copy()}
